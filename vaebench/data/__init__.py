@@ -1,0 +1,104 @@
+"""Datasets of vaebench: one entry point, ``load_data(cfg, seed)``.
+
+Every loader returns a :class:`Dataset` of float32 tensors, images shaped
+``[N, 1, H, W]`` and vectors ``[N, n]``, plus a :class:`DataMeta` describing them.
+Loading is deterministic given the seed: all randomness comes from
+``numpy.random.default_rng(seed)``, never from global RNG state. Nothing is ever
+downloaded: digits ship with scikit-learn, dSprites and pPCA data are generated
+(REFERENCE.md, "procedural dSprites" and "linear VAE on probabilistic-PCA data"),
+IDX and npz files are read from disk.
+
+The submodules are imported lazily by :func:`load_data`, so importing this package
+does not import scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from vaebench.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
+
+__all__ = ["DataError", "DataMeta", "Dataset", "load_data", "split_indices"]
+
+
+class DataError(ValueError):
+    """A user-facing data problem (missing or malformed file, impossible request).
+
+    The message names the offending path (or setting) and what is wrong with it.
+    """
+
+
+@dataclass(frozen=True)
+class DataMeta:
+    """What a model and the metrics need to know about a dataset.
+
+    ``shape`` is one example's shape, e.g. ``(1, 8, 8)``, ``(1, 64, 64)`` or ``(n,)``.
+    ``value_range`` is the (min, max) the values can take; ``(-inf, inf)`` for
+    unbounded (Gaussian) data. ``binary`` is True when every value is 0 or 1 (a
+    Bernoulli likelihood fits). Ground-truth factors (dSprites) come as int64 index
+    tensors ``[N, len(factor_names)]``, row i belonging to example i. ``eigenvalues``
+    are the exact covariance eigenvalues of pPCA data (REFERENCE.md).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    value_range: tuple[float, float]
+    binary: bool
+    factor_names: tuple[str, ...] = ()
+    train_factors: torch.Tensor | None = None
+    val_factors: torch.Tensor | None = None
+    eigenvalues: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and validation tensors (float32, examples along dim 0) and their meta."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    meta: DataMeta
+
+
+def split_indices(
+    n: int, val_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random (train, val) partition of ``range(n)``; val gets round(n * val_fraction).
+
+    Both parts are kept non-empty (n >= 2 is required).
+    """
+    if n < 2:
+        raise DataError(f"cannot split {n} example(s) into non-empty train and val sets")
+    n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
+    perm = rng.permutation(n)
+    return perm[n_val:], perm[:n_val]
+
+
+def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, seed: int) -> Dataset:
+    """Load the dataset ``cfg`` describes (dispatch on ``cfg.kind``); deterministic in ``seed``."""
+    kind = cfg.kind
+    if kind == "digits":
+        from vaebench.data.digits import load_digits
+
+        return load_digits(cfg, seed)
+    if kind == "dsprites":
+        from vaebench.data.dsprites import load_dsprites
+
+        return load_dsprites(cfg, seed)
+    if kind == "ppca":
+        from vaebench.data.ppca import load_ppca
+
+        return load_ppca(cfg, seed)
+    if kind == "idx":
+        from vaebench.data.files import load_idx
+
+        return load_idx(cfg, seed)
+    if kind == "npz":
+        from vaebench.data.files import load_npz
+
+        return load_npz(cfg, seed)
+    raise ValueError(f"unknown data kind {kind!r}")

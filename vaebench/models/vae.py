@@ -1,0 +1,143 @@
+"""The VAE: an encoder giving q(z|x) = N(mu, diag(exp(logvar))), a decoder, a likelihood.
+
+One flat class composed of parts, no inheritance tree: ``build_model`` picks the
+encoder/decoder family (mlp, conv, linear) from ``ModelConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vaebench.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
+from vaebench.models.likelihoods import Likelihood
+
+
+class VAE(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, latent_dim: int):
+        super().__init__()
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.latent_dim = latent_dim
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, *event] -> (mu, logvar), each [B, J]; logvar clamped to a safe range."""
+        mu, logvar = self.encoder(x)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [..., B, J] -> decoder output [..., B, *out_event] (logits or Gaussian parameters)."""
+        return self.decoder(z)
+
+    def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) per example, [..., B], in nats."""
+        return self.likelihood.log_prob(x, out)
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+                   n: int | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps; with ``n``, draws [n, B, J] samples."""
+    shape = mu.shape if n is None else (n, *mu.shape)
+    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+# ----------------------------------------------------------------------- encoders
+
+
+class GaussianHead(nn.Module):
+    """Body features -> (mu, logvar) through one linear layer."""
+
+    def __init__(self, body: nn.Module, features: int, latent_dim: int):
+        super().__init__()
+        self.body, self.head = body, nn.Linear(features, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.body(x)).chunk(2, dim=-1)
+
+
+def _mlp(widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, latent_dim: int, hidden: list[int], out_shape: tuple[int, ...]):
+        super().__init__()
+        self.out_shape = out_shape
+        self.body = _mlp([latent_dim, *reversed(hidden)])
+        self.out = nn.Linear(hidden[0] if hidden else latent_dim, math.prod(out_shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(z)).unflatten(-1, self.out_shape)
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of the conv encoder; output_size makes any input size (28, 64, ...) come back exactly."""
+
+    def __init__(self, latent_dim: int, channels: list[int], sizes: list[int], out_channels: int):
+        super().__init__()
+        self.sizes, self.c0 = sizes, channels[-1]
+        self.fc = nn.Linear(latent_dim, channels[-1] * sizes[-1] ** 2)
+        chans = [*reversed(channels), out_channels]
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h = torch.relu(self.fc(z.reshape(-1, z.shape[-1]))).view(-1, self.c0, self.sizes[-1], self.sizes[-1])
+        targets = list(reversed(self.sizes[:-1]))
+        for i, up in enumerate(self.ups):
+            h = up(h, output_size=(targets[i], targets[i]))
+            if i < len(self.ups) - 1:
+                h = torch.relu(h)
+        return h.view(*lead, *h.shape[1:])
+
+
+class LinearEncoder(nn.Module):
+    """mu = V x + c with a learned log-variance that does not depend on x (REFERENCE.md, linear VAE)."""
+
+    def __init__(self, n: int, latent_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(n, latent_dim)
+        self.logvar = nn.Parameter(torch.zeros(latent_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = self.proj(x)
+        return mu, self.logvar.expand_as(mu)
+
+
+# ----------------------------------------------------------------------- builder
+
+
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> VAE:
+    """A VAE for examples of ``event_shape`` ((n,) vectors or (C, H, W) images)."""
+    lik = Likelihood(cfg.likelihood, event_shape, cfg.sigma)
+    out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
+    J, d = cfg.latent_dim, math.prod(event_shape)
+    if cfg.kind == "linear":
+        if len(event_shape) != 1:
+            raise ValueError(f"model.kind 'linear' takes vector data, got examples of shape {event_shape}")
+        return VAE(LinearEncoder(d, J), nn.Linear(J, out_shape[0]), lik, J)
+    if cfg.kind == "mlp":
+        hidden = list(cfg.hidden)
+        body = nn.Sequential(nn.Flatten(), _mlp([d, *hidden]))
+        return VAE(GaussianHead(body, hidden[-1] if hidden else d, J), MLPDecoder(J, hidden, out_shape), lik, J)
+    # conv: stride-2 4x4 convolutions halve the image per layer
+    if len(event_shape) != 3:
+        raise ValueError(f"model.kind 'conv' takes images [C, H, W], got examples of shape {event_shape}")
+    sizes, s = [event_shape[1]], event_shape[1]
+    for _ in cfg.channels:
+        s = (s + 2 - 4) // 2 + 1
+        if s < 1:
+            raise ValueError(f"model.channels: {len(cfg.channels)} stride-2 layers are too many for "
+                             f"{event_shape[1]}x{event_shape[2]} images; use fewer")
+        sizes.append(s)
+    convs: list[nn.Module] = []
+    for a, b in zip([event_shape[0], *cfg.channels[:-1]], cfg.channels):
+        convs += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
+    body = nn.Sequential(*convs, nn.Flatten())
+    enc = GaussianHead(body, cfg.channels[-1] * s * s, J)
+    return VAE(enc, ConvDecoder(J, list(cfg.channels), sizes, out_shape[0]), lik, J)

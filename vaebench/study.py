@@ -1,0 +1,292 @@
+"""A study is data (as in disentanglement_lib): a YAML file naming a base trial config,
+the factors that vary, the seeds and how to search. This module validates it and expands
+it into trial specs; it runs nothing.
+
+    name: collapse                      # the MLflow experiment
+    description: ...
+    data/model/objective/train/metrics  # base sections (vaebench.config)
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    space:                              # dotted setting path -> levels (list) or range (mapping)
+      objective.beta: [0.5, 1, 4]
+      objective.anneal: [none, linear, {kind: cyclical, cycles: 4, ratio: 0.5}]
+      train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+    seeds: [0, 1, 2]
+    search: {kind: grid}                # or random|tpe|nsga2 with budget, objectives, pruner
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from vaebench.config import (
+    MetricsConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    Section,
+    TrainConfig,
+    TrialConfig,
+    DataConfig,
+    DigitsData,
+    flatten,
+    set_dotted,
+)
+
+STUDY_DIR = Path("studies")
+# metrics a search may optimise (vaebench.metrics / vaebench.train), and val/kl_dim/NN
+OBJECTIVE_METRICS = tuple(f"val/{m}" for m in (
+    "elbo", "recon", "kl", "active_units", "mi", "iw_nll", "collapsed_dims", "collapsed_fraction",
+    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
+DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
+
+
+class StudyError(ValueError):
+    """Bad study input; the message names the file, the field and what is allowed."""
+
+
+class Range(Section):
+    """A range for search: uniform (or log-uniform) in [low, high], on a ``step`` grid if given.
+    Integers stay integers when low, high (and step) are all integers."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step) if v is not None)
+
+
+class Resources(Section):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+
+class Search(Section):
+    kind: Literal["grid", "random", "tpe", "nsga2"] = "grid"
+    budget: int | None = Field(None, ge=1)  # trials (points); each runs once per seed
+    objectives: dict[str, Literal["min", "max"]] = {"val/elbo": "max"}
+    pruner: Literal["none", "median", "hyperband"] = "none"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Search":
+        if not self.objectives:
+            raise ValueError("objectives: name at least one metric, e.g. {val/elbo: max}")
+        for name in self.objectives:
+            if name not in OBJECTIVE_METRICS and not re.fullmatch(r"val/kl_dim/\d\d", name):
+                raise ValueError(f"objectives: unknown metric {name!r}; allowed: {', '.join(OBJECTIVE_METRICS)}, val/kl_dim/NN")
+        if self.kind == "grid":
+            if self.pruner != "none":
+                raise ValueError("pruner: a grid runs every trial to the end; pruners are for random|tpe|nsga2")
+            return self
+        if self.budget is None:
+            raise ValueError(f"budget: search kind '{self.kind}' needs a number of trials")
+        if self.kind == "nsga2" and len(self.objectives) < 2:
+            raise ValueError("objectives: nsga2 needs two or more, e.g. {val/recon: min, val/kl: min}")
+        if len(self.objectives) > 1 and self.pruner != "none":
+            raise ValueError("pruner: Optuna cannot prune a multi-objective search; use pruner: none")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize" if d == "min" else "maximize" for d in self.objectives.values()]
+
+
+class Study(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    data: DataConfig = DigitsData()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    data_seed: int = 0
+    resources: Resources = Resources()
+    space: dict[str, list[Any] | Range]
+    seeds: list[int] = Field([0], min_length=1)
+    search: Search = Search()
+
+    def base(self) -> dict[str, Any]:
+        """The base trial config as a plain dict (every default filled in)."""
+        d = self.model_dump(mode="json", include={"data", "model", "objective", "train", "metrics", "data_seed"})
+        d["train"]["threads"] = max(1, int(self.resources.cpus_per_trial))
+        return d
+
+    def trial_config(self, point: dict[str, Any], seed: int) -> TrialConfig:
+        """The validated config of one trial: base, with the point's values set, and the seed."""
+        d = self.base()
+        for path, value in point.items():
+            set_dotted(d, path, copy.deepcopy(value))
+        d["seed"] = seed
+        return TrialConfig.model_validate(d)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The full factorial of the space's levels, in file order (last factor fastest)."""
+        keys = list(self.space)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.space[k] for k in keys))]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial to run: a point of the space, a seed, and the resulting full config."""
+
+    point: dict[str, Any]
+    seed: int
+    config: TrialConfig
+
+    @property
+    def config_hash(self) -> str:
+        return self.config.config_hash()
+
+    @property
+    def point_key(self) -> str:
+        """Identity of the point (the config without the seed): groups a point's seeds."""
+        return point_key(self.point)
+
+
+def point_key(point: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def expand(study: Study) -> list[TrialSpec]:
+    """Every (point, seed) of a grid study."""
+    return [TrialSpec(p, s, study.trial_config(p, s)) for p in study.grid() for s in study.seeds]
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def resolve_path(ref: str | Path) -> Path:
+    """A study file path, or a bare name looked up as studies/NAME.yaml."""
+    p = Path(ref)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return STUDY_DIR / f"{ref}.yaml"
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
+    """Read, override (``--set a.b=value``) and validate a study file. Raises StudyError."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: no such study file")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise StudyError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: a study is a mapping of fields (name, data, model, space, ...), got {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StudyError(f"--set {item!r}: expected dotted.path=value")
+        try:
+            set_dotted(raw, key.strip(), yaml.safe_load(value))
+        except KeyError:
+            raise StudyError(f"--set {item!r}: {key} does not name a setting") from None
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as e:
+        raise StudyError(_format_errors(path, root, e)) from None
+    _check_space(path, root, study)
+    _check_data_files(path, root, study)
+    return study
+
+
+def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """Files named by idx/npz data settings must exist; they are made absolute so that Ray
+    workers, whatever their working directory, read the same file."""
+    for field in DATA_FILE_FIELDS:
+        value = getattr(study.data, field, None)
+        if value is None:
+            continue
+        if not Path(value).is_file():
+            raise StudyError(f"{path}{_line(root, ('data', field))}: data.{field}: no such file: {value}")
+        setattr(study.data, field, str(Path(value).resolve()))
+    for key, levels in study.space.items():
+        if key.split(".")[0] == "data" and key.rsplit(".", 1)[-1] in DATA_FILE_FIELDS and isinstance(levels, list):
+            for i, level in enumerate(levels):
+                if not Path(str(level)).is_file():
+                    raise StudyError(f"{path}{_line(root, ('space', key))}: space.{key}: no such file: {level}")
+                levels[i] = str(Path(str(level)).resolve())
+
+
+def _check_space(path: Path, root: yaml.Node | None, study: Study) -> None:
+    if not study.space:
+        raise StudyError(f"{path}: space: is empty; name at least one factor, e.g. objective.beta: [1, 4]")
+    settings = flatten(study.base())
+    settings_prefixes = {".".join(k.split(".")[:i]) for k in settings for i in range(1, k.count(".") + 2)}
+    for key, levels in study.space.items():
+        where = f"{path}{_line(root, ('space', key))}: space.{key}"
+        if key == "seed":
+            raise StudyError(f"{where}: seeds are given by the top-level 'seeds' list, not in space")
+        if key not in settings_prefixes:
+            near = sorted(k for k in settings if k.split(".")[0] == key.split(".")[0]) or sorted(settings)
+            raise StudyError(f"{where}: names no setting. Settings under that section: {', '.join(near)}")
+        if isinstance(levels, Range):
+            if study.search.kind == "grid":
+                raise StudyError(f"{where}: a range (low/high) needs search kind random|tpe|nsga2; a grid takes a list of levels")
+            levels = [levels.low, levels.high]  # both ends must be allowed values of the setting
+        if not levels:
+            raise StudyError(f"{where}: has no levels; give a non-empty list")
+        for level in levels:  # each level must give a valid trial config on its own
+            try:
+                study.trial_config({key: level}, study.seeds[0])
+            except ValidationError as e:
+                msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                raise StudyError(f"{where}: level {level!r} is not allowed: {msgs}") from None
+
+
+def _format_errors(path: Path, root: yaml.Node | None, e: ValidationError) -> str:
+    lines = [f"{path}: {e.error_count()} problem(s):"]
+    for err in e.errors():
+        loc = tuple(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        field = ".".join(loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a setting of this section)"
+        elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
+            msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
+        lines.append(f"  {field}{_line(root, loc)}: {msg}")
+    return "\n".join(lines)
+
+
+# pydantic puts the discriminator's tag in error locations ('data', 'digits', 'binarize')
+_UNION_TAGS = {"digits", "dsprites", "ppca", "idx", "npz", "none", "linear", "sigmoid", "cyclical",
+               "capacity", "list[any]", "Range"}
+
+
+def _line(root: yaml.Node | None, loc: tuple[str, ...]) -> str:
+    """' (line N)' of the deepest YAML node on the path ``loc``, or '' when unknown."""
+    node, line = root, None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == key), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and key.isdigit() and int(key) < len(node.value):
+            node = node.value[int(key)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return f" (line {line})" if line else ""

@@ -1,0 +1,141 @@
+"""The MLflow record of a study, written by one writer (the sweep driver) and read by
+``status``, ``report`` and users (DESIGN.md, one writer).
+
+Layout: one experiment per study (named after it); a parent run per study record
+(tag ``vaebench.role=study``); one child run per trial and seed (``vaebench.role=trial``,
+``mlflow.parentRunId``), tagged with ``vaebench.trial_state`` and ``vaebench.config_hash``;
+params are the trial's config flattened with dotted names; metrics are logged per epoch
+with step = epoch, in one batch per epoch (each SQLite call costs ~13 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+
+DEFAULT_TRACKING_URI = "sqlite:///sweeps/mlflow.db"
+
+ROLE, STATE, HASH, POINT = "vaebench.role", "vaebench.trial_state", "vaebench.config_hash", "vaebench.point"
+SUPERSEDED, OPTUNA_STUDY, OPTUNA_TRIAL = "vaebench.superseded", "vaebench.optuna_study", "vaebench.optuna_trial"
+# trial states; the first three are final (a resumed sweep keeps them), the others are rerun
+FINAL_STATES = ("completed", "diverged", "pruned")
+RERUN_STATES = ("failed", "killed", "running")
+MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
+                 "failed": "FAILED", "killed": "KILLED"}
+MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limits
+MAX_METRICS_PER_CALL = 1000
+
+
+def resolve_tracking_uri(cli: str | None = None) -> str:
+    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then SQLite under sweeps/."""
+    return cli or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def artifact_root(uri: str, study: str) -> str | None:
+    """For a SQLite store, artifacts go beside the database (sweeps/artifacts/NAME);
+    a tracking server chooses its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "artifacts" / study).resolve().as_uri()
+
+
+def param_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+class Record:
+    """Reads and writes one study's runs through MlflowClient."""
+
+    def __init__(self, uri: str, study: str):
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.uri, self.study = uri, study
+        self.client = MlflowClient(tracking_uri=uri)
+        self._experiment_id: str | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def experiment_id(self) -> str | None:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.study)
+            self._experiment_id = exp.experiment_id if exp is not None else None
+        return self._experiment_id
+
+    def parent_run(self) -> Run | None:
+        """The current study record: the newest parent run not superseded by --fresh."""
+        if self.experiment_id is None:
+            return None
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{ROLE}` = 'study'", order_by=["attributes.start_time DESC"])
+        current = [r for r in runs if r.data.tags.get(SUPERSEDED) != "true"]
+        return current[0] if current else None
+
+    def trial_runs(self, parent_id: str) -> list[Run]:
+        """Every live (not deleted) trial run of a study record, oldest first."""
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                order_by=["attributes.start_time ASC"], page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                return runs
+
+    # ------------------------------------------------------------------ writing
+
+    def start_study(self, description: str, study_yaml: str, tags: dict[str, str]) -> Run:
+        """Create the experiment if needed and a new parent run; older parents are superseded."""
+        if self.experiment_id is None:
+            self._experiment_id = self.client.create_experiment(
+                self.study, artifact_location=artifact_root(self.uri, self.study))
+        old = self.parent_run()
+        if old is not None:
+            self.client.set_tag(old.info.run_id, SUPERSEDED, "true")
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.study,
+            tags={ROLE: "study", "mlflow.note.content": description, **tags})
+        self.client.log_text(run.info.run_id, study_yaml, "study.yaml")
+        return run
+
+    def start_trial(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={ROLE: "trial", "mlflow.parentRunId": parent_id, STATE: "running", **tags})
+        items = [Param(k, param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+            self.client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        """All of one epoch's metrics (step = epoch) in one call."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        tag_items = [RunTag(k, v) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(items), 1), MAX_METRICS_PER_CALL):
+            self.client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_CALL], tags=tag_items if i == 0 else ())
+
+    def log_artifacts(self, run_id: str, files: Iterable[Path], artifact_path: str | None = None) -> None:
+        for f in files:
+            self.client.log_artifact(run_id, str(f), artifact_path)
+
+    def end_trial(self, run_id: str, state: str, tags: dict[str, str] | None = None) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(STATE, state)] + [RunTag(k, v) for k, v in (tags or {}).items()])
+        self.client.set_terminated(run_id, MLFLOW_STATUS[state])
+
+    def end_study(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def delete_run(self, run_id: str) -> None:
+        """Soft-delete (MLflow keeps it restorable): an interrupted trial's partial run before its rerun."""
+        self.client.delete_run(run_id)

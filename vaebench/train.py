@@ -1,0 +1,107 @@
+"""The training loop: one function, read top to bottom (in the spirit of nanoGPT).
+
+``train(cfg)`` trains one VAE and yields an ``EpochReport`` after every epoch; the
+caller (a test, a script, a sweep worker) decides what to do with it. It knows nothing
+of Optuna, MLflow or Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import torch
+
+from vaebench.config import TrialConfig
+from vaebench.data import Dataset, load_data
+from vaebench.metrics import evaluate
+from vaebench.models import VAE, build_model, reparameterise
+from vaebench.objectives import kl_per_dim, kl_weight, regulariser
+
+TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")
+
+
+@dataclass
+class EpochReport:
+    """Metrics after epoch ``epoch`` (1-based). ``state`` is "running" until the last epoch,
+    then "completed"; "diverged" when the loss became NaN or infinite during this epoch."""
+
+    epoch: int
+    metrics: dict[str, float]
+    state: Literal["running", "completed", "diverged"]
+    model: VAE = field(repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrialConfig, model: VAE) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
+    opt = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return opt(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+
+def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport]:
+    """Train the VAE of ``cfg``; yield an EpochReport per epoch.
+
+    The objective is REFERENCE.md's ``distortion + beta * a_t * regulariser`` with one
+    reparameterised sample per example; validation metrics (``vaebench.metrics``) are
+    computed every ``metrics.every`` epochs and at the last. Same config on CPU, same
+    numbers: model init, minibatch order and noise all derive from ``cfg.seed``.
+    """
+    torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    data = data if data is not None else load_data(cfg.data, cfg.data_seed)
+    x_train, x_val = data.train.to(device), data.val.to(device)
+
+    torch.manual_seed(cfg.seed)  # parameter init draws from the global generator
+    model = build_model(cfg.model, data.meta.shape).to(device)
+    optimizer = make_optimizer(cfg, model)
+    noise = torch.Generator(device).manual_seed(cfg.seed)  # reparameterisation noise
+    order = torch.Generator().manual_seed(cfg.seed)  # minibatch order
+
+    n, bs, epochs = x_train.shape[0], cfg.train.batch_size, cfg.train.epochs
+    T = epochs * math.ceil(n / bs)  # total optimiser steps, for the schedules
+    t = 0
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        sums = torch.zeros(len(TRAIN_TERMS), device=device)  # summed on device: no per-step sync
+        for idx in torch.randperm(n, generator=order).split(bs):
+            x = x_train[idx.to(device)]
+            mu, logvar = model.encode(x)
+            z = reparameterise(mu, logvar, noise)
+            recon = -model.log_likelihood(x, model.decode(z)).mean()
+            kl = kl_per_dim(mu, logvar)
+            reg = regulariser(kl, cfg.objective, t, T)
+            loss = recon + kl_weight(cfg.objective, t, T) * reg
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            sums += torch.stack([loss, recon, kl.sum(1).mean(), reg]).detach() * len(idx)
+            t += 1
+
+        means = (sums / n).tolist()
+        metrics = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
+        # the weight of the last step taken, i.e. the one in force at the end of the epoch
+        metrics["train/kl_weight"] = kl_weight(cfg.objective, t - 1, T)
+        metrics["train/epoch_seconds"] = time.perf_counter() - started
+        if not all(math.isfinite(v) for v in means):
+            yield EpochReport(epoch, metrics, "diverged", model)
+            return
+        if epoch % cfg.metrics.every == 0 or epoch == epochs:
+            # the same evaluation noise for every trial (common random numbers across seeds)
+            eval_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
+            metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise).items()})
+        yield EpochReport(epoch, metrics, "completed" if epoch == epochs else "running", model)

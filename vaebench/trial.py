@@ -1,0 +1,78 @@
+"""One trial as a stream of plain messages: what a sweep worker runs (DESIGN.md, trial).
+
+``run_trial(config)`` wraps the training loop so that nothing escapes it: each epoch
+becomes an ``{"kind": "epoch", ...}`` message, the end an ``{"kind": "end", ...}`` message
+with the final state and the artifacts as bytes (checkpoint, image grid), and an
+exception a ``failed`` end with its traceback. It writes nothing anywhere: the driver
+is the only writer, so a trial can run on a node that cannot reach the tracking store.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import traceback
+from typing import Any, Iterator
+
+import torch
+
+from vaebench.config import TrialConfig
+from vaebench.data import Dataset, load_data
+from vaebench.models import VAE
+
+
+def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Train the trial ``config`` (a TrialConfig as a dict); yield messages, never raise."""
+    try:
+        cfg = TrialConfig.model_validate(config)
+        data = load_data(cfg.data, cfg.data_seed)
+        yield {"kind": "start", "pid": os.getpid(), "host": os.uname().nodename}
+        from vaebench.train import train  # after data: a bad data file fails before torch work
+
+        report = None
+        for report in train(cfg, data):
+            yield {"kind": "epoch", "epoch": report.epoch, "metrics": report.metrics, "state": report.state}
+        assert report is not None
+        end: dict[str, Any] = {"kind": "end", "state": report.state, "epoch": report.epoch}
+        if report.state == "completed":
+            end["artifacts"] = artifacts(report.model, data)
+        yield end
+    except Exception:
+        yield {"kind": "end", "state": "failed", "traceback": traceback.format_exc()}
+
+
+def artifacts(model: VAE, data: Dataset) -> dict[str, bytes]:
+    """The final checkpoint, and for image data a grid of reconstructions and samples."""
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+    out = {"checkpoint.pt": buf.getvalue()}
+    if len(data.meta.shape) == 3:
+        out["reconstructions.png"] = image_grid(model, data)
+    return out
+
+
+@torch.no_grad()
+def image_grid(model: VAE, data: Dataset, n: int = 8, scale: int = 4) -> bytes:
+    """PNG: a row of validation images, a row of their reconstructions (posterior means, decoded
+    means) and a row of prior samples, with 1-pixel gaps; small images are upscaled ``scale``x.
+    PIL rather than matplotlib: it imports in milliseconds on the worker."""
+    from PIL import Image
+
+    model.eval()
+    device = next(model.parameters()).device
+    x = data.val[:n].to(device)
+    recon = model.likelihood.mean(model.decode(model.encode(x)[0]))
+    g = torch.Generator(device).manual_seed(0)
+    samples = model.likelihood.mean(model.decode(torch.randn(n, model.latent_dim, generator=g, device=device)))
+    rows = torch.stack([x, recon, samples])[:, :, 0].clamp(0, 1).cpu()  # [3, n, H, W]
+    H, W = rows.shape[-2:]
+    grid = torch.ones(3 * (H + 1) + 1, n * (W + 1) + 1)
+    for r in range(3):
+        for c in range(rows.shape[1]):
+            grid[1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = rows[r, c]
+    img = Image.fromarray((grid.numpy() * 255).astype("uint8"), mode="L")
+    if H < 32:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
