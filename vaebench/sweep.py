@@ -164,15 +164,17 @@ class Driver:
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:
-                self.record.delete_run(run.info.run_id)
+                self.record.discard_run(run)
 
     def _optuna(self, name: str) -> optuna.Study:
         s = self.study.search
         sampler = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler,
                    "nsga2": optuna.samplers.NSGAIISampler}[s.kind](seed=self.study.seeds[0])
         epochs = self.study.train.epochs
+        # median: no pruning before 3 points have finished, nor in the first quarter of the epochs
+        # (early ELBOs rank learning rates by speed, not by where they end)
         pruner = {"none": optuna.pruners.NopPruner(),
-                  "median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+                  "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4)),
                   "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)}[s.pruner]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         st = optuna.create_study(storage=self.opts.storage or default_storage(self.study), study_name=name,
@@ -319,7 +321,7 @@ class Driver:
         """A dead worker: rerun the trial from scratch in a fresh run, up to MAX_RETRIES times."""
         del self.running[r.gen]
         if r.attempt < MAX_RETRIES:
-            self.record.delete_run(r.run_id)
+            self.record.discard_run(r.run_id)
             self._launch(r.spec, r.attempt + 1)
             return
         self.running[r.gen] = r  # _finish removes it

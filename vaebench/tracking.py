@@ -136,6 +136,11 @@ class Record:
     def end_study(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
-    def delete_run(self, run_id: str) -> None:
-        """Soft-delete (MLflow keeps it restorable): an interrupted trial's partial run before its rerun."""
-        self.client.delete_run(run_id)
+    def discard_run(self, run: Run | str) -> None:
+        """End a superseded trial run (an interrupted or failed attempt about to be rerun) as
+        KILLED if it was left RUNNING, then soft-delete it: MLflow keeps it restorable, but
+        readers see each trial once."""
+        run = self.client.get_run(run) if isinstance(run, str) else run
+        if run.info.status == "RUNNING":
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.delete_run(run.info.run_id)
