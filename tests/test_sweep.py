@@ -272,26 +272,38 @@ def test_dead_worker_is_retried(ray_cluster, tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri,
                  env=ray_cluster.env, cwd=tmp_path)
-    victim: list[int] = []
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    victim: dict[str, object] = {}
 
-    def worker_running() -> bool:
+    def mid_training() -> bool:
+        # a trial that has logged two epochs and is still running; its worker's process title
+        # is "ray::vaebench:<run name>"
+        try:
+            runs = [r for r in children(uri, "crash") if r.info.status == "RUNNING"]
+        except Exception:
+            return False
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        pids = [int(line.split()[0]) for line in ps.splitlines() if "ray::vaebench:" in line]
-        victim.extend(pids[:1])
-        return bool(pids)
-    wait_for(worker_running, what="a running trial worker")
-    time.sleep(0.5)  # well inside its 40 epochs
-    os.kill(victim[0], signal.SIGKILL)
+        for r in runs:
+            if len(client.get_metric_history(r.info.run_id, "val/elbo")) >= 2:
+                pids = [int(line.split()[0]) for line in ps.splitlines() if f"ray::vaebench:{r.info.run_name}" in line]
+                if pids:
+                    victim.update(name=r.info.run_name, pid=pids[0])
+                    return True
+        return False
+    wait_for(mid_training, what="a trial two epochs into training")
+    os.kill(victim["pid"], signal.SIGKILL)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
-    mlflow.set_tracking_uri(uri)
     runs = children(uri, "crash")
     hashes = [r.data.tags["vaebench.config_hash"] for r in runs]
     assert len(hashes) == len(set(hashes)) == 4
     assert {r.data.tags["vaebench.trial_state"] for r in runs} == {"completed"}
-    assert any(r.data.tags["vaebench.attempt"] == "1" for r in runs)  # the rerun of the killed one
+    (rerun,) = [r for r in runs if r.info.run_name == victim["name"]]
+    assert rerun.data.tags["vaebench.attempt"] == "1", out  # rerun from scratch in a fresh run
+    assert [m.step for m in client.get_metric_history(rerun.info.run_id, "val/elbo")] == list(range(1, 41))
     deleted = children(uri, "crash", ViewType.DELETED_ONLY)  # its partial first attempt, soft-deleted
-    assert deleted and all(r.info.status == "KILLED" for r in deleted)
+    assert [r.info.run_name for r in deleted] == [victim["name"]] and deleted[0].info.status == "KILLED"
 
 
 def test_gpu_request_without_gpus_fails_at_once(ray_cluster, tmp_path):
@@ -379,3 +391,51 @@ def test_nsga2_records_both_objectives(ray_cluster, tmp_path):
     for t in study.trials:
         m = runs[t.number].data.metrics
         assert t.values == pytest.approx([m["val/recon"], m["val/kl"]])
+
+
+# --------------------------------------------------------------------------- CLI options
+
+
+def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
+    study = write(tmp_path, TINY.format(name="opts", epochs=1).replace("[0.0, 0.5]", "[0.0]").replace("seeds: [0, 1]", "seeds: [0]"))
+    uri = f"sqlite:///{tmp_path}/m.db"
+    base = ("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri)
+    first = vaebench(*base, "--max-trials", "1", "--set", "train.batch_size=64", env=ray_cluster.env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    mlflow.set_tracking_uri(uri)
+    (run,) = children(uri, "opts")
+    assert run.data.params["train.batch_size"] == "64"  # --set reached the trial config
+    second = vaebench(*base, "--set", "train.batch_size=64", env=ray_cluster.env, cwd=tmp_path)
+    assert second.returncode == 0 and "1 already done" in second.stderr
+    old = children(uri, "opts")
+    assert len(old) == 2
+    third = vaebench(*base, "--set", "train.batch_size=64", "--fresh", env=ray_cluster.env, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    parents = mlflow.search_runs(experiment_names=["opts"], output_format="list",
+                                 filter_string="tags.`vaebench.role` = 'study'", order_by=["attributes.start_time ASC"])
+    assert len(parents) == 2
+    assert parents[0].data.tags.get("vaebench.superseded") == "true" and "vaebench.superseded" not in parents[1].data.tags
+    by_parent = {p.info.run_id: [r for r in children(uri, "opts") if r.data.tags["mlflow.parentRunId"] == p.info.run_id]
+                 for p in parents}
+    assert [len(v) for v in by_parent.values()] == [2, 2]  # the old record is still readable
+    assert {r.info.run_id for r in by_parent[parents[0].info.run_id]} == {r.info.run_id for r in old}
+
+
+def test_ui_serves_the_store(tmp_path):
+    from conftest import _stop, _wait, free_port
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "ui", "--port", str(port), "--tracking-uri",
+                             f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+    try:
+        _wait(healthy, "vaebench ui", timeout=120)
+    finally:
+        _stop(proc)

@@ -28,7 +28,7 @@ import optuna
 import ray
 
 from vaebench.progress import Progress
-from vaebench.study import Range, Study, TrialSpec, expand, point_key
+from vaebench.study import Range, Study, TrialSpec, expand
 from vaebench.trial import run_trial
 from vaebench.tracking import (
     FINAL_STATES, HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, STATE, Record,
@@ -231,20 +231,25 @@ class Driver:
         return specs
 
     def _ask(self) -> list[TrialSpec]:
-        """A new point from Optuna (search studies), as one spec per seed not already final."""
-        if self.optuna is None or self._search_used() >= self.study.search.budget:
-            return []
-        trial = self.optuna.ask()
-        point = {path: suggest(trial, path, levels) for path, levels in self.study.space.items()}
-        try:
-            specs = [TrialSpec(point, seed, self.study.trial_config(point, seed)) for seed in self.study.seeds]
-        except ValueError as e:  # a sampled value the config refuses (e.g. out of a setting's range)
-            self.optuna.tell(trial, state=optuna.trial.TrialState.FAIL)
-            self.summary.failed.append((f"optuna trial {trial.number}", str(e).splitlines()[0]))
-            self.summary.counts["failed"] += 1
-            return self._ask()
-        self.groups[trial.number] = {"trial": trial, "specs": specs, "reported": {}}
-        return [s for s in specs if s.config_hash not in self.finals] or self._tell(trial.number) or self._ask()
+        """The specs of the next Optuna point (search studies), one per seed not already final.
+        A point whose every seed is already final (the sampler proposed it again) is told its
+        recorded result at once instead of being trained twice."""
+        while self.optuna is not None and self._search_used() < self.study.search.budget:
+            trial = self.optuna.ask()
+            point = {path: suggest(trial, path, levels) for path, levels in self.study.space.items()}
+            try:
+                specs = [TrialSpec(point, seed, self.study.trial_config(point, seed)) for seed in self.study.seeds]
+            except ValueError as e:  # a sampled value the config refuses (e.g. out of a setting's range)
+                self.optuna.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.summary.failed.append((f"optuna trial {trial.number}", str(e).splitlines()[0]))
+                self.summary.counts["failed"] += 1
+                continue
+            self.groups[trial.number] = {"trial": trial, "specs": specs, "reported": {}}
+            todo = [s for s in specs if s.config_hash not in self.finals]
+            if todo:
+                return todo
+            self._tell(trial.number)
+        return []
 
     def _search_used(self) -> int:
         done = [t for t in self.optuna.get_trials(deepcopy=False)
@@ -354,7 +359,7 @@ class Driver:
         group = self.groups[number]
         finals = [self.finals.get(s.config_hash) for s in group["specs"]]
         if group.get("told") or any(f is None for f in finals):
-            return None
+            return
         group["told"] = True
         states = {state for state, _ in finals}
         trial = group["trial"]
@@ -368,7 +373,6 @@ class Driver:
                 self.optuna.tell(trial, values if len(values) > 1 else values[0])
             except KeyError:
                 self.optuna.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return None
 
     def _best(self) -> float | None:
         metric, direction = next(iter(self.study.search.objectives.items()))
