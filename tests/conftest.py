@@ -26,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -35,7 +35,7 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _wait(check, what: str, timeout: float = 120.0) -> None:
+def wait_for(check, what: str = "", timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -68,17 +68,17 @@ def ray_cluster(tmp_path_factory) -> RayCluster:
         def port_open() -> bool:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
-        _wait(port_open, "the Ray head")
+        wait_for(port_open, "the Ray head")
         procs.append(subprocess.Popen([str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", *common],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         probe = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
                  "import sys; sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) == 2 else 1)" % port)
-        _wait(lambda: subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0,
+        wait_for(lambda: subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0,
               "two live Ray nodes")
         yield RayCluster(f"127.0.0.1:{port}", env)
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop(p)
         log.close()
 
 
@@ -101,8 +101,8 @@ def mlflow_server(tmp_path_factory) -> str:
         except OSError:
             return False
     try:
-        _wait(healthy, "the MLflow server")
+        wait_for(healthy, "the MLflow server")
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()

@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from conftest import free_port, stop, wait_for
 from vaebench.study import expand, load_study
 
 TINY = """\
@@ -58,15 +59,6 @@ def children(uri: str, name: str, view=ViewType.ACTIVE_ONLY):
     runs = mlflow.search_runs(experiment_names=[name], output_format="list", run_view_type=view,
                               filter_string="tags.`vaebench.role` = 'trial'", max_results=5000)
     return runs
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(autouse=True)
@@ -422,7 +414,6 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
 
 
 def test_ui_serves_the_store(tmp_path):
-    from conftest import _stop, _wait, free_port
     import urllib.request
 
     port = free_port()
@@ -436,6 +427,6 @@ def test_ui_serves_the_store(tmp_path):
         except OSError:
             return False
     try:
-        _wait(healthy, "vaebench ui", timeout=120)
+        wait_for(healthy, "vaebench ui", timeout=120)
     finally:
-        _stop(proc)
+        stop(proc)
