@@ -270,7 +270,7 @@ def test_dead_worker_is_retried(ray_cluster, tmp_path):
 
     def mid_training() -> bool:
         # a trial that has logged two epochs and is still running; its worker's process title
-        # is "ray::vaebench:<run name>"
+        # is "ray::vaebench:<study>:<run name>"
         try:
             runs = [r for r in children(uri, "crash") if r.info.status == "RUNNING"]
         except Exception:
@@ -278,7 +278,7 @@ def test_dead_worker_is_retried(ray_cluster, tmp_path):
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         for r in runs:
             if len(client.get_metric_history(r.info.run_id, "val/elbo")) >= 2:
-                pids = [int(line.split()[0]) for line in ps.splitlines() if f"ray::vaebench:{r.info.run_name}" in line]
+                pids = [int(line.split()[0]) for line in ps.splitlines() if f"ray::vaebench:crash:{r.info.run_name}" in line]
                 if pids:
                     victim.update(name=r.info.run_name, pid=pids[0])
                     return True

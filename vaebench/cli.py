@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vaebench.study import StudyError, expand, load_study, resolve_path
-from vaebench.tracking import DEFAULT_TRACKING_URI, FINAL_STATES, STATE, Record, resolve_tracking_uri
+from vaebench.tracking import DEFAULT_TRACKING_URI, STATE, Record, resolve_tracking_uri, store_missing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0] if __doc__ else None)
 out = Console()
@@ -97,7 +97,10 @@ def status(study: str = typer.Argument(..., help="study YAML file or study NAME"
     path = resolve_path(study)
     if path.is_file():
         name = _load(study)[1].name
-    record = Record(resolve_tracking_uri(tracking_uri), name)
+    uri = resolve_tracking_uri(tracking_uri)
+    if store_missing(uri):
+        _fail(f"no tracking store at {uri} (the file does not exist); give --tracking-uri or set MLFLOW_TRACKING_URI")
+    record = Record(uri, name)
     parent = record.parent_run()
     if parent is None:
         _fail(f"no study record named {name!r} in {record.uri}")
@@ -120,6 +123,13 @@ def ui(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=T
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()]
     raise typer.Exit(subprocess.call(cmd))
+
+
+from vaebench.report.command import report  # noqa: E402  (commands defined beside their modules)
+from vaebench.reproduce import reproduce  # noqa: E402
+
+app.command("report")(report)
+app.command("reproduce")(reproduce)
 
 
 def main() -> None:

@@ -267,7 +267,7 @@ class Driver:
         res = self.study.resources
         gen = ray.remote(run_trial).options(
             num_cpus=res.cpus_per_trial, num_gpus=res.gpus_per_trial, max_retries=0,
-            name=f"vaebench:{name}").remote(spec.config.model_dump(mode="json"))
+            name=f"vaebench:{self.study.name}:{name}").remote(spec.config.model_dump(mode="json"))
         self.running[gen] = Running(spec, run_id, gen, attempt)
         if attempt == 0:
             self.launched += 1

@@ -37,6 +37,11 @@ def resolve_tracking_uri(cli: str | None = None) -> str:
     return cli or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def store_missing(uri: str) -> bool:
+    """A SQLite store whose file does not exist: readers must say so, not create it."""
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
+
+
 def artifact_root(uri: str, study: str) -> str | None:
     """For a SQLite store, artifacts go beside the database (sweeps/artifacts/NAME);
     a tracking server chooses its own."""

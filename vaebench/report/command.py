@@ -1,0 +1,134 @@
+"""The ``vaebench report`` command. Registered in ``vaebench.cli`` with
+``app.command("report")(report)``. Exit codes: 0 written (and logged), 1 written but not
+logged to MLflow, 2 bad input (unknown study, empty record, unknown factor or format)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from vaebench.tracking import DEFAULT_TRACKING_URI
+
+TRACKING_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeatable options that also take comma-separated lists: --group-by beta,free_bits."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def report(
+    study: str = typer.Argument(..., help="study YAML file, NAME for studies/NAME.yaml, or the name of a study "
+                                          "in the tracking store"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default reports/NAME)"),
+    group_by: Optional[list[str]] = typer.Option(
+        None, "--group-by", help="factor of the ablation table's rows, by path or short name (objective.beta or "
+                                 "beta); repeatable or comma-separated (default: every factor of the study)"),
+    baseline: Optional[list[str]] = typer.Option(
+        None, "--baseline", help="dotted.path=value: the baseline level of a grouping factor; cells show their "
+                                 "difference to the baseline row (repeatable)"),
+    format: str = typer.Option("md,html,tex,csv", "--format", help="outputs, comma-separated: md (report.md), "
+                                                                   "html (index.html), tex, csv"),
+    collapse_axes: Optional[str] = typer.Option(
+        None, "--collapse-axes", help="one or two factors X,Y of the collapse map (default beta,free_bits)"),
+    curves_by: Optional[str] = typer.Option(None, "--curves-by",
+                                            help="factor of the training curves' lines (default beta)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL of a search study "
+                                                                  "(default sqlite:///sweeps/NAME/optuna.db)"),
+    log: bool = typer.Option(True, "--log/--no-log", help="also log the report as artifacts (report/) of the "
+                                                          "study's parent run in MLflow"),
+) -> None:
+    """Render a study's figures and ablation tables from its MLflow record into reports/NAME/."""
+    err = Console(stderr=True, highlight=False)
+
+    def fail(message: str, code: int = 2) -> None:
+        err.print("[bold red]error:[/] ", end="")
+        err.print(message, markup=False)
+        raise typer.Exit(code)
+
+    from vaebench.results import ReportError, load_record, trials_frame
+    from vaebench.study import StudyError, load_study, resolve_path
+
+    started = time.perf_counter()
+    path = resolve_path(study)
+    objectives: list[str] | None = None
+    if path.is_file():
+        try:
+            st = load_study(path)
+        except StudyError as e:
+            fail(str(e))
+        name = st.name
+        objectives = list(st.search.objectives)
+    elif Path(study).suffix in (".yaml", ".yml"):
+        fail(f"{study}: no such study file")
+    else:
+        name = study
+    try:
+        record = load_record(name, tracking_uri)
+    except ReportError as e:
+        hint = "" if path.is_file() else f" (and no study file {path})"
+        fail(f"unknown study {name!r}{hint}: {e}" if "no study record" in str(e) or "no tracking store" in str(e)
+             else str(e))
+    if objectives is None and record.search != "grid":
+        objectives = _objectives_from_record(record)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vaebench.report.render import render_report
+
+    trials = trials_frame(name, record=record)
+    target = out or Path("reports") / name
+    try:
+        rep = render_report(trials, target, group_by=_split(group_by) or None, baseline=baseline or [],
+                            formats=_split([format]), collapse_axes=_split([collapse_axes]) if collapse_axes else None,
+                            curves_by=curves_by, optuna_storage=storage, objective_names=objectives)
+    except ReportError as e:
+        fail(str(e))
+    drawn = sum(f.png is not None for f in rep.figures)
+    err.print(f"{name}: {len(trials)} trials; wrote {target}/ ({drawn} figures, "
+              f"{', '.join(p.name for p in rep.files if p.suffix != '.png')}) in {time.perf_counter() - started:.1f} s")
+    for f in rep.figures:
+        if f.note:
+            err.print(f"  {f.title}: {f.note}", markup=False)
+    if log:
+        try:
+            record.record.client.log_artifacts(record.parent_run_id, str(target), artifact_path="report")
+        except Exception as e:
+            fail(f"the report is in {target}/ but logging it to MLflow run {record.parent_run_id} failed: {e}", 1)
+        err.print(f"  logged as artifacts report/ of run {record.parent_run_id}")
+
+
+def _objectives_from_record(record: Any) -> list[str] | None:
+    """The search objectives from the study.yaml the driver logged to the parent run."""
+    import tempfile
+
+    import yaml
+
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = record.record.client.download_artifacts(record.parent_run_id, "study.yaml", tmp)
+            raw = yaml.safe_load(Path(p).read_text())
+        return list((raw.get("search") or {}).get("objectives") or {"val/elbo": "max"})
+    except Exception:
+        return None
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+
+
+if __name__ == "__main__":  # python -m vaebench.report.command STUDY ...
+    app = typer.Typer(add_completion=False)
+    app.command()(report)
+    sys.exit(app())

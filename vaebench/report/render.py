@@ -1,0 +1,372 @@
+"""Write a study's report folder: every figure as PNG, the ablation table as .md/.tex/.csv,
+``report.md`` (for GitHub, figures beside it) and ``index.html`` (one self-contained page:
+images embedded as base64, inline CSS, no script and no external resource).
+
+The choices of what to draw from which factor live here; the drawing lives in
+``figures`` and the table in ``tables``. A figure the study cannot make (no beta factor,
+no completed trial, no Optuna storage) is replaced by a note saying why; it never stops
+the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from vaebench.report import figures as F
+from vaebench.report import tables as T
+from vaebench.results import ReportError, histories_frame, resolve_factor
+
+FORMATS = ("md", "html", "tex", "csv")
+DPI = 150
+BETA, FREE_BITS, LATENT = "objective.beta", "objective.free_bits", "model.latent_dim"
+ANNEAL = "objective.anneal"
+
+
+@dataclass
+class Figure:
+    key: str  # file stem
+    title: str
+    caption: str
+    png: bytes | None = None
+    note: str | None = None  # why it was not drawn
+
+
+@dataclass
+class Report:
+    """What ``render_report`` made: the files written and the figures (drawn or noted)."""
+
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+
+
+def _find(factors: Sequence[str], path: str) -> str | None:
+    """The factor that sets ``path`` (itself, or a setting under it such as objective.anneal.kind)."""
+    return next((f for f in factors if f == path or f.startswith(path + ".")), None)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def _draw(key: str, title: str, caption: str, make: Callable[[], Any]) -> Figure:
+    try:
+        return Figure(key, title, caption, png=_png(make()))
+    except F.FigureSkipped as e:
+        return Figure(key, title, caption, note=f"Not drawn: {e}.")
+    except Exception as e:  # a report never dies for one figure; the note says what broke
+        last = traceback.format_exc().strip().splitlines()[-1]
+        return Figure(key, title, caption, note=f"Not drawn: an error in vaebench ({type(e).__name__}: {last}).")
+
+
+def _optuna_study(trials: pd.DataFrame, storage: str | None):
+    name = trials.attrs.get("optuna_study")
+    if not name:
+        raise F.FigureSkipped("the study record names no Optuna study (tag vaebench.optuna_study)")
+    storage = storage or f"sqlite:///sweeps/{trials.attrs['study']}/optuna.db"
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise F.FigureSkipped(f"no Optuna storage at {storage} (give --storage)")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except Exception as e:
+        raise F.FigureSkipped(f"cannot load Optuna study {name!r} from {storage}: {e}") from None
+
+
+def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: str | None = None,
+                 collapse_axes: Sequence[str] | None = None, histories: pd.DataFrame | None = None,
+                 optuna_storage: str | None = None, objective_names: Sequence[str] | None = None) -> list[Figure]:
+    """Every figure of the report, drawn or with the note saying why not."""
+    factors = list(trials.attrs.get("factors", []))
+    beta, fb, latent, anneal = (_find(factors, p) for p in (BETA, FREE_BITS, LATENT, ANNEAL))
+    done = int((trials["state"] == "completed").sum())
+    excluded = len(trials) - done
+    ex_note = f" {excluded} trials that did not complete are left out." if excluded else ""
+    out = []
+
+    style = anneal or (fb if fb else None)
+    hue = beta or next((f for f in factors if f != style), None)
+    nsga2 = trials.attrs.get("search") == "nsga2"
+    out.append(_draw(
+        "rate_distortion", "Rate–distortion plane",
+        f"Each completed trial at its final epoch: rate R = val/kl against distortion D = val/recon (nats); "
+        f"dashed lines are equal −ELBO = D + R (Alemi et al. 2018), lower-left is better."
+        + (f" Colour: {F.name_of(trials, hue)}." if hue else "")
+        + (f" Marker: {F.name_of(trials, style)}." if style else "")
+        + (" Circled and joined: the Pareto front of the trials shown (no other trial has both lower R and lower D)."
+           if nsga2 else "") + ex_note,
+        lambda: F.rate_distortion(trials, hue=hue, style=style, pareto=nsga2)))
+
+    def au():
+        if beta is None:
+            raise F.FigureSkipped("the study does not vary objective.beta")
+        return F.active_units(trials, beta, latent or (LATENT if LATENT in trials else None))
+    others = [f for f in factors if f not in (beta, latent)]
+    out.append(_draw(
+        "active_units", "Active units against beta",
+        "Active units (Burda et al. 2015: dim j is active iff Var_x E[z_j|x] > 0.01) at the final epoch, "
+        + ("one line per latent size, " if latent else "")
+        + ("" if latent or LATENT not in trials else "at the study's one latent size, ")
+        + "mean over seeds with a band of ±1 std" + (f", pooled over {', '.join(F.name_of(trials, f) for f in others)}"
+                                                      if others else "") + "." + ex_note, au))
+
+    eps = float(trials["metrics.collapse_epsilon"].dropna().iloc[0]) if "metrics.collapse_epsilon" in trials \
+        and trials["metrics.collapse_epsilon"].notna().any() else 0.01
+    out.append(_draw(
+        "kl_per_dim", "KL per latent dim",
+        "Mean KL of each latent dim (val/kl_dim/NN, nats, log colour scale) for each configuration; within a "
+        "trial the dims are sorted by KL, then averaged rank by rank over its seeds (n). Grey: below "
+        f"{eps:g} nats, a collapsed dim; white: the configuration has fewer dims." + ex_note,
+        lambda: F.kl_per_dim(trials, list(group_by), epsilon=eps)))
+
+    if collapse_axes:
+        cx, cy = collapse_axes[0], (collapse_axes[1] if len(collapse_axes) > 1 else None)
+    else:
+        pair = [f for f in (beta, fb) if f]
+        pair += [f for f in group_by if f not in pair][:2 - len(pair)]
+        cx, cy = (pair + [None])[:2]
+    out.append(_draw(
+        "collapse_map", "Collapse map",
+        "Fraction of latent dims collapsed (Lucas et al. 2019: KL_j(x) < ε for all but a δ fraction of "
+        "examples) at the final epoch, mean over seeds" + (" and the other factors" if len(factors) > (2 if cy else 1)
+                                                          else "") + "; blank: no completed trial." + ex_note,
+        lambda: F.collapse_map(trials, cx, cy)))
+
+    by = curves_by or (beta if beta in group_by else None) or (group_by[0] if group_by else None)
+
+    def curves():
+        h = histories
+        if h is None:
+            h = histories_frame(trials.attrs["study"], metrics=list(F.CURVE_METRICS),
+                                trials=trials[trials["state"] == "completed"])
+        return F.training_curves(h, by)
+    out.append(_draw(
+        "training_curves", "Training curves",
+        "Held-out ELBO, KL (nats) and active units after each epoch"
+        + (f", one line per level of {F.name_of(trials, by)}" if by else "")
+        + ": mean over the completed trials of that level, band ±1 std.", curves))
+
+    if trials.attrs.get("search", "grid") != "grid":
+        names = list(objective_names or [])
+
+        out.append(_draw("optuna_importances", "Optuna parameter importances",
+                         "Importance of each factor for each objective (Optuna's PED-ANOVA evaluator), over the "
+                         "complete Optuna trials (each is a point of the space; its value is the mean over seeds).",
+                         lambda: F.optuna_importances(_optuna_study(trials, optuna_storage), names)))
+        out.append(_draw("optuna_history", "Optimisation history",
+                         "Objective value of each complete Optuna trial by trial number, with the best so far "
+                         "(one objective) or the Pareto-optimal trials (several).",
+                         lambda: F.optuna_history(_optuna_study(trials, optuna_storage), names)))
+    return out
+
+
+# ------------------------------------------------------------------------- the folder
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.meta{color:#555;font-size:.9em}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em}
+figure{margin:1em 0}figure img{max-width:100%;height:auto}figcaption{color:#444;font-size:.9em;margin-top:.3em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{padding:.25em .6em;border-bottom:1px solid #e5e5e5;
+text-align:left;white-space:nowrap}th{border-bottom:2px solid #999}td.num,th.num{text-align:right;
+font-variant-numeric:tabular-nums}tr.baseline{background:#f3f7ff}.scroll{overflow-x:auto}
+pre{white-space:pre-wrap;background:#f7f7f7;padding:.6em}
+"""
+
+CONVENTIONS = [
+    "Numbers are nats per example on the validation split, at each trial's final epoch "
+    "(ELBO with beta = 1 and no free bits, whatever the training objective).",
+    "Cells: mean ± sample std (N−1) over the completed trials (seeds) of the row, with their count in "
+    "parentheses; one trial has no std. Diverged, pruned, failed and killed trials are counted in "
+    "completed/trials but never averaged.",
+    "Bold: the best mean of the column. Higher is better for ELBO, active units and MI (↑); lower for "
+    "recon, IW-NLL and collapsed fraction (↓); KL (the rate) has no better direction and is not marked; "
+    "a column whose rows are all equal has no mark.",
+]
+
+
+def _levels_text(trials: pd.DataFrame) -> list[str]:
+    lines = []
+    for f in trials.attrs.get("factors", []):
+        if f in trials:
+            lv = F.levels(trials[f])
+            shown = ", ".join(F.fmt_level(v) for v in lv[:12]) + (f", … ({len(lv)} values)" if len(lv) > 12 else "")
+            lines.append(f"{f}: {shown}")
+    return lines
+
+
+def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | None = None,
+                  baseline: Sequence[str] | dict[str, Any] | None = None, formats: Sequence[str] = FORMATS,
+                  collapse_axes: Sequence[str] | None = None, curves_by: str | None = None,
+                  histories: pd.DataFrame | None = None, optuna_storage: str | None = None,
+                  objective_names: Sequence[str] | None = None) -> Report:
+    """Write the report of ``trials`` (a ``trials_frame``) into folder ``out``.
+
+    ``group_by``: factors (paths or short names) of the ablation table; default all. ``baseline``:
+    ``["factor=level", ...]`` or {path: level}. ``formats``: any of md, html, tex, csv; the
+    figures (PNG) are drawn for md and html. ``collapse_axes``: one or two factors of the collapse map
+    (default beta and free bits). ``curves_by``: the factor of the training curves
+    (default beta, else the first grouping factor). Raises ReportError for bad input.
+    """
+    factors = list(trials.attrs.get("factors", []))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ReportError(f"--format: unknown {', '.join(bad)}; choose from {', '.join(FORMATS)}")
+    def resolve(option: str, name: str) -> str:
+        try:
+            return resolve_factor(name, factors)
+        except ReportError as e:
+            raise ReportError(f"{option}: {e}") from None
+
+    group_by = list(dict.fromkeys(resolve("--group-by", g) for g in (group_by or factors)))
+    missing = [g for g in group_by if g not in trials]
+    if missing:
+        raise ReportError(f"factor {missing[0]} has no column in the record (no trial has it as a param or point)")
+    collapse_axes = [resolve("--collapse-axes", a) for a in collapse_axes] if collapse_axes else None
+    if collapse_axes and len(collapse_axes) > 2:
+        raise ReportError("--collapse-axes: give one or two factors, e.g. beta,free_bits")
+    curves_by = resolve("--curves-by", curves_by) if curves_by else None
+    if isinstance(baseline, dict):
+        base = {resolve("--baseline", k): v for k, v in baseline.items()}
+        base = T.parse_baseline([f"{k}={F.fmt_level(v)}" for k, v in base.items()], trials, group_by)
+    else:
+        base = T.parse_baseline(list(baseline or []), trials, group_by)
+
+    table = T.ablation_table(trials, group_by, base)
+    figs = [] if not {"md", "html"} & set(formats) else make_figures(
+        trials, group_by, curves_by=curves_by, collapse_axes=collapse_axes, histories=histories,
+        optuna_storage=optuna_storage, objective_names=objective_names)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out, figures=figs, table=table)
+
+    def write(name: str, data: str | bytes) -> None:
+        p = out / name
+        p.write_bytes(data) if isinstance(data, bytes) else p.write_text(data, encoding="utf-8")
+        report.files.append(p)
+
+    for fig in figs:
+        stale = out / f"{fig.key}.png"
+        if fig.png is not None:
+            write(f"{fig.key}.png", fig.png)
+        elif stale.exists():
+            stale.unlink()  # a figure of an earlier report that this one could not draw
+    counts = T.state_counts(trials)
+    if "csv" in formats:
+        write("ablation.csv", T.to_csv(table))
+        write("trials.csv", _trials_csv(trials))
+    if "tex" in formats:
+        write("ablation.tex", T.to_latex(table))
+    if "md" in formats:
+        write("ablation.md", T.to_markdown(table))
+        write("report.md", _markdown(trials, table, counts, figs, formats))
+    if "html" in formats:
+        write("index.html", _html(trials, table, counts, figs, formats))
+    return report
+
+
+def _trials_csv(trials: pd.DataFrame) -> str:
+    t = trials.copy()
+    for c in t.columns:
+        if t[c].dtype == object:
+            t[c] = t[c].map(lambda v: json.dumps(list(v) if isinstance(v, tuple) else v)
+                            if isinstance(v, (list, dict, tuple)) else v)
+    return t.to_csv(index=False, float_format="%.17g")
+
+
+def _header_facts(trials: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    a = trials.attrs
+    facts = [f"record: parent run {a.get('parent_run_id')} in {a.get('tracking_uri')}",
+             f"search: {a.get('search')}; seeds: {', '.join(map(str, a.get('seeds', [])))}; "
+             f"{len(trials)} trial runs",
+             f"generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by vaebench report"]
+    return facts
+
+
+def _markdown(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs: list[Figure],
+              formats: Sequence[str]) -> str:
+    a = trials.attrs
+    lines = [f"# Study `{a.get('study')}`", ""]
+    if a.get("description"):
+        lines += [a["description"].strip(), ""]
+    lines += [f"- {x}" for x in _header_facts(trials, table)] + [""]
+    lines += ["## Factors", ""] + [f"- `{x.split(': ', 1)[0]}`: {x.split(': ', 1)[1]}" for x in _levels_text(trials)]
+    lines += ["", "## Trials by state", "", "| state | trials |", "|:--|--:|"]
+    lines += [f"| {r.state} | {r.trials} |" for r in counts.itertuples()] + [f"| **total** | **{len(trials)}** |", ""]
+    for fig in figs:
+        lines += [f"## {fig.title}", ""]
+        if fig.png is not None:
+            lines += [f"![{fig.title}]({fig.key}.png)", "", f"*{fig.caption}*", ""]
+        else:
+            lines += [f"> {fig.note}", ""]
+    lines += ["## Ablation table", "", _table_intro(table), "", T.to_markdown(table)]
+    lines += [f"- {c}" for c in CONVENTIONS] + [""]
+    files = [f for f, fmt in (("ablation.tex", "tex"), ("ablation.csv", "csv"), ("trials.csv", "csv"))
+             if fmt in formats]
+    if files:
+        lines += ["Also in this folder: " + ", ".join(f"`{f}`" for f in files)
+                  + " (the table in LaTeX with booktabs, at full precision, and every trial).", ""]
+    return "\n".join(lines)
+
+
+def _table_intro(table: pd.DataFrame) -> str:
+    names = ", ".join(F.name_of(table, f) for f in table.attrs["group_by"])
+    text = f"Rows: the levels of {names}."
+    base = table.attrs.get("baseline")
+    if base:
+        text += (" Δ: the difference of a cell's mean to the baseline row ("
+                 + ", ".join(f"{F.name_of(table, f)}={F.fmt_level(v)}" for f, v in base.items())
+                 + ") with the same levels of the other factors.")
+    return text
+
+
+def _html(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs: list[Figure],
+          formats: Sequence[str]) -> str:
+    a = trials.attrs
+    e = html.escape
+    body = [f"<h1>Study <code>{e(str(a.get('study')))}</code></h1>"]
+    if a.get("description"):
+        body += [f"<p>{e(p.strip())}</p>" for p in a["description"].strip().split("\n\n")]
+    body.append("<p class='meta'>" + "<br>".join(e(x) for x in _header_facts(trials, table)) + "</p>")
+    body.append("<h2>Factors</h2><ul>" + "".join(
+        f"<li><code>{e(x.split(': ', 1)[0])}</code>: {e(x.split(': ', 1)[1])}</li>" for x in _levels_text(trials))
+        + "</ul>")
+    body.append("<h2>Trials by state</h2><table class='counts'><thead><tr><th>state</th><th class='num'>trials"
+                "</th></tr></thead><tbody>" + "".join(
+                    f"<tr><td>{e(r.state)}</td><td class='num'>{r.trials}</td></tr>" for r in counts.itertuples())
+                + f"<tr><td><b>total</b></td><td class='num'><b>{len(trials)}</b></td></tr></tbody></table>")
+    body.append("<h2>Contents</h2><ul>" + "".join(
+        f"<li><a href='#{f.key}'>{e(f.title)}</a></li>" for f in figs) + "<li><a href='#ablation'>Ablation table</a>"
+        "</li></ul>")
+    for fig in figs:
+        body.append(f"<h2 id='{fig.key}'>{e(fig.title)}</h2>")
+        if fig.png is not None:
+            b64 = base64.b64encode(fig.png).decode()
+            body.append(f"<figure><img alt='{e(fig.title)}' src='data:image/png;base64,{b64}'>"
+                        f"<figcaption>{e(fig.caption)}</figcaption></figure>")
+        else:
+            body.append(f"<p class='note'>{e(fig.note or '')}</p>")
+    body.append(f"<h2 id='ablation'>Ablation table</h2><p>{e(_table_intro(table))}</p>")
+    body.append("<div class='scroll'>" + T.to_html(table) + "</div>")
+    body.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in CONVENTIONS) + "</ul>")
+    if "tex" in formats:
+        body.append("<h3>LaTeX (booktabs)</h3><pre>" + e(T.to_latex(table)) + "</pre>")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>vaebench report: {e(str(a.get('study')))}</title><style>{CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,297 @@
+"""The ablation table: one row per combination of the grouping factors' levels, one column
+group per held-out metric, each cell mean ± std over the row's completed trials (its seeds),
+with the count; renderers to Markdown, LaTeX (booktabs) and CSV.
+
+Conventions (documented in the report itself):
+
+- only completed trials enter a cell; the ``trials`` column counts every trial of the row
+  and names the others (diverged, pruned, failed, killed);
+- std is the sample standard deviation (N-1); with one trial it is undefined and not shown;
+- the best mean of a column is marked (bold) in the direction of ``METRICS``: ELBO, active
+  units and MI higher, reconstruction, IW-NLL and collapsed fraction lower; KL has no better
+  direction (it is the rate, traded against distortion) and is never marked; ties are all
+  marked, and a column whose values are all equal has no mark;
+- with a baseline, each cell also shows the difference of its mean to the mean of the
+  baseline row that has the same levels of the other grouping factors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from vaebench.report.figures import fmt_level, hashable as _hashable, levels, name_of, point_keys
+from vaebench.results import ReportError, STATE_ORDER, resolve_factor
+
+
+@dataclass(frozen=True)
+class TableMetric:
+    key: str
+    label: str
+    better: str | None  # "max", "min" or None (never marked)
+    decimals: int
+    unit: str = ""
+
+
+METRICS = [
+    TableMetric("val/elbo", "ELBO", "max", 2, "nats"),
+    TableMetric("val/recon", "recon", "min", 2, "nats"),
+    TableMetric("val/kl", "KL", None, 2, "nats"),
+    TableMetric("val/active_units", "active units", "max", 1),
+    TableMetric("val/mi", "MI", "max", 2, "nats"),
+    TableMetric("val/iw_nll", "IW-NLL", "min", 2, "nats"),
+    TableMetric("val/collapsed_fraction", "collapsed", "min", 2, "fraction"),
+]
+
+
+def parse_baseline(items: Sequence[str], trials: pd.DataFrame, group_by: Sequence[str]) -> dict[str, Any]:
+    """``["objective.beta=1", "anneal=none"]`` -> {factor path: level}. Each factor must be a
+    grouping factor and each value one of its levels (as a number, as its label, or as
+    written in the study). Raises ReportError naming the problem."""
+    factors = trials.attrs.get("factors", list(group_by))
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ReportError(f"--baseline {item!r}: expected dotted.path=value, e.g. objective.beta=1")
+        try:
+            f = resolve_factor(key.strip(), factors)
+        except ReportError as e:
+            raise ReportError(f"--baseline {item!r}: {e}") from None
+        if f not in group_by:
+            raise ReportError(f"--baseline {item!r}: {f} is not a grouping factor of the table "
+                              f"(grouping by {', '.join(group_by)}); add --group-by {f}")
+        text = text.strip()
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            parsed = text
+        lv = levels(trials[f])
+        match = [v for v in lv if _same(v, parsed) or fmt_level(v) == text or str(v) == text]
+        if not match:
+            raise ReportError(f"--baseline {item!r}: {text!r} is not a level of {f}; its levels are: "
+                              + ", ".join(fmt_level(v) for v in lv))
+        out[f] = match[0]
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) and isinstance(b, list):
+        b = tuple(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0)
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def ablation_table(trials: pd.DataFrame, group_by: Sequence[str], baseline: dict[str, Any] | None = None,
+                   metrics: Sequence[TableMetric] = METRICS) -> pd.DataFrame:
+    """The ablation table as a DataFrame, one row per combination of ``group_by`` levels
+    present in the record (in display order), with columns:
+
+    - one per grouping factor (its path), holding the level;
+    - ``trials`` (all trials of the row), ``completed``, ``excluded`` ("1 diverged, 2 failed");
+    - per metric key ``m``: ``m mean``, ``m std`` (N-1), ``m n`` (completed trials with a
+      value), ``m best`` (bool, metrics with a direction), and with ``baseline``
+      ``m delta`` (mean minus the matching baseline row's mean);
+    - with ``baseline``: ``baseline`` (bool, the row is a baseline row).
+
+    ``baseline`` is {factor: level} as from ``parse_baseline``.
+    """
+    group_by = list(group_by)
+    if not group_by:
+        raise ReportError("the ablation table needs at least one grouping factor")
+    keys_col, keys = point_keys(trials, group_by)
+    code = keys_col.map({k: i for i, k in enumerate(keys)}).astype(int)  # tuples would become a MultiIndex
+    counts = trials["state"].groupby(code).value_counts().unstack(fill_value=0)
+    done = trials["state"] == "completed"
+    present = [m.key for m in metrics if m.key in trials]
+    agg = trials.loc[done, present].astype(float).groupby(code[done]).agg(["mean", "std", "count"])
+    states = STATE_ORDER + sorted(set(counts.columns) - set(STATE_ORDER))
+    rows = []
+    for i, key in enumerate(keys):
+        row: dict[str, Any] = dict(zip(group_by, key))
+        c = counts.loc[i] if i in counts.index else pd.Series(dtype=int)
+        row["trials"] = int(c.sum())
+        row["completed"] = int(c.get("completed", 0))
+        row["excluded"] = ", ".join(f"{int(c[s])} {s}" for s in states if s != "completed" and c.get(s, 0))
+        for m in metrics:
+            have = m.key in present and i in agg.index
+            n = int(agg.at[i, (m.key, "count")]) if have else 0
+            row[f"{m.key} mean"] = float(agg.at[i, (m.key, "mean")]) if n else math.nan
+            row[f"{m.key} std"] = float(agg.at[i, (m.key, "std")]) if n > 1 else math.nan
+            row[f"{m.key} n"] = n
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for m in metrics:
+        if m.better is None:
+            continue
+        col = table[f"{m.key} mean"]
+        best = col.max() if m.better == "max" else col.min()
+        # marked when it tells something: two or more values, not all equal
+        table[f"{m.key} best"] = (col == best) & col.notna() & (col.dropna().nunique() > 1)
+    if baseline:
+        others = [f for f in group_by if f not in baseline]
+        is_base = pd.Series(True, index=table.index)
+        for f, v in baseline.items():
+            is_base &= table[f].map(lambda x, v=v: _same(x, _hashable(v)))
+        if not is_base.any():
+            raise ReportError("--baseline: no row of the table has "
+                              + ", ".join(f"{name_of(trials, f)}={fmt_level(v)}" for f, v in baseline.items()))
+        table["baseline"] = is_base
+        other_key = list(zip(*(table[f] for f in others))) if others else [()] * len(table)
+        base_rows = {k: i for i, (k, b) in enumerate(zip(other_key, is_base)) if b}
+        base_of = [base_rows.get(k) for k in other_key]
+        for m in metrics:
+            means = table[f"{m.key} mean"].to_numpy()
+            table[f"{m.key} delta"] = [means[i] - means[b] if b is not None else math.nan
+                                       for i, b in enumerate(base_of)]
+    ordered = group_by + ["trials", "completed", "excluded"] + (["baseline"] if baseline else [])
+    for m in metrics:
+        ordered += [c for c in (f"{m.key} mean", f"{m.key} std", f"{m.key} n", f"{m.key} delta", f"{m.key} best")
+                    if c in table]
+    table = table[ordered]
+    table.attrs.update(trials.attrs)
+    table.attrs.update(group_by=group_by, baseline=dict(baseline or {}), metrics=[m.key for m in metrics])
+    return table
+
+
+def state_counts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials of the record by state (every state, zero counts included)."""
+    counts = trials["state"].value_counts()
+    states = STATE_ORDER[:5] + [s for s in counts.index if s not in STATE_ORDER[:5]]
+    return pd.DataFrame({"state": states, "trials": [int(counts.get(s, 0)) for s in states]})
+
+
+# ------------------------------------------------------------------------- rendering
+
+
+def _metrics_of(table: pd.DataFrame) -> list[TableMetric]:
+    keys = table.attrs.get("metrics") or [m.key for m in METRICS]
+    return [m for m in METRICS if m.key in keys]
+
+
+def _num(x: float, d: int, signed: bool = False) -> str:
+    s = f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
+    return s.replace("-0." + "0" * d, "0." + "0" * d) if d else s
+
+
+def cell(row: dict[str, Any], m: TableMetric, *, count: bool = True, tex: bool = False) -> str:
+    """'-88.12 ± 0.31 (3)', '-88.12 (1)', '–' (no value); with a delta ' Δ +1.20'."""
+    mean, std, n = row[f"{m.key} mean"], row[f"{m.key} std"], int(row[f"{m.key} n"])
+    if n == 0 or pd.isna(mean):
+        return "--" if tex else "–"
+    pm = r" \pm " if tex else " ± "
+    text = _num(mean, m.decimals) + (pm + _num(std, m.decimals) if not pd.isna(std) else "")
+    if tex:
+        text = f"${text}$"
+    if count:
+        text += f" ({n})"
+    if f"{m.key} delta" in row and not pd.isna(row[f"{m.key} delta"]) and not row.get("baseline", False):
+        d = _num(row[f"{m.key} delta"], m.decimals, signed=True)
+        text += f" $\\Delta\\,{d}$" if tex else f" Δ {d}"
+    return text
+
+
+def _header(m: TableMetric, tex: bool = False) -> str:
+    arrow = {"max": " ↑", "min": " ↓"}.get(m.better or "", "")
+    if tex:
+        arrow = {"max": r" $\uparrow$", "min": r" $\downarrow$"}.get(m.better or "", "")
+    return f"{m.label}{arrow}"
+
+
+def _level_cells(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
+    cells = [fmt_level(row[f]) for f in table.attrs["group_by"]]
+    if row.get("baseline", False):
+        cells[0] += " (baseline)"
+    return cells
+
+
+def _trials_cell(row: dict[str, Any]) -> str:
+    return f"{row['completed']}/{row['trials']}" + (f" ({row['excluded']})" if row["excluded"] else "")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table; best cells in bold."""
+    ms = _metrics_of(table)
+    head = [name_of(table, f) for f in table.attrs["group_by"]] + ["completed/trials"] + [_header(m) for m in ms]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join([":--"] * (len(head) - len(ms)) + ["--:"] * len(ms)) + "|"]
+    for row in table.to_dict("records"):
+        cells = _level_cells(table, row) + [_trials_cell(row)]
+        for m in ms:
+            c = cell(row, m)
+            cells.append(f"**{c}**" if row.get(f"{m.key} best", False) else c)
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: pd.DataFrame) -> str:
+    """An HTML <table> (no styling of its own; the report page styles it)."""
+    from html import escape
+
+    ms = _metrics_of(table)
+    head = [name_of(table, f) for f in table.attrs["group_by"]] + ["completed/trials"]
+    out = ["<table class='ablation'>", "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head)
+           + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms) + "</tr></thead><tbody>"]
+    for row in table.to_dict("records"):
+        cells = [f"<td>{escape(c)}</td>" for c in _level_cells(table, row) + [_trials_cell(row)]]
+        for m in ms:
+            c = escape(cell(row, m))
+            cells.append(f"<td class='num best'><b>{c}</b></td>" if row.get(f"{m.key} best", False)
+                         else f"<td class='num'>{c}</td>")
+        out.append("<tr" + (" class='baseline'" if row.get("baseline", False) else "") + ">" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in s).replace("–", "--").replace("Δ", r"$\Delta$")
+
+
+def to_latex(table: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs ``table`` float ready to paste (needs \\usepackage{booktabs}). The
+    completed trials of each row are its $n$ column; a cell shows its own count in
+    parentheses only where it differs from $n$ (a metric some trials lack)."""
+    ms = _metrics_of(table)
+    group_by = table.attrs["group_by"]
+    study = table.attrs.get("study", "study")
+    head = [tex_escape(name_of(table, f)) for f in group_by] + ["$n$"] + [_header(m, tex=True) for m in ms]
+    lines = [f"% vaebench ablation table of study {tex_escape(study)}; needs \\usepackage{{booktabs}}",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{" + "l" * len(group_by) + "r" + "r" * len(ms) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule"]
+    for row in table.to_dict("records"):
+        cells = [tex_escape(c) for c in _level_cells(table, row)]
+        cells.append(str(row["completed"]) + (r"$^\dagger$" if row["excluded"] else ""))
+        for m in ms:
+            c = cell(row, m, count=int(row[f"{m.key} n"]) != int(row["completed"]), tex=True)
+            cells.append(r"{\boldmath " + c + "}" if row.get(f"{m.key} best", False) else c)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    excluded = table["excluded"].astype(bool).any()
+    cap = caption or (
+        f"Ablation of {tex_escape(study)}: mean $\\pm$ std (N$-$1) over the $n$ completed seeds of each row; "
+        "best mean per column in bold (KL: no better direction)."
+        + (r" $^\dagger$Some trials of the row did not complete and are excluded." if excluded else "")
+        + (" $\\Delta$: difference to the baseline row." if table.attrs.get("baseline") else ""))
+    lines += [r"\caption{" + cap + "}", r"\label{" + (label or f"tab:{study}-ablation") + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: pd.DataFrame) -> str:
+    """Every column of the table at full precision; factor levels as their labels."""
+    out = table.copy()
+    for f in table.attrs["group_by"]:
+        out[f] = out[f].map(fmt_level)
+    return out.to_csv(index=False, float_format="%.17g")
