@@ -16,7 +16,6 @@ import functools
 import math
 
 import pytest
-import torch
 
 from vaebench.config import TrialConfig
 from vaebench.data import load_data

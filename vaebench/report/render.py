@@ -104,8 +104,8 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
     nsga2 = trials.attrs.get("search") == "nsga2"
     out.append(_draw(
         "rate_distortion", "Rate–distortion plane",
-        f"Each completed trial at its final epoch: rate R = val/kl against distortion D = val/recon (nats); "
-        f"dashed lines are equal −ELBO = D + R (Alemi et al. 2018), lower-left is better."
+        "Each completed trial at its final epoch: rate R = val/kl against distortion D = val/recon (nats); "
+        "dashed lines are equal −ELBO = D + R (Alemi et al. 2018), lower-left is better."
         + (f" Colour: {F.name_of(trials, hue)}." if hue else "")
         + (f" Marker: {F.name_of(trials, style)}." if style else "")
         + (" Circled and joined: the Pareto front of the trials shown (no other trial has both lower R and lower D)."
