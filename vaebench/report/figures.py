@@ -352,7 +352,8 @@ def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None) -> Figure:
             ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
         ax.set_xlabel(xn)
         ax.set_ylabel(yn or "")
-        ax.set_title("Posterior collapse (mean over seeds" + (" and other factors)" if len(trials.attrs.get(
+        # two lines: the figure is only as wide as its cells, and a one-line title overflowed it
+        ax.set_title("Posterior collapse\n(mean over seeds" + (" and other factors)" if len(trials.attrs.get(
             "factors", [])) > (2 if yn else 1) else ")"))
         long = max((len(str(c)) for c in mat.columns), default=0) > 7
         ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
