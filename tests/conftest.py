@@ -35,6 +35,14 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def http_ok(url: str) -> bool:
+    """True once ``url`` answers 200 (a server's health endpoint)."""
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False
+
+
 def wait_for(check, what: str = "", timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,14 +116,8 @@ def mlflow_server(tmp_path_factory) -> str:
          "--workers", "1"],
         cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
-        except OSError:
-            return False
     try:
-        wait_for(healthy, "the MLflow server")
+        wait_for(lambda: http_ok(f"{url}/health"), "the MLflow server")
         yield url
     finally:
         stop(proc)

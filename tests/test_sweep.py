@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import free_port, stop, wait_for
+from conftest import free_port, http_ok, stop, wait_for
 from vaebench.study import expand, load_study
 
 TINY = """\
@@ -413,19 +413,11 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
 
 
 def test_ui_serves_the_store(tmp_path):
-    import urllib.request
-
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "ui", "--port", str(port), "--tracking-uri",
                              f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-        except OSError:
-            return False
     try:
-        wait_for(healthy, "vaebench ui", timeout=120)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "vaebench ui", timeout=120)
     finally:
         stop(proc)
