@@ -857,11 +857,14 @@ def render(res: dict) -> str:
     s = res["sizes"]
     add(f"| data | synthetic binary images ({synthetic.GENERATOR}, see synthetic.py): "
         f"{s['n_train']:,} x 784 train, {s['n_val']:,} val |\n")
-    busy = max(la0[0], la1[0]) > 0.5 * m["nproc"]
-    if busy:
-        add(f"**The machine was not quiet** (load average up to {max(la0[0], la1[0]):.1f} on {m['nproc']} cores, "
-            "see per-section loads below): absolute speeds and the 2-thread and 2-worker figures are depressed "
-            "by other processes; rerun on a quiet machine for reference numbers.\n")
+    add("Load averages during the run include the benchmark's own processes (one busy process in benchmark 1, "
+        "two workers plus Ray and the driver in the sweeps); the load at the start, before anything of ours runs, "
+        "is the one that tells whether others were using the machine.\n")
+    if la0[0] > 0.5:
+        add(f"**The machine was not quiet**: load average {la0[0]:.2f} at the start on {m['nproc']} cores. Other "
+            "processes take CPU from the measurements, most of all from the 2-thread runs (an OpenMP thread that "
+            "loses its core stalls its partner) and the 2-worker sweep; rerun on a quiet machine for reference "
+            "numbers.\n")
 
     summary: list[tuple[str, str, str, str, str]] = []
     sections: list[str] = []
@@ -1019,8 +1022,9 @@ def render(res: dict) -> str:
                f"{b['metrics_per_epoch']} metrics, written into a fresh SQLite MLflow store through "
                "`vaebench.tracking.Record` exactly as the sweep driver calls it (start_study; per trial start_trial "
                "with the flattened config and the driver's tags, one log_epoch per epoch, end_trial; no artifacts). "
-               "The store is built once and cached in `benchmarks/.cache/` (keyed by sizes, MLflow/SQLAlchemy "
-               "versions and `vaebench/tracking.py`); the logging cost is also measured on a fresh store every run.\n",
+               "The store is built once and cached in `benchmarks/.cache/` (keyed by the sizes, the MLflow and "
+               "SQLAlchemy versions and the source of the `Record` methods the driver writes with); the logging "
+               "cost is also measured on a fresh store every run.\n",
                "| figure | value |", "|---|---|",
                f"| logging cost per trial-epoch, fresh store, this run | {fmt(sample_cost, ' ms', 1000, 1)} "
                f"(CPU {fmt(stats([x.get('log_epoch_cpu_mean_s', math.nan) for x in rc['sample']]), ' ms', 1000, 1)}) |",
@@ -1159,8 +1163,9 @@ def main() -> None:
         res["loadavg_end"] = loadavg()
         res["duration_s"] = perf() - t0
         synthetic.CACHE.mkdir(parents=True, exist_ok=True)
-        (synthetic.CACHE / ("last-run-quick.json" if args.quick else "last-run.json")).write_text(
-            json.dumps(res, indent=1, default=str))
+        raw = out.with_suffix(".json") if args.out else synthetic.CACHE / ("last-run-quick.json" if args.quick
+                                                                            else "last-run.json")
+        raw.write_text(json.dumps(res, indent=1, default=str))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     text = render(json.loads(json.dumps(res, default=str)))

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import tempfile
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,6 @@ INTERRUPTED = "vaebench.interrupted"  # Optuna user attr of a trial cut off by a
 
 class SweepError(RuntimeError):
     """The sweep cannot start (bad resources, unreachable cluster); nothing was written."""
-
-
-class Interrupted(Exception):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
 
 @dataclass
@@ -195,13 +192,18 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> Summary:
-        old = signal.signal(signal.SIGTERM, _raise_interrupted)
+        # Ctrl-C and SIGTERM only set a flag: an exception raised asynchronously could land inside
+        # an MLflow write and leave its transaction broken. The loop wakes at least every second.
+        self.stop_signal: int | None = None
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         queue = deque(self._grid_specs()) if self.optuna is None else deque()
         total = len(queue) + self.summary.skipped if self.optuna is None else self.study.search.budget * len(self.study.seeds)
         self.progress.start(self.study.name, total, self.summary.counts)
         try:
-            while True:
-                while len(self.running) < self.workers and self._may_launch():
+            while self.stop_signal is None:
+                while len(self.running) < self.workers and self._may_launch() and self.stop_signal is None:
                     if not queue:
                         queue.extend(self._ask())
                         if not queue:
@@ -210,14 +212,18 @@ class Driver:
                 if not self.running:
                     break
                 self._poll()
-        except (KeyboardInterrupt, Interrupted):
-            self.summary.interrupted = True
-            self._kill_all()
+            if self.stop_signal is not None:
+                self.summary.interrupted = True
+                self._kill_all()
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
             self.record.end_study(self.parent_id, "KILLED" if self.summary.interrupted else "FINISHED")
             self.progress.stop(self.summary.counts)
         return self.summary
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum
 
     def _may_launch(self) -> bool:
         return self.opts.max_trials is None or self.launched < self.opts.max_trials
@@ -393,10 +399,6 @@ class Driver:
                     g["trial"].set_user_attr(INTERRUPTED, True)
                     self.optuna.tell(g["trial"], state=optuna.trial.TrialState.FAIL)
         self.running.clear()
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted()
 
 
 def suggest(trial: optuna.Trial, path: str, levels: list[Any] | Range) -> Any:
