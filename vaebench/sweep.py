@@ -32,7 +32,7 @@ from vaebench.progress import Progress
 from vaebench.study import Range, Study, TrialSpec, expand
 from vaebench.trial import run_trial
 from vaebench.tracking import (
-    FINAL_STATES, HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, STATE, Record,
+    FINAL_STATES, HASH, MLFLOW_STATUS, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, STATE, Record,
 )
 
 MAX_RETRIES = 2  # a trial whose Ray worker dies is rerun this many times, then failed
@@ -157,6 +157,8 @@ class Driver:
         for run in self.record.trial_runs(self.parent_id):
             h, state = run.data.tags.get(HASH), run.data.tags.get(STATE)
             if state in FINAL_STATES and h not in self.finals:
+                if run.info.status == "RUNNING":  # the driver died between the state tag and closing the run
+                    self.record.client.set_terminated(run.info.run_id, MLFLOW_STATUS[state])
                 self.finals[h] = (state, dict(run.data.metrics))
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
