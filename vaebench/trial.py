@@ -19,16 +19,16 @@ import torch
 from vaebench.config import TrialConfig
 from vaebench.data import Dataset, load_data
 from vaebench.models import VAE
+from vaebench.train import configure_torch, train
 
 
 def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Train the trial ``config`` (a TrialConfig as a dict); yield messages, never raise."""
     try:
         cfg = TrialConfig.model_validate(config)
+        configure_torch(cfg.train.threads)  # before loading data: its first parallel op starts the threads
         data = load_data(cfg.data, cfg.data_seed)
         yield {"kind": "start", "pid": os.getpid(), "host": os.uname().nodename}
-        from vaebench.train import train  # after data: a bad data file fails before torch work
-
         report = None
         for report in train(cfg, data):
             yield {"kind": "epoch", "epoch": report.epoch, "metrics": report.metrics, "state": report.state}
