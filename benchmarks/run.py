@@ -515,6 +515,49 @@ def child_sequential(a: dict) -> dict:
             "loadavg": loadavg()}
 
 
+def _trials_process(conn, a: dict, seeds: list[int]) -> None:
+    """One of the control's processes: imports done, wait for the start, then run_trial for each seed."""
+    quiet()
+    from vaebench.trial import run_trial
+
+    conn.send("ready")
+    conn.recv()
+    t = perf()
+    for seed in seeds:
+        for msg in run_trial({**a["config"], "seed": seed}):
+            if msg["kind"] == "end" and msg["state"] != "completed":
+                raise RuntimeError(f"trial seed {seed} ended {msg['state']}: {msg.get('traceback', '')}")
+    conn.send(perf() - t)
+
+
+def child_concurrent(a: dict) -> dict:
+    """The hardware control of benchmark 3: the same trials in ``workers`` plain processes at once
+    (no Ray, no driver, no MLflow), each running its share one after another, started together
+    once every process has imported. How well two trials share the cores by themselves."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    seeds, w = a["seeds"], a["workers"]
+    pipes, procs = [], []
+    for i in range(w):
+        parent, child = ctx.Pipe()
+        procs.append(ctx.Process(target=_trials_process, args=(child, a, seeds[i::w]), daemon=True))
+        procs[-1].start()
+        pipes.append(parent)
+    try:
+        for p in pipes:
+            p.recv()
+        t = perf()
+        for p in pipes:
+            p.send("go")
+        spans = [p.recv() for p in pipes]
+        wall = perf() - t
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    return {"wall_s": wall, "process_s": spans, "loadavg": loadavg()}
+
+
 def record_metrics(rng, beta: float, free_bits: float, epoch: int, epochs: int, latent: int = 20) -> dict[str, float]:
     """Plausible metrics of one epoch (the keys a real trial logs): fewer active dims at higher
     beta, free bits keep some open, curves that converge."""
@@ -626,7 +669,7 @@ def child_readback(a: dict) -> dict:
     return out
 
 
-CHILDREN = {"overhead": child_overhead, "sweep": child_sweep, "sequential": child_sequential,
+CHILDREN = {"overhead": child_overhead, "sweep": child_sweep, "sequential": child_sequential, "concurrent": child_concurrent,
             "record": child_record, "readback": child_readback}
 
 
@@ -803,12 +846,15 @@ def bench_scaling(r: Runner, sz: Sizes, data: Path) -> dict:
         seq = r.child("sequential", {"config": cfg, "seeds": list(range(n))})
         sd = study_dict(f"bench-scaling-{i}", str(data), sz.scale_epochs, 1, {"objective.beta": [1.0]}, list(range(n)))
         sw = r.child("sweep", {"study": sd, "workers": workers, "uri": f"sqlite:///{r.work}/scaling-{i}.db"})
+        ctl = r.child("concurrent", {"config": cfg, "seeds": list(range(n)), "workers": workers})
         total = sum(seq["trial_s"])
         ideal = total / workers
-        rep = {"sequential": seq, "sweep": sw, "sum_single_s": total, "ideal_s": ideal,
-               "ratio": sw["wall_s"] / ideal, "ratio_without_ray_start": (sw["wall_s"] - sw["ray_start_s"]) / ideal}
+        rep = {"sequential": seq, "sweep": sw, "control": ctl, "sum_single_s": total, "ideal_s": ideal,
+               "ratio": sw["wall_s"] / ideal, "ratio_without_ray_start": (sw["wall_s"] - sw["ray_start_s"]) / ideal,
+               "control_ratio": ctl["wall_s"] / ideal}
         print(f"      sum of single trials {total:.1f} s -> ideal {ideal:.1f} s; sweep {sw['wall_s']:.1f} s "
-              f"(Ray start {sw['ray_start_s']:.1f} s); ratio {rep['ratio']:.3f}", flush=True)
+              f"(Ray start {sw['ray_start_s']:.1f} s); ratio {rep['ratio']:.3f}; control: the same trials in "
+              f"{workers} plain processes at once {ctl['wall_s']:.1f} s, ratio {rep['control_ratio']:.3f}", flush=True)
         reps.append(rep)
     return {"trials": n, "workers": workers, "epochs": sz.scale_epochs, "reps": reps}
 
@@ -1065,8 +1111,10 @@ def render(res: dict) -> str:
         reps = sc["reps"]
         ratio = stats([x["ratio"] for x in reps])
         ver = verdict(ratio["median"], TARGETS["scaling"], False)
+        ctl = stats([x["control_ratio"] for x in reps if "control_ratio" in x])
         summary.append((f"3. sweep wall / (sum of single trials / 2)", fmt(ratio, digits=3), "≤ 1.15", ver,
-                        f"Ray start {statistics.median(x['sweep']['ray_start_s'] for x in reps):.1f} s"))
+                        f"Ray start {statistics.median(x['sweep']['ray_start_s'] for x in reps):.1f} s; the same trials "
+                        f"in 2 plain processes at once (no Ray): {ctl['median']:.3f} x ideal"))
         fixed = [x["sweep"]["wall_s"] - x["sweep"].get("makespan_s", math.nan) for x in reps]
         share = [x["sweep"].get("makespan_s", math.nan) / x["ideal_s"] for x in reps]
         # fixed + share * ideal <= 1.15 * ideal  <=>  ideal >= fixed / (1.15 - share); trial = ideal * workers / n
@@ -1096,6 +1144,13 @@ def render(res: dict) -> str:
                f"| trial run span in the sweep (MLflow start→end) | {fmt(stats([t for x in reps for t in x['sweep']['trial_run_s']]), ' s')} |",
                f"| **sweep / ideal** (target ≤ 1.15) | **{fmt(ratio, digits=3)} {ver}** |",
                f"| sweep without Ray start / ideal | {fmt(stats([x['ratio_without_ray_start'] for x in reps]), digits=3)} |",
+               f"| *control*: the same {sc['trials']} trials in {sc['workers']} plain processes at once (no Ray, "
+               f"driver or MLflow; imports done before the clock starts) | "
+               f"{fmt(stats([x['control']['wall_s'] for x in reps if 'control' in x]), ' s', digits=1)} |",
+               f"| **control / ideal**: what sharing the cores costs two trials by themselves | "
+               f"**{fmt(stats([x['control_ratio'] for x in reps if 'control_ratio' in x]), digits=3)}** |",
+               f"| sweep / control: what vaebench and Ray add to that | "
+               f"{fmt(stats([x['sweep']['wall_s'] / x['control']['wall_s'] for x in reps if 'control' in x]), digits=3)} |",
                f"| fixed cost: sweep wall − trials' makespan | {fmt(stats(fixed), ' s', digits=1)} |",
                f"| makespan / ideal (how well the trials themselves share the 2 cores) | "
                f"{fmt(stats(share), digits=3)} |",
