@@ -52,10 +52,3 @@ def bare_epochs(x: torch.Tensor, epochs: int, batch_size: int = 128, lr: float =
         yield steps, time.perf_counter() - started
         started = time.perf_counter()  # the caller's time between epochs is not ours
 
-
-def train_bare(x: torch.Tensor, epochs: int, **kwargs) -> tuple[int, float]:
-    """All epochs at once; returns (optimiser steps, seconds)."""
-    steps = seconds = 0.0
-    for s, t in bare_epochs(x, epochs, **kwargs):
-        steps, seconds = steps + s, seconds + t
-    return int(steps), seconds

@@ -384,6 +384,7 @@ def child_overhead(a: dict) -> dict:
         parent, child = ctx.Pipe()
         procs[kind] = ctx.Process(target=loop_process, args=(child, kind, a), daemon=True)
         procs[kind].start()
+        child.close()  # ours: a process that dies then gives EOFError instead of a hang
         conns[kind] = parent
     try:
         hello = {k: c.recv() for k, c in conns.items()}  # each loaded its data and warmed up
@@ -492,41 +493,44 @@ def child_sweep(a: dict) -> dict:
     }
 
 
-def child_sequential(a: dict) -> dict:
-    """Trials one at a time through ``vaebench.trial.run_trial`` (what a Ray worker runs), in
-    one process, 1 thread; each timed from config to its end message (data load included)."""
-    quiet()
+def run_trials(config: dict, seeds: list[int]) -> dict:
+    """``vaebench.trial.run_trial`` for each seed, one after another (what a Ray worker runs);
+    each timed from config to its end message (data load included). Raises unless all complete."""
     from vaebench.trial import run_trial
 
-    rss_imports = rss_mib()
     times, cpu, states = [], [], []
-    for seed in a["seeds"]:
-        cfg = {**a["config"], "seed": seed}
+    for seed in seeds:
         t, c = perf(), time.process_time()
         end = None
-        for msg in run_trial(cfg):
+        for msg in run_trial({**config, "seed": seed}):
             end = msg
         times.append(perf() - t)
         cpu.append(time.process_time() - c)
         states.append(end["state"])
         if end["state"] != "completed":
             raise RuntimeError(f"trial seed {seed} ended {end['state']}: {end.get('traceback', '')}")
-    return {"trial_s": times, "trial_cpu_s": cpu, "states": states, "rss_after_imports_mib": rss_imports, "maxrss_mib": maxrss_mib(),
+    return {"trial_s": times, "trial_cpu_s": cpu, "states": states}
+
+
+def child_sequential(a: dict) -> dict:
+    """Trials one at a time in one process, 1 thread (``run_trials``)."""
+    quiet()
+    import vaebench.trial  # noqa: F401  (imports before the memory reading, as in a worker)
+
+    rss_imports = rss_mib()
+    return {**run_trials(a["config"], a["seeds"]), "rss_after_imports_mib": rss_imports, "maxrss_mib": maxrss_mib(),
             "loadavg": loadavg()}
 
 
 def _trials_process(conn, a: dict, seeds: list[int]) -> None:
-    """One of the control's processes: imports done, wait for the start, then run_trial for each seed."""
+    """One of the control's processes: imports done, wait for the start, then ``run_trials``."""
     quiet()
-    from vaebench.trial import run_trial
+    import vaebench.trial  # noqa: F401  (imports are not timed)
 
     conn.send("ready")
     conn.recv()
     t = perf()
-    for seed in seeds:
-        for msg in run_trial({**a["config"], "seed": seed}):
-            if msg["kind"] == "end" and msg["state"] != "completed":
-                raise RuntimeError(f"trial seed {seed} ended {msg['state']}: {msg.get('traceback', '')}")
+    run_trials(a["config"], seeds)
     conn.send(perf() - t)
 
 
@@ -543,6 +547,7 @@ def child_concurrent(a: dict) -> dict:
         parent, child = ctx.Pipe()
         procs.append(ctx.Process(target=_trials_process, args=(child, a, seeds[i::w]), daemon=True))
         procs[-1].start()
+        child.close()  # ours: a process that dies then gives EOFError instead of a hang
         pipes.append(parent)
     try:
         for p in pipes:
@@ -1112,7 +1117,7 @@ def render(res: dict) -> str:
         ratio = stats([x["ratio"] for x in reps])
         ver = verdict(ratio["median"], TARGETS["scaling"], False)
         ctl = stats([x["control_ratio"] for x in reps if "control_ratio" in x])
-        summary.append((f"3. sweep wall / (sum of single trials / 2)", fmt(ratio, digits=3), "≤ 1.15", ver,
+        summary.append(("3. sweep wall / (sum of single trials / 2)", fmt(ratio, digits=3), "≤ 1.15", ver,
                         f"Ray start {statistics.median(x['sweep']['ray_start_s'] for x in reps):.1f} s; the same trials "
                         f"in 2 plain processes at once (no Ray): {ctl['median']:.3f} x ideal"))
         fixed = [x["sweep"]["wall_s"] - x["sweep"].get("makespan_s", math.nan) for x in reps]
@@ -1201,10 +1206,10 @@ def render(res: dict) -> str:
                             "< 15 s", ver, ""))
         elif reports:
             sec.append(f"| `{rc['report_how']}` | failed (exit {reports[-1]['rc']}); see the run's report.log |")
-            summary.append((f"4. `vaebench report`", "failed", "< 15 s", "n/a", ""))
+            summary.append(("4. `vaebench report`", "failed", "< 15 s", "n/a", ""))
         else:
             sec.append(f"| report | {rc['report_how']} |")
-            summary.append((f"4. `vaebench report`", "not available", "< 15 s", "n/a", ""))
+            summary.append(("4. `vaebench report`", "not available", "< 15 s", "n/a", ""))
         summary.append(("4. logging cost per trial-epoch", fmt(sample_cost, " ms", 1000, 1), "(reported)", "",
                         f"{b['metrics_per_epoch']} metrics in one log_batch"))
         rb = rc["readback"]
