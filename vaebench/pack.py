@@ -1,0 +1,532 @@
+"""Packed trials (issue 11): many trials of a study trained as one batched model.
+
+A study is dozens to thousands of small VAEs; alone, each runs a sequence of tiny matrix
+products dominated by per-op overhead. Trials that share everything that shapes the
+computation (the ``pack_key``: architecture, likelihood, data, batch size, epochs,
+optimiser kind, device, metric settings) are stacked along a leading member dimension M:
+
+- every parameter becomes one tensor ``[M, *solo_shape]`` stacked from each member's own
+  solo model (``torch.manual_seed(seed); build_model(...)``), so initial parameters are
+  the solo trial's bit for bit, and a member's slice of the state dict is the solo layout;
+- linear layers run as one ``torch.baddbmm`` over the members, convolutions as one grouped
+  convolution (members are groups; benchmarks/PACK.md measures it against ``vmap``);
+- each member draws its minibatch order and reparameterisation noise from its own
+  generators, seeded as ``vaebench.train.train`` seeds them: packing changes speed, not
+  the experiment;
+- the per-trial numbers (beta, a_t, free bits lambda and mode, capacity C_t and gamma, lr,
+  weight decay, grad clip) are per-member tensors; a_t and C_t come from the pure
+  functions of ``vaebench.objectives``;
+- one optimiser step updates every member (Adam, AdamW, SGD written on stacked tensors,
+  matching ``torch.optim`` per member); gradients are clipped per member.
+
+Members are independent slices everywhere (the loss is a sum of per-member losses), so a
+member whose loss turns NaN harms no other. As in ``train``, divergence is judged at the
+end of an epoch; a diverged, completed or stopped member is then dropped from the stacked
+tensors, so it costs nothing afterwards. Validation metrics run per member through
+``vaebench.metrics.evaluate`` on the solo model (the same numbers and names as a solo
+trial; benchmarks/PACK.md measures what that costs).
+
+Pure compute: imports torch and vaebench's training modules only, never ray, mlflow or
+optuna, so that it runs where only torch is installed (a GPU box).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaebench.config import (
+    LOGVAR_MAX,
+    LOGVAR_MIN,
+    CapacityAnneal,
+    ObjectiveConfig,
+    TrialConfig,
+)
+from vaebench.data import Dataset, load_data
+from vaebench.metrics import evaluate
+from vaebench.models import VAE, build_model
+from vaebench.models.vae import ConvDecoder, GaussianHead, LinearEncoder, MLPDecoder
+from vaebench.objectives import capacity, kl_per_dim, kl_weight
+from vaebench.train import TRAIN_TERMS, configure_torch, resolve_device
+from vaebench.trial import artifacts
+
+# --------------------------------------------------------------------------------------- allow-list
+#
+# What PackTrainer supports, setting by setting. A trial with any other setting (a new key
+# another module adds, a new objective or anneal kind) runs solo: plan_packs never guesses.
+# "*" = any value; a tuple = the values supported.
+SUPPORTED: dict[str, Any] = {
+    "data": "*", "data_seed": "*", "seed": "*",
+    "model.kind": ("mlp", "conv", "linear"), "model.latent_dim": "*", "model.hidden": "*", "model.channels": "*",
+    "model.likelihood": ("bernoulli", "gaussian", "gaussian_learned"), "model.sigma": "*",
+    "objective.beta": "*", "objective.free_bits": "*", "objective.free_bits_mode": ("per_dim", "total"),
+    "objective.anneal.kind": ("none", "linear", "sigmoid", "cyclical", "capacity"),
+    "objective.anneal.start": "*", "objective.anneal.warmup_steps": "*", "objective.anneal.k": "*",
+    "objective.anneal.t0": "*", "objective.anneal.cycles": "*", "objective.anneal.ratio": "*",
+    "objective.anneal.c_max": "*", "objective.anneal.gamma": "*", "objective.anneal.steps": "*",
+    "train.epochs": "*", "train.batch_size": "*", "train.optimizer": ("adam", "adamw", "sgd"), "train.lr": "*",
+    "train.weight_decay": "*", "train.grad_clip": "*", "train.device": "*", "train.threads": "*",
+    # the metrics of vaebench.metrics as they are today (evaluate runs per member, see the module doc)
+    "metrics.active_threshold": "*", "metrics.mi_batch_size": "*", "metrics.iw_samples": "*",
+    "metrics.iw_examples": "*", "metrics.collapse_epsilon": "*", "metrics.collapse_delta": "*",
+    "metrics.eval_batch_size": "*", "metrics.every": "*",
+}
+# settings that may differ between the members of one pack (per-member tensors or generators)
+PER_MEMBER = ("seed", "objective.", "train.lr", "train.weight_decay", "train.grad_clip", "train.threads")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and prefix + k != "data":  # data is compared whole
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def unsupported(config: dict[str, Any] | TrialConfig) -> list[str]:
+    """The settings of a trial that PackTrainer does not support ([] = it can be packed)."""
+    d = config.model_dump(mode="json") if isinstance(config, TrialConfig) else config
+    bad = []
+    for key, value in _flat(d).items():
+        allowed = SUPPORTED.get(key)
+        if allowed is None or (allowed != "*" and value not in allowed):
+            bad.append(f"{key}={value!r}")
+    return bad
+
+
+def pack_key(config: dict[str, Any] | TrialConfig) -> str | None:
+    """Trials with equal keys can share a pack; None: this trial runs solo (``unsupported``)."""
+    d = config.model_dump(mode="json") if isinstance(config, TrialConfig) else config
+    if unsupported(d):
+        return None
+    shared = {k: v for k, v in _flat(d).items() if not k.startswith(PER_MEMBER)}
+    return json.dumps(shared, sort_keys=True, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------- the model
+
+
+class NotPackable(TypeError):
+    """A module type the packed forward does not know (a new layer in vaebench.models)."""
+
+
+def _grouped(h: torch.Tensor) -> torch.Tensor:
+    """[M, B, C, H, W] -> [B, M*C, H, W]: members become the groups of a grouped convolution."""
+    M, B, C, H, W = h.shape
+    return h.transpose(0, 1).reshape(B, M * C, H, W)
+
+
+def _ungrouped(h: torch.Tensor, M: int) -> torch.Tensor:
+    """[B, M*C, H, W] -> [M, B, C, H, W]."""
+    B, MC, H, W = h.shape
+    return h.view(B, M, MC // M, H, W).transpose(0, 1)
+
+
+class PackedVAE(nn.Module):
+    """M VAEs of one architecture as stacked parameters ``[M, *shape]``, named as in the solo
+    model. The forward walks the solo model's module tree (kept as a template) and runs each
+    layer once for all members; activations are ``[M, B, ...]`` (``[B, M*C, H, W]`` inside a
+    conv stack)."""
+
+    def __init__(self, members: list[VAE]):
+        super().__init__()
+        template = members[0]
+        self.names = [n for n, _ in template.named_parameters()]
+        if list(template.state_dict()) != self.names:
+            raise NotPackable("the model has buffers; PackedVAE stacks parameters only")
+        self.stacked = nn.ParameterList(
+            nn.Parameter(torch.stack([m.get_parameter(n).detach() for m in members])) for n in self.names)
+        self._index = {n: i for i, n in enumerate(self.names)}
+        self._template = (template,)  # a tuple: not registered as a submodule (its parameters are not ours)
+        self.likelihood = template.likelihood
+        self.latent_dim = template.latent_dim
+
+    @property
+    def members(self) -> int:
+        return self.stacked[0].shape[0]
+
+    def p(self, name: str) -> torch.Tensor:
+        return self.stacked[self._index[name]]
+
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's parameters in the solo model's state_dict layout."""
+        return {n: p[i].detach().clone() for n, p in zip(self.names, self.stacked)}
+
+    def keep(self, positions: list[int]) -> None:
+        """Keep only these members (in this order); the others' slices are freed."""
+        idx = torch.tensor(positions, device=self.stacked[0].device)
+        for p in self.stacked:
+            p.data = p.data.index_select(0, idx)
+            p.grad = None
+
+    # -- forward
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [M, B, *event] -> (mu, logvar) [M, B, J], logvar clamped as in VAE.encode."""
+        enc = self._template[0].encoder
+        if isinstance(enc, GaussianHead):
+            mu, logvar = self._linear("encoder.head.", self._run(enc.body, "encoder.body.", x)).chunk(2, dim=-1)
+        elif isinstance(enc, LinearEncoder):
+            mu = self._linear("encoder.proj.", x)
+            logvar = self.p("encoder.logvar")[:, None, :].expand_as(mu)
+        else:
+            raise NotPackable(type(enc).__name__)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [M, B, J] -> decoder output [M, B, *out_event]."""
+        dec = self._template[0].decoder
+        if isinstance(dec, nn.Linear):
+            return self._linear("decoder.", z)
+        if isinstance(dec, MLPDecoder):
+            return self._linear("decoder.out.", self._run(dec.body, "decoder.body.", z)).unflatten(-1, dec.out_shape)
+        if isinstance(dec, ConvDecoder):
+            M, B, s = z.shape[0], z.shape[1], dec.sizes[-1]
+            h = torch.relu(self._linear("decoder.fc.", z)).view(M, B, dec.c0, s, s)
+            h = _grouped(h)
+            targets = list(reversed(dec.sizes[:-1]))
+            for i, up in enumerate(dec.ups):
+                h = self._conv_transpose(up, f"decoder.ups.{i}.", h, targets[i])
+                if i < len(dec.ups) - 1:
+                    h = torch.relu(h)
+            return _ungrouped(h, M)
+        raise NotPackable(type(dec).__name__)
+
+    def _run(self, mod: nn.Module, prefix: str, h: torch.Tensor) -> torch.Tensor:
+        if isinstance(mod, nn.Sequential):
+            for name, child in mod.named_children():
+                h = self._run(child, f"{prefix}{name}.", h)
+            return h
+        if isinstance(mod, nn.Linear):
+            return self._linear(prefix, h)
+        if isinstance(mod, nn.ReLU):
+            return torch.relu(h)
+        if isinstance(mod, nn.Flatten):  # solo flattens from dim 1; here dims 0, 1 are members, batch
+            return (_ungrouped(h, self.members) if h.dim() == 4 else h).flatten(2)
+        if isinstance(mod, nn.Conv2d):
+            M = self.members
+            w, b = self.p(prefix + "weight"), self.p(prefix + "bias")
+            h = _grouped(h) if h.dim() == 5 else h
+            return F.conv2d(h, w.flatten(0, 1), b.flatten(), mod.stride, mod.padding, mod.dilation, groups=M)
+        raise NotPackable(f"{type(mod).__name__} at {prefix or 'the root'}")
+
+    def _linear(self, prefix: str, h: torch.Tensor) -> torch.Tensor:
+        """y = x W^T + b per member: one baddbmm over [M, B, in] x [M, in, out]."""
+        w, b = self.p(prefix + "weight"), self.p(prefix + "bias")
+        shape = h.shape
+        out = torch.baddbmm(b.unsqueeze(1), h.reshape(shape[0], -1, shape[-1]), w.transpose(1, 2))
+        return out.view(*shape[:-1], w.shape[1])
+
+    def _conv_transpose(self, mod: nn.ConvTranspose2d, prefix: str, h: torch.Tensor, target: int) -> torch.Tensor:
+        w, b = self.p(prefix + "weight"), self.p(prefix + "bias")  # [M, in, out, k, k], [M, out]
+        (k,), (s,), (pad,) = mod.kernel_size[:1], mod.stride[:1], mod.padding[:1]
+        natural = (h.shape[-1] - 1) * s - 2 * pad + k  # output_size as nn.ConvTranspose2d computes it
+        return F.conv_transpose2d(h, w.flatten(0, 1), b.flatten(), s, pad, output_padding=target - natural,
+                                  groups=self.members)
+
+
+# --------------------------------------------------------------------------------------- the objective
+
+
+class PackedObjective:
+    """Per-member objective settings as tensors; the schedules themselves come from
+    vaebench.objectives (kl_weight, capacity), evaluated per member and step."""
+
+    def __init__(self, objectives: list[ObjectiveConfig], T: int, device: torch.device):
+        self.objectives, self.T, self.device = list(objectives), T, device
+        f = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)
+        self.is_capacity = torch.tensor([isinstance(o.anneal, CapacityAnneal) for o in objectives], device=device)
+        self.gamma = f([o.anneal.gamma if isinstance(o.anneal, CapacityAnneal) else 0.0 for o in objectives])
+        self.lam = f([o.free_bits for o in objectives])
+        self.total = torch.tensor([o.free_bits_mode == "total" for o in objectives], device=device)
+        self.any_capacity = bool(self.is_capacity.any())
+        self.any_free_bits = bool((self.lam > 0).any())
+
+    def keep(self, positions: list[int]) -> None:
+        self.__init__([self.objectives[i] for i in positions], self.T, self.device)
+
+    def tables(self, t0: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """w_t = beta a_t and C_t for steps t0 .. t0+steps-1: two [steps, M] tensors."""
+        ts = range(t0, t0 + steps)
+        w = [[kl_weight(o, t, self.T) for o in self.objectives] for t in ts]
+        c = [[capacity(o.anneal, t, self.T) if isinstance(o.anneal, CapacityAnneal) else 0.0 for o in self.objectives]
+             for t in ts]
+        return (torch.tensor(w, dtype=torch.float32, device=self.device),
+                torch.tensor(c, dtype=torch.float32, device=self.device))
+
+    def regulariser(self, kl: torch.Tensor, c_t: torch.Tensor) -> torch.Tensor:
+        """objectives.regulariser per member: kl [M, B, J] -> [M]. Free bits take the minibatch mean
+        before the max (a dim below lambda gets no gradient); capacity is gamma |KL - C_t|."""
+        kl_dims = kl.mean(1)  # [M, J]
+        plain = kl_dims.sum(-1)
+        reg = plain
+        if self.any_free_bits:
+            per_dim = kl_dims.clamp(min=self.lam[:, None]).sum(-1)
+            total = plain.clamp(min=self.lam * kl.shape[-1])
+            reg = torch.where(self.lam > 0, torch.where(self.total, total, per_dim), plain)
+        if self.any_capacity:
+            reg = torch.where(self.is_capacity, self.gamma * (plain - c_t).abs(), reg)
+        return reg
+
+
+# --------------------------------------------------------------------------------------- the optimiser
+
+
+class PackedOptimizer:
+    """One step for every member over the stacked parameters, with per-member lr, weight decay
+    and grad clip. The update rules are torch.optim's (Adam, AdamW; SGD with momentum 0.9 as
+    vaebench.train.make_optimizer builds it), written on [M, ...] tensors with the per-member
+    numbers broadcast along the leading dim."""
+
+    BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9
+
+    def __init__(self, params: list[nn.Parameter], kind: Literal["adam", "adamw", "sgd"], lr: list[float],
+                 weight_decay: list[float], grad_clip: list[float | None]):
+        self.params, self.kind = params, kind
+        dev = params[0].device
+        self.lr = torch.tensor(lr, dtype=torch.float32, device=dev)
+        self.wd = torch.tensor(weight_decay, dtype=torch.float32, device=dev)
+        self.clip = torch.tensor([math.inf if c is None else c for c in grad_clip], dtype=torch.float32, device=dev)
+        self.steps = 0
+        self.state: list[list[torch.Tensor]] = [[] for _ in params]  # adam: (m, v); sgd: (momentum buffer,)
+
+    def keep(self, positions: list[int]) -> None:
+        idx = torch.tensor(positions, device=self.lr.device)
+        self.lr, self.wd, self.clip = (t.index_select(0, idx) for t in (self.lr, self.wd, self.clip))
+        self.state = [[s.index_select(0, idx) for s in st] for st in self.state]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @staticmethod
+    def _per(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return v.view(-1, *([1] * (p.dim() - 1)))
+
+    @torch.no_grad()
+    def clip_grads(self) -> None:
+        """torch.nn.utils.clip_grad_norm_ per member: the norm over all of a member's gradients."""
+        if not torch.isfinite(self.clip).any():
+            return
+        grads = [p.grad for p in self.params]
+        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]),
+                                         dim=0)
+        coef = torch.where(torch.isfinite(self.clip), (self.clip / (norms + 1e-6)).clamp(max=1.0), 1.0)
+        for g in grads:
+            g.mul_(self._per(coef, g))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        b1, b2 = self.BETAS
+        for p, st in zip(self.params, self.state):
+            g, lr, wd = p.grad, self._per(self.lr, p), self._per(self.wd, p)
+            if self.kind == "sgd":
+                g = g + wd * p
+                if not st:
+                    st.append(g.clone())
+                else:
+                    st[0].mul_(self.MOMENTUM).add_(g)
+                p.sub_(lr * st[0])
+                continue
+            if self.kind == "adamw":
+                p.mul_(1 - lr * wd)
+            else:
+                g = g + wd * p
+            if not st:
+                st += [torch.zeros_like(p), torch.zeros_like(p)]
+            m, v = st
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            step_size = lr / (1 - b1 ** self.steps)
+            denom = (v.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.EPS)
+            p.sub_(step_size * m / denom)
+
+
+# --------------------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class Member:
+    index: int  # position in the configs given to PackTrainer (the "member" of its messages)
+    cfg: TrialConfig
+    order: torch.Generator  # minibatch order, as train() seeds it
+    noise: torch.Generator  # reparameterisation noise, as train() seeds it
+
+
+def _failed(i: int, tb: str) -> dict[str, Any]:
+    return {"kind": "end", "state": "failed", "traceback": tb, "member": i}
+
+
+class PackTrainer:
+    """Trains the trials ``configs`` (TrialConfig dicts with one pack_key) as one packed model.
+
+    ``step()`` trains every live member one epoch and returns run_trial's messages, each with
+    "member": its index in ``configs``: "start" for every member on the first call, "epoch" per
+    live member, "end" for members that ended (completed with artifacts, diverged, or failed
+    with a traceback). It never raises. ``stop(members)`` masks members (pruned, cancelled):
+    they get no more messages and no more compute."""
+
+    def __init__(self, configs: list[dict[str, Any]], threads: int):
+        self.configs, self.threads = list(configs), threads
+        self.live: list[Member] = []  # in stacked order
+        self.ended: set[int] = set()
+        self.epoch = 0
+        self._started = False
+
+    @property
+    def done(self) -> bool:
+        return self._started and not self.live
+
+    def stop(self, members: list[int]) -> None:
+        stopped = set(members)
+        self.ended |= stopped
+        if self._started and any(m.index in stopped for m in self.live):
+            self._keep([k for k, m in enumerate(self.live) if m.index not in stopped])
+
+    def step(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            if not self._started:
+                out += self._start()
+            if self.live:
+                out += self._train_epoch()
+        except Exception:  # noqa: BLE001  (a trial's failure is a message, never an exception)
+            tb = traceback.format_exc()
+            out += [_failed(m.index, tb) for m in self.live]
+            self.ended |= {m.index for m in self.live}
+            self.live = []
+        return out
+
+    # -- set-up
+
+    def _start(self) -> list[dict[str, Any]]:
+        self._started = True
+        configure_torch(self.threads)  # before loading data: its first parallel op starts the threads
+        out: list[dict[str, Any]] = []
+        cfgs: list[tuple[int, TrialConfig]] = []
+        key = None
+        for i, c in enumerate(self.configs):
+            if i in self.ended:
+                continue
+            try:
+                cfg = TrialConfig.model_validate(c)
+                k = pack_key(cfg)
+                if k is None:
+                    raise ValueError(f"this trial cannot be packed: {', '.join(unsupported(cfg))}")
+                if key is not None and k != key:
+                    raise ValueError(f"member {i} cannot share a pack with member {cfgs[0][0]}: they differ in "
+                                     "architecture, data, batch size, epochs, optimiser, device or metrics")
+                key = k
+                cfgs.append((i, cfg))
+            except Exception:  # noqa: BLE001  (a trial's failure is a message, never an exception)
+                out.append(_failed(i, traceback.format_exc()))
+                self.ended.add(i)
+        if not cfgs:
+            return out
+        first = cfgs[0][1]
+        self.device = resolve_device(first.train.device)
+        self.data: Dataset = load_data(first.data, first.data_seed)
+        self.x_train, self.x_val = self.data.train.to(self.device), self.data.val.to(self.device)
+        host, pid = os.uname().nodename, os.getpid()
+        out += [{"kind": "start", "pid": pid, "host": host, "member": i} for i, _ in cfgs]
+
+        solos = []
+        for i, cfg in cfgs:
+            torch.manual_seed(cfg.seed)  # parameter init draws from the global generator, as in train()
+            solos.append(build_model(cfg.model, self.data.meta.shape).to(self.device))
+            self.live.append(Member(i, cfg, order=torch.Generator().manual_seed(cfg.seed),
+                                    noise=torch.Generator(self.device).manual_seed(cfg.seed)))
+        self.model = PackedVAE(solos)
+        self.solo = solos[0]  # evaluation, checkpoints and images load one member's slice into it
+        self.n, self.bs, self.epochs = self.x_train.shape[0], first.train.batch_size, first.train.epochs
+        self.steps_per_epoch = math.ceil(self.n / self.bs)
+        self.T = self.epochs * self.steps_per_epoch
+        self.t = 0
+        t = [m.cfg.train for m in self.live]
+        self.optimizer = PackedOptimizer(list(self.model.stacked), first.train.optimizer, [c.lr for c in t],
+                                         [c.weight_decay for c in t], [c.grad_clip for c in t])
+        self.objective = PackedObjective([m.cfg.objective for m in self.live], self.T, self.device)
+        return out
+
+    def _keep(self, positions: list[int]) -> None:
+        """Drop every member not at ``positions`` from the stacked tensors."""
+        self.live = [self.live[k] for k in positions]
+        if self.live:
+            self.model.keep(positions)
+            self.optimizer.keep(positions)
+            self.objective.keep(positions)
+
+    # -- one epoch
+
+    def losses(self, idx: torch.Tensor, w_t: torch.Tensor, c_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """train()'s objective for every member on its minibatch ``idx`` [M, B]: (loss, recon, kl,
+        regulariser), each [M], with w_t = beta a_t and C_t [M] of this step."""
+        x = self.x_train[idx.to(self.device)]  # [M, B, *event]: each member's own minibatch
+        mu, logvar = self.model.encode(x)
+        eps = torch.stack([torch.randn(mu.shape[1:], generator=m.noise, device=self.device, dtype=mu.dtype)
+                           for m in self.live])
+        z = mu + torch.exp(0.5 * logvar) * eps  # vaebench.models.reparameterise, per member
+        recon = -self.model.likelihood.log_prob(x, self.model.decode(z)).mean(1)
+        kl = kl_per_dim(mu, logvar)  # [M, B, J]
+        reg = self.objective.regulariser(kl, c_t)
+        return recon + w_t * reg, recon, kl.sum(-1).mean(1), reg
+
+    def _train_epoch(self) -> list[dict[str, Any]]:
+        self.epoch += 1
+        epoch, model, opt, dev = self.epoch, self.model, self.optimizer, self.device
+        started = time.perf_counter()
+        w, c = self.objective.tables(self.t, self.steps_per_epoch)
+        perms = torch.stack([torch.randperm(self.n, generator=m.order) for m in self.live])  # [M, n]
+        terms, sizes = [], []
+        for s, idx in enumerate(perms.split(self.bs, dim=1)):
+            loss, recon, kl, reg = self.losses(idx, w[s], c[s])
+            opt.zero_grad()
+            loss.sum().backward()  # members share no parameter: each gets its own loss's gradient
+            opt.clip_grads()
+            opt.step()
+            terms.append(torch.stack([loss, recon, kl, reg]).detach())  # [terms, M]
+            sizes.append(idx.shape[1])
+            self.t += 1
+        seconds = time.perf_counter() - started  # the pack's epoch: every member took this long
+
+        per_step = torch.stack(terms)  # [steps, terms, M]
+        weights = torch.tensor(sizes, dtype=per_step.dtype, device=dev)[:, None, None] / self.n
+        means = (per_step * weights).sum(0).T.tolist()  # [M][terms]
+        out, keep = [], []
+        for k, (m, vals) in enumerate(zip(self.live, means)):
+            metrics = {f"train/{name}": v for name, v in zip(TRAIN_TERMS, vals)}
+            metrics["train/kl_weight"] = kl_weight(m.cfg.objective, self.t - 1, self.T)
+            metrics["train/epoch_seconds"] = seconds
+            if not all(math.isfinite(v) for v in vals):
+                out += [{"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": "diverged", "member": m.index},
+                        {"kind": "end", "state": "diverged", "epoch": epoch, "member": m.index}]
+                continue
+            last = epoch == self.epochs
+            if epoch % m.cfg.metrics.every == 0 or last:
+                self.solo.load_state_dict(model.member_state(k))
+                eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
+                metrics.update({f"val/{n}": v for n, v in evaluate(self.solo, self.x_val, m.cfg.metrics,
+                                                                   eval_noise).items()})
+            state = "completed" if last else "running"
+            out.append({"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": state, "member": m.index})
+            if last:
+                out.append({"kind": "end", "state": "completed", "epoch": epoch, "member": m.index,
+                            "artifacts": artifacts(self.solo, self.data)})
+            else:
+                keep.append(k)
+        self.ended |= {m.index for k, m in enumerate(self.live) if k not in keep}
+        if len(keep) < len(self.live):
+            self._keep(keep)
+        return out
