@@ -1,0 +1,283 @@
+"""Packed trials (vaebench.pack): packing changes speed, not the experiment.
+
+Each check compares a member of a pack with the same trial run alone, computed here
+independently (the solo model built as train() builds it, its first step written out as
+train() takes it). "Within 1e-5 relative" for a tensor means ||packed - solo|| <= 1e-5 ||solo||
+(an elementwise relative bound is meaningless for entries near zero).
+"""
+
+import io
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaebench.config import TrialConfig
+from vaebench.data import load_data
+from vaebench.models import build_model, reparameterise
+from vaebench.objectives import kl_per_dim, kl_weight, regulariser
+from vaebench.pack import (
+    PackedObjective,
+    PackedOptimizer,
+    PackTrainer,
+    pack_key,
+    unsupported,
+)
+from vaebench.train import make_optimizer
+
+DATA = {
+    "mlp": {"kind": "digits", "binarize": True},
+    "conv": {"kind": "digits", "binarize": True},
+    "linear": {"kind": "ppca", "n_samples": 1000},
+}
+MODEL = {
+    "mlp": {"kind": "mlp", "latent_dim": 4, "hidden": [32, 16]},
+    "conv": {"kind": "conv", "latent_dim": 4, "channels": [4, 8]},
+    "linear": {"kind": "linear", "latent_dim": 3, "likelihood": "gaussian", "sigma": 0.7},
+}
+# members differing in seed, beta, annealing schedule, free bits (lambda and mode), capacity, lr, grad clip
+MEMBERS = [
+    {"seed": 0},
+    {"seed": 1, "objective": {"beta": 4.0, "anneal": {"kind": "linear", "start": 0.3}, "free_bits": 0.1}},
+    {"seed": 2, "objective": {"beta": 2.0, "anneal": "sigmoid", "free_bits": 0.5, "free_bits_mode": "total"},
+     "train": {"lr": 1e-2, "grad_clip": 0.5}},
+    {"seed": 3, "objective": {"anneal": {"kind": "capacity", "c_max": 5.0, "gamma": 10.0}}, "train": {"lr": 3e-3}},
+    {"seed": 4, "objective": {"beta": 0.5, "anneal": {"kind": "cyclical", "cycles": 2, "ratio": 0.5}}},
+]
+
+
+def config(kind: str, seed: int = 0, epochs: int = 2, **over) -> dict:
+    d = {"data": dict(DATA[kind]), "model": dict(MODEL[kind]), "seed": seed,
+         "train": {"epochs": epochs, "batch_size": 64, "lr": 2e-3, "device": "cpu"},
+         "metrics": {"iw_samples": 4, "iw_examples": 100}}
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return TrialConfig.model_validate(d).model_dump(mode="json")
+
+
+def member_configs(kind: str, epochs: int = 2) -> list[dict]:
+    return [config(kind, epochs=epochs, **m) for m in MEMBERS]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def solo_first_step(c: dict):
+    """train()'s set-up and first step for the trial ``c``, alone: init, minibatch, noise, loss, grads."""
+    cfg = TrialConfig.model_validate(c)
+    data = load_data(cfg.data, cfg.data_seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.meta.shape)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    noise, order = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    n, bs = data.train.shape[0], cfg.train.batch_size
+    T = cfg.train.epochs * math.ceil(n / bs)
+    idx = torch.randperm(n, generator=order)[:bs]
+    x = data.train[idx]
+    mu, logvar = model.encode(x)
+    z = reparameterise(mu, logvar, noise)
+    recon = -model.log_likelihood(x, model.decode(z)).mean()
+    loss = recon + kl_weight(cfg.objective, 0, T) * regulariser(kl_per_dim(mu, logvar), cfg.objective, 0, T)
+    loss.backward()
+    return init, idx, noise, loss.detach(), {k: p.grad for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear", "conv"])
+def test_members_start_and_take_their_first_step_as_alone(kind):
+    configs = member_configs(kind)
+    pt = PackTrainer(configs, threads=1)
+    starts = pt._start()
+    assert [m["member"] for m in starts] == list(range(len(configs)))
+    perms = torch.stack([torch.randperm(pt.n, generator=m.order) for m in pt.live])
+    w, c = pt.objective.tables(0, 1)
+    loss = pt.losses(perms[:, :pt.bs], w[0], c[0])[0]
+    loss.sum().backward()
+    for k, cfg in enumerate(configs):
+        init, idx, noise, solo_loss, solo_grads = solo_first_step(cfg)
+        for name, p in zip(pt.model.names, pt.model.stacked):
+            assert torch.equal(p[k].detach(), init[name]), f"{kind} member {k}: initial {name} differs"  # bit for bit
+        assert torch.equal(perms[k, :pt.bs], idx)  # the same first minibatch
+        assert torch.equal(pt.live[k].noise.get_state(), noise.get_state())  # the same noise drawn so far
+        assert rel(loss[k].detach(), solo_loss) <= 1e-5
+        for name, p in zip(pt.model.names, pt.model.stacked):
+            assert rel(p.grad[k], solo_grads[name]) <= 1e-5, f"{kind} member {k}: gradient of {name}"
+
+
+def test_schedules_and_regulariser_per_member_equal_the_pure_functions():
+    cfgs = [TrialConfig.model_validate(config("mlp", **m)).objective for m in MEMBERS]
+    T = 100
+    obj = PackedObjective(cfgs, T, torch.device("cpu"))
+    w, c = obj.tables(0, T)
+    torch.manual_seed(0)
+    kl = torch.rand(len(cfgs), 16, 4) * 0.3  # some dims below lambda, some above
+    for t in (0, 13, 57, 99):
+        kl_t = kl.clone().requires_grad_()
+        reg = obj.regulariser(kl_t, c[t])
+        reg.sum().backward()
+        for k, o in enumerate(cfgs):
+            assert w[t, k].item() == pytest.approx(kl_weight(o, t, T), rel=1e-6)
+            solo = kl[k].clone().requires_grad_()
+            expected = regulariser(solo, o, t, T)
+            expected.backward()
+            assert reg[k].item() == pytest.approx(expected.item(), rel=1e-6)
+            assert torch.allclose(kl_t.grad[k], solo.grad, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_optimizer_step_matches_torch_optim_per_member(kind):
+    lrs, wds, clips = [1e-3, 1e-2, 0.1], [0.0, 0.01, 0.1], [None, 0.5, 10.0]
+    torch.manual_seed(0)
+    shapes = [(5, 4), (4,), (2, 3, 2)]
+    stacked = [torch.nn.Parameter(torch.randn(3, *s)) for s in shapes]
+    solos = []
+    for k in range(3):
+        mod = torch.nn.ParameterList(torch.nn.Parameter(p[k].detach().clone()) for p in stacked)
+        cfg = TrialConfig.model_validate({"train": {"optimizer": kind, "lr": lrs[k], "weight_decay": wds[k],
+                                                    "grad_clip": clips[k]}})
+        solos.append((mod, make_optimizer(cfg, mod), clips[k]))
+    packed = PackedOptimizer(stacked, kind, lrs, wds, clips)
+    for _ in range(6):
+        grads = [torch.randn_like(p) * 3 for p in stacked]
+        for p, g in zip(stacked, grads):
+            p.grad = g.clone()
+        packed.clip_grads()
+        packed.step()
+        for k, (mod, opt, clip) in enumerate(solos):
+            for p, g in zip(mod, grads):
+                p.grad = g[k].clone()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(mod.parameters(), clip)
+            opt.step()
+    for k, (mod, _, _) in enumerate(solos):
+        for p, q in zip(stacked, mod):
+            assert rel(p[k].detach(), q.detach()) <= 1e-5
+
+
+def run_pack(configs: list[dict], stop_after: dict[int, list[int]] | None = None) -> list[dict]:
+    pt = PackTrainer(configs, threads=1)
+    msgs, epoch = [], 0
+    while not pt.done:
+        msgs += pt.step()
+        epoch += 1
+        if stop_after and epoch in stop_after:
+            pt.stop(stop_after[epoch])
+    return msgs
+
+
+def metrics_of(msgs: list[dict], member: int) -> list[dict]:
+    return [{k: v for k, v in m["metrics"].items() if k != "train/epoch_seconds"}
+            for m in msgs if m["kind"] == "epoch" and m["member"] == member]
+
+
+def test_a_diverging_member_ends_alone_and_leaves_the_others_as_without_it():
+    # SGD at lr 1e4 on a Gaussian likelihood with sigma 0.05 overflows in the first epoch (as in test_train)
+    base = {"data": {"kind": "digits"}, "model": {"likelihood": "gaussian", "sigma": 0.05},
+            "train": {"optimizer": "sgd", "lr": 1e-3}}
+    a = config("mlp", seed=0, epochs=3, **base)
+    bad = config("mlp", seed=1, epochs=3, **{**base, "train": {"optimizer": "sgd", "lr": 1e4}})
+    c = config("mlp", seed=2, epochs=3, **{**base, "objective": {"beta": 2.0}})
+    with_bad = run_pack([a, bad, c])
+    without = run_pack([a, c])
+    ends = {m["member"]: m for m in with_bad if m["kind"] == "end"}
+    assert ends[1]["state"] == "diverged" and ends[1]["epoch"] == 1
+    assert ends[0]["state"] == ends[2]["state"] == "completed"
+    assert [m["state"] for m in with_bad if m["kind"] == "epoch" and m["member"] == 1] == ["diverged"]
+    for member_with, member_without in ((0, 0), (2, 1)):
+        got, expected = metrics_of(with_bad, member_with), metrics_of(without, member_without)
+        assert len(got) == len(expected) == 3
+        for g, e in zip(got, expected):
+            assert g.keys() == e.keys()
+            assert g == pytest.approx(e, rel=1e-6, abs=1e-7)
+
+
+def test_a_forced_nan_diverges_only_its_member():
+    configs = member_configs("mlp", epochs=2)
+    pt = PackTrainer(configs, threads=1)
+    pt._start()
+    with torch.no_grad():
+        pt.model.stacked[0][2] = float("nan")  # member 2's first weight matrix
+    msgs = pt.step()
+    states = {m["member"]: m["state"] for m in msgs if m["kind"] == "epoch"}
+    assert states == {0: "running", 1: "running", 2: "diverged", 3: "running", 4: "running"}
+    assert pt.model.members == 4 and all(torch.isfinite(p).all() for p in pt.model.stacked)
+    while not pt.done:
+        msgs += pt.step()
+    assert {m["member"]: m["state"] for m in msgs if m["kind"] == "end"} == {
+        0: "completed", 1: "completed", 2: "diverged", 3: "completed", 4: "completed"}
+
+
+def test_stop_masks_a_member_and_messages_match_run_trials():
+    from vaebench.trial import run_trial
+
+    configs = [config("conv", seed=s, epochs=3) for s in range(3)]
+    msgs = run_pack(configs, stop_after={1: [1]})
+    assert not [m for m in msgs if m["member"] == 1 and m["kind"] != "start" and m.get("epoch", 1) > 1]
+    assert [m["epoch"] for m in msgs if m["kind"] == "epoch" and m["member"] == 1] == [1]
+    assert not [m for m in msgs if m["member"] == 1 and m["kind"] == "end"]
+    solo = list(run_trial(configs[2]))
+    packed = [m for m in msgs if m["member"] == 2]
+    assert [(m["kind"], m.get("state")) for m in packed] == [(m["kind"], m.get("state")) for m in solo]
+    for p, s in zip(packed, solo):
+        assert set(p) == set(s) | {"member"}
+        if s["kind"] == "epoch":
+            assert set(p["metrics"]) == set(s["metrics"])
+    assert set(packed[-1]["artifacts"]) == set(solo[-1]["artifacts"]) == {"checkpoint.pt", "reconstructions.png"}
+    # the checkpoint is the solo layout: it loads strictly into the solo model
+    state = torch.load(io.BytesIO(packed[-1]["artifacts"]["checkpoint.pt"]))
+    cfg = TrialConfig.model_validate(configs[2])
+    model = build_model(cfg.model, load_data(cfg.data, cfg.data_seed).meta.shape)
+    model.load_state_dict(state, strict=True)
+    assert packed[-1]["artifacts"]["reconstructions.png"].startswith(b"\x89PNG")
+
+
+def test_a_bad_member_fails_alone_and_step_never_raises():
+    good = config("mlp", seed=0, epochs=1)
+    bad = dict(good, model={**good["model"], "latent_dim": -1})
+    other_arch = config("mlp", seed=1, epochs=1, model={"hidden": [8]})
+    msgs = run_pack([good, bad, other_arch])
+    ends = {m["member"]: m for m in msgs if m["kind"] == "end"}
+    assert ends[0]["state"] == "completed"
+    assert ends[1]["state"] == ends[2]["state"] == "failed"
+    assert "latent_dim" in ends[1]["traceback"] and "cannot share a pack" in ends[2]["traceback"]
+
+
+def test_unsupported_settings_are_named_and_not_packed():
+    ok = config("mlp")
+    assert unsupported(ok) == [] and pack_key(ok) is not None
+    assert pack_key(config("mlp", seed=3, objective={"beta": 7.0}, train={"lr": 0.1})) == pack_key(ok)
+    assert pack_key(config("mlp", train={"batch_size": 32})) != pack_key(ok)
+    future = {**ok, "objective": {**ok["objective"], "kind": "tcvae"}}  # a setting another module adds later
+    assert unsupported(future) == ["objective.kind='tcvae'"] and pack_key(future) is None
+
+
+def test_pack_module_imports_no_ray_mlflow_or_optuna():
+    code = ("import sys, vaebench.pack; bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_linear_vae_reaches_the_closed_form_packed():
+    """tests/test_linear_vae.py's check (REFERENCE.md, linear VAE on pPCA data) with beta 1 and 2 trained
+    as one pack: the same tolerances, 0.03 nats per dim on KL and 0.02 nats on iw_nll."""
+    from test_linear_vae import EIGEN, SIGMA2, closed_form, linear_config
+
+    from vaebench.data.ppca import ppca_nll
+
+    configs = [linear_config(beta).model_dump(mode="json") for beta in (1.0, 2.0)]
+    msgs = run_pack(configs)
+    for k, beta in enumerate((1.0, 2.0)):
+        last = [m for m in msgs if m["kind"] == "epoch" and m["member"] == k][-1]
+        assert last["state"] == "completed"
+        kl_expected, active, collapsed = closed_form(beta)
+        kl = sorted((last["metrics"][f"val/kl_dim/{j:02d}"] for j in range(4)), reverse=True)
+        assert kl == pytest.approx(kl_expected, abs=0.03)
+        assert last["metrics"]["val/active_units"] == active
+        assert last["metrics"]["val/collapsed_dims"] == collapsed
+        if beta == 1.0:
+            cfg = TrialConfig.model_validate(configs[0])
+            exact = ppca_nll(load_data(cfg.data, cfg.data_seed).val, EIGEN, SIGMA2, k=4).mean().item()
+            assert last["metrics"]["val/iw_nll"] == pytest.approx(exact, abs=0.02)
