@@ -1,0 +1,265 @@
+"""Packed trials against solo trials: training throughput in model-steps/s (issue 11).
+
+    python benchmarks/pack.py              # M = 1, 4, 16, 64; MLP and conv; 1 and 2 threads; 3 repetitions
+    python benchmarks/pack.py --quick      # M = 1, 4, 16; 1 repetition; smaller conv data
+    python benchmarks/pack.py --device cuda --threads 1 --members 1,16,64,256
+
+Writes benchmarks/PACK.md (``--quick``: benchmarks/.cache/PACK-quick.md unless ``--out``).
+
+1. Throughput. M trials that differ in seed, beta, annealing schedule and free bits, one
+   training epoch each: *solo* = the M trials one after the other through
+   ``vaebench.train.train`` (each its own model, optimiser and loop, what a sweep worker runs),
+   *packed* = the same M trials as one ``vaebench.pack.PackTrainer``. Both sides report the
+   same field, ``train/epoch_seconds`` (the training loop; model build, data load and
+   evaluation excluded), so model-steps/s = M x steps per epoch / summed epoch seconds. Both
+   sides run in the same process, interleaved (the side that goes first alternates between
+   repetitions); the ratio packed / solo is computed within a repetition, then summarised.
+   Workloads: ``studies/collapse.yaml``'s MLP (digits 8x8 binarised, 64-256-128-8,
+   Bernoulli, batch 64, Adam, free bits on half the members) and a conv VAE on procedural
+   dSprites (64x64, channels 32-32-64-64, 10 latents, batch 64).
+2. Evaluation: the packed trainer evaluates member by member with ``vaebench.metrics.evaluate``
+   (the solo code). Its cost per member, against the packed training epoch per member, with
+   collapse.yaml's metric settings (iw_samples 64).
+3. Conv packing: forward + backward of the packed conv VAE as one grouped convolution per
+   layer (what vaebench.pack does) against ``torch.func.vmap`` over the solo model.
+
+Imports torch and vaebench's training modules only (no ray, mlflow, optuna), so it runs on
+a GPU machine where only torch (and pydantic, numpy, scikit-learn for vaebench's config
+and data) is installed. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+
+from vaebench.config import TrialConfig  # noqa: E402
+from vaebench.data import load_data  # noqa: E402
+from vaebench.metrics import evaluate  # noqa: E402
+from vaebench.models import build_model  # noqa: E402
+from vaebench.pack import PackedVAE, PackTrainer  # noqa: E402
+from vaebench.train import configure_torch, train  # noqa: E402
+
+BETAS, ANNEALS, FREE_BITS = [0.5, 2.0, 8.0], ["none", "linear", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}], [0.0, 0.25]
+
+
+def workload(name: str, quick: bool, device: str) -> dict:
+    """The base trial config of a workload (2 epochs, evaluation at the second only)."""
+    train_ = {"epochs": 2, "batch_size": 64, "lr": 1e-3, "device": device}
+    metrics = {"iw_samples": 64, "every": 2}
+    if name == "mlp":
+        return {"data": {"kind": "digits", "binarize": True},
+                "model": {"kind": "mlp", "latent_dim": 8, "hidden": [256, 128], "likelihood": "bernoulli"},
+                "train": train_, "metrics": metrics}
+    return {"data": {"kind": "dsprites", "n_samples": 640 if quick else 1280, "val_fraction": 0.1},
+            "model": {"kind": "conv", "latent_dim": 10, "channels": [32, 32, 64, 64], "likelihood": "bernoulli"},
+            "train": train_, "metrics": metrics}
+
+
+def members(base: dict, M: int) -> list[dict]:
+    """M configs cycling over collapse.yaml's beta x anneal x free bits, seeds 0..M-1."""
+    out = []
+    for i in range(M):
+        d = {**base, "seed": i, "objective": {"beta": BETAS[i % 3], "anneal": ANNEALS[(i // 3) % 3],
+                                              "free_bits": FREE_BITS[(i // 9) % 2]}}
+        out.append(TrialConfig.model_validate(d).model_dump(mode="json"))
+    return out
+
+
+def solo_seconds(configs: list[dict], data, threads: int) -> float:
+    total = 0.0
+    for c in configs:
+        cfg = TrialConfig.model_validate({**c, "train": {**c["train"], "threads": threads}})
+        total += next(train(cfg, data)).metrics["train/epoch_seconds"]  # epoch 1; the generator is dropped
+    return total
+
+
+def packed_seconds(configs: list[dict], threads: int) -> float:
+    pt = PackTrainer(configs, threads)
+    msgs = pt.step()
+    failed = [m for m in msgs if m["kind"] == "end"]
+    if failed:
+        raise RuntimeError(f"pack ended members in epoch 1: {failed[0]}")
+    return next(m["metrics"]["train/epoch_seconds"] for m in msgs if m["kind"] == "epoch")
+
+
+def stats(xs: list[float]) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.3g}"
+    return f"{statistics.median(xs):.3g} [{min(xs):.3g}–{max(xs):.3g}]"
+
+
+def bench_throughput(names, Ms, threads_list, reps, quick, device) -> list[dict]:
+    rows = []
+    for name in names:
+        base = workload(name, quick, device)
+        cfg0 = TrialConfig.model_validate(base)
+        data = load_data(cfg0.data, cfg0.data_seed)
+        steps = -(-data.train.shape[0] // cfg0.train.batch_size)
+        for threads in threads_list:
+            configure_torch(threads)
+            packed_seconds(members(base, 2), threads)  # warm-up: threads, allocator, kernels
+            for M in Ms:
+                configs = members(base, M)
+                solo, packed, ratio = [], [], []
+                for r in range(reps):
+                    order = ["solo", "packed"] if r % 2 == 0 else ["packed", "solo"]
+                    secs = {}
+                    for side in order:
+                        secs[side] = solo_seconds(configs, data, threads) if side == "solo" else packed_seconds(configs, threads)
+                    solo.append(M * steps / secs["solo"])
+                    packed.append(M * steps / secs["packed"])
+                    ratio.append(packed[-1] / solo[-1])
+                row = {"workload": name, "threads": threads, "M": M, "steps": steps, "solo": solo, "packed": packed,
+                       "ratio": ratio, "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
+                rows.append(row)
+                print(f"{name:5s} threads {threads} M {M:3d}: solo {stats(solo)} model-steps/s, packed {stats(packed)}, "
+                      f"packed/solo {stats(ratio)} (load {row['load']:.2f})", flush=True)
+    return rows
+
+
+def bench_evaluation(M: int, threads: int, device: str) -> dict:
+    """Seconds of one member's evaluation against the packed epoch's training seconds per member."""
+    configure_torch(threads)
+    configs = members(workload("mlp", True, device), M)
+    pt = PackTrainer(configs, threads)
+    msgs = pt.step()
+    train_s = next(m["metrics"]["train/epoch_seconds"] for m in msgs if m["kind"] == "epoch")
+    cfg = TrialConfig.model_validate(configs[0])
+    started = time.perf_counter()
+    for k in range(M):
+        pt.solo.load_state_dict(pt.model.member_state(k))
+        evaluate(pt.solo, pt.x_val, cfg.metrics, torch.Generator(pt.device).manual_seed(0))
+    eval_s = (time.perf_counter() - started) / M
+    out = {"M": M, "threads": threads, "train_per_member": train_s / M, "eval_per_member": eval_s}
+    print(f"evaluation (mlp, M {M}, threads {threads}): {eval_s * 1e3:.1f} ms per member vs "
+          f"{train_s / M * 1e3:.1f} ms of packed training per member-epoch", flush=True)
+    return out
+
+
+def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
+    """Forward + backward of M conv VAEs (dSprites shapes, batch 64): grouped convolutions vs vmap."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    configure_torch(threads)
+    dev = torch.device(device)
+    cfg = TrialConfig.model_validate(workload("conv", True, device))
+    solos = []
+    for i in range(M):
+        torch.manual_seed(i)
+        solos.append(build_model(cfg.model, (1, 64, 64)).to(dev))
+    packed = PackedVAE(solos)
+    params, _ = stack_module_state(solos)
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    template = solos[0]
+
+    def solo_forward(p, x):
+        mu, logvar = torch.func.functional_call(template.encoder, {k.removeprefix("encoder."): v for k, v in p.items()
+                                                                    if k.startswith("encoder.")}, (x,))
+        out = torch.func.functional_call(template.decoder, {k.removeprefix("decoder."): v for k, v in p.items()
+                                                             if k.startswith("decoder.")}, (mu,))
+        return out.sum()
+
+    x = (torch.rand(M, 64, 1, 64, 64, device=dev) > 0.5).float()
+    vmapped = vmap(solo_forward)
+
+    def grouped_step():
+        mu, _ = packed.encode(x)
+        packed.decode(mu).sum().backward()
+
+    def vmap_step():
+        vmapped(params, x).sum().backward()
+
+    def timed(fn):
+        fn()  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) / reps
+
+    g, v = timed(grouped_step), timed(vmap_step)
+    print(f"conv packing (M {M}, threads {threads}): grouped {g * 1e3:.1f} ms, vmap {v * 1e3:.1f} ms per "
+          f"forward+backward; vmap / grouped {v / g:.2f}", flush=True)
+    return {"M": M, "threads": threads, "grouped_ms": g * 1e3, "vmap_ms": v * 1e3}
+
+
+def render(args, rows, evals, convs, started: float) -> str:
+    lines = [
+        "# Packed trials: benchmark",
+        "",
+        f"Written by `python benchmarks/pack.py{' --quick' if args.quick else ''}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({(time.perf_counter() - started) / 60:.1f} min); "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+        f"device {args.device}, load average at the start {args.load0:.2f}.",
+        "",
+        "Model-steps/s = M x steps per epoch / the training seconds of one epoch (`train/epoch_seconds`: "
+        "model build, data load and evaluation excluded), solo = the M trials one after the other through "
+        "`vaebench.train.train`, packed = one `vaebench.pack.PackTrainer`. Both in the same process, interleaved; "
+        "the ratio is taken within each repetition: median [min–max] over repetitions.",
+        "",
+        "## 1. Throughput",
+        "",
+        "| workload | threads | M | steps/epoch | solo model-steps/s | packed model-steps/s | **packed / solo** | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['threads']} | {r['M']} | {r['steps']} | {stats(r['solo'])} | "
+                     f"{stats(r['packed'])} | **{stats(r['ratio'])}** | {r['load']:.2f} |")
+    if evals:
+        lines += ["", "## 2. Evaluation (per member, the solo metrics code)", "",
+                  "| M | threads | packed training per member-epoch | one member's evaluation | evaluation / training |",
+                  "|---|---|---|---|---|"]
+        for e in evals:
+            lines.append(f"| {e['M']} | {e['threads']} | {e['train_per_member'] * 1e3:.1f} ms | "
+                         f"{e['eval_per_member'] * 1e3:.1f} ms | {e['eval_per_member'] / e['train_per_member']:.2f} |")
+    if convs:
+        lines += ["", "## 3. Conv packing: grouped convolutions vs torch.func.vmap (forward + backward)", "",
+                  "| M | threads | grouped | vmap | vmap / grouped |", "|---|---|---|---|---|"]
+        for c in convs:
+            lines.append(f"| {c['M']} | {c['threads']} | {c['grouped_ms']:.1f} ms | {c['vmap_ms']:.1f} ms | "
+                         f"{c['vmap_ms'] / c['grouped_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="M = 1, 4, 16, 1 repetition, smaller conv data")
+    ap.add_argument("--members", default=None, help="pack sizes M, comma-separated (default 1,4,16,64)")
+    ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    ap.add_argument("--workloads", default="mlp,conv", help="mlp, conv or both")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, --quick 1)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    started = time.perf_counter()
+    args.load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    Ms = [int(m) for m in (args.members or ("1,4,16" if args.quick else "1,4,16,64")).split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    reps = args.reps or (1 if args.quick else 3)
+    rows = bench_throughput(args.workloads.split(","), Ms, threads, reps, args.quick, args.device)
+    evals = [bench_evaluation(max(Ms), t, args.device) for t in threads]
+    convs = [bench_conv_choice(min(16, max(Ms)), t, 2 if args.quick else 5, args.device) for t in threads] \
+        if "conv" in args.workloads else []
+    out = args.out or (HERE / ".cache" / "PACK-quick.md" if args.quick else HERE / "PACK.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(args, rows, evals, convs, started))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
