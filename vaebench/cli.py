@@ -48,12 +48,15 @@ def sweep(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///sweeps/NAME/optuna.db)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a setting: dotted.path=value (repeatable)"),
     fresh: bool = typer.Option(False, "--fresh", help="start a new study record; the old one stays readable"),
+    pack: Optional[str] = typer.Option(None, "--pack", help="packed trials: auto|off|N (overrides resources.pack)"),
 ) -> None:
     """Run a study's trials on Ray, recording every epoch in MLflow; re-running resumes."""
     from vaebench.progress import Progress
     from vaebench.sweep import SweepError, SweepOptions, run_sweep
 
     path, study = _load(study_file, set_)
+    if pack is not None:
+        _set_pack(study, pack)
     opts = SweepOptions(resolve_tracking_uri(tracking_uri), storage, address, workers, max_trials, fresh)
     try:
         summary = run_sweep(study, path.read_text(), opts, Progress(enabled=True, console=err))
@@ -69,11 +72,23 @@ def sweep(
     raise typer.Exit(summary.exit_code)
 
 
+def _set_pack(study, value: str) -> None:
+    from vaebench.study import PACK_ALLOWED
+
+    try:
+        study.resources.pack = value  # validated on assignment
+    except ValueError:
+        _fail(f"--pack {value!r}: allowed: {PACK_ALLOWED}")
+
+
 @app.command()
 def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAME"),
-             set_: Optional[list[str]] = typer.Option(None, "--set", help="override: dotted.path=value")) -> None:
-    """Check a study file; print its factors and the number of trials it implies."""
+             set_: Optional[list[str]] = typer.Option(None, "--set", help="override: dotted.path=value"),
+             pack: Optional[str] = typer.Option(None, "--pack", help="auto|off|N (overrides resources.pack)")) -> None:
+    """Check a study file; print its factors, the number of trials it implies and how they are packed."""
     path, study = _load(study_file, set_)
+    if pack is not None:
+        _set_pack(study, pack)
     table = Table(title=f"{study.name}: {path}")
     table.add_column("factor")
     table.add_column("levels / range")
@@ -87,6 +102,9 @@ def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAM
     else:
         out.print(f"{study.search.kind} search: budget {study.search.budget} points x {seeds} seeds "
                   f"= {study.search.budget * seeds} trials; objectives {study.search.objectives}; pruner {study.search.pruner}")
+    from vaebench.pack import packing_summary
+
+    out.print(packing_summary(study), highlight=False)
 
 
 @app.command()

@@ -114,6 +114,121 @@ def pack_key(config: dict[str, Any] | TrialConfig) -> str | None:
     return json.dumps(shared, sort_keys=True, separators=(",", ":"))
 
 
+# --------------------------------------------------------------------------------------- planning
+#
+# Pack size "auto": as many members as fit MEMORY_FRACTION of the device's memory (split over
+# the packs that run at once), at most MAX_PACK[device type]; and when the members would not
+# fill every slot at that size, as many packs as slots (n / slots members each), so that no
+# CPU (or GPU) sits idle. On CPU the gain grows with M until the per-op overhead is amortised
+# (benchmarks/PACK.md); past 64 members a pack only costs balance between slots.
+MAX_PACK = {"cpu": 64, "cuda": 512}
+MEMORY_FRACTION = 0.25
+PackSetting = Literal["auto", "off"] | int
+
+
+def _event_shape(cfg: TrialConfig) -> tuple[int, ...]:
+    kind = cfg.data.kind
+    if kind == "digits":
+        return (1, 8, 8)
+    if kind == "dsprites":
+        return (1, 64, 64)
+    if kind == "ppca":
+        return (len(cfg.data.eigenvalues),)
+    return load_data(cfg.data, cfg.data_seed).meta.shape  # files: read their shape
+
+
+def member_bytes(cfg: TrialConfig) -> int:
+    """Memory one member adds to a pack: parameters with their gradient, optimiser moments and the
+    step's copy (5 x 4 bytes each), and the activations of one minibatch kept for the backward
+    pass (3 x 4 bytes each: value, gradient, a temporary), counted on a meta-device forward."""
+    shape = _event_shape(cfg)
+    acts = 0
+
+    def count(_m: nn.Module, _inp: Any, out: Any) -> None:
+        nonlocal acts
+        acts += sum(t.numel() for t in (out if isinstance(out, tuple) else (out,)))
+
+    with torch.device("meta"):  # no memory, no random numbers drawn
+        model = build_model(cfg.model, shape)
+        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        mu, _ = model.encode(torch.zeros(cfg.train.batch_size, *shape))
+        model.decode(mu)
+    for h in hooks:
+        h.remove()
+    params = sum(p.numel() for p in model.parameters())
+    return 4 * (5 * params + 3 * (acts + cfg.train.batch_size * math.prod(shape)))
+
+
+def _device_memory(device: str) -> tuple[str, int]:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if torch.cuda.is_available():
+            return "cuda", torch.cuda.get_device_properties(0).total_memory
+        return "cuda", 16 * 2**30  # planned on a machine without the GPU: assume a 16 GiB card
+    return "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def auto_pack_size(cfg: TrialConfig, n: int, slots: int) -> int:
+    """The "auto" size for ``n`` members of ``cfg``'s shape with ``slots`` packs running at once."""
+    kind, memory = _device_memory(cfg.train.device)
+    by_memory = max(1, int(MEMORY_FRACTION * memory / max(slots, 1)) // member_bytes(cfg))
+    size = min(MAX_PACK[kind], by_memory)
+    if n < slots * size:  # too few members to fill every slot at that size: one pack per slot
+        size = max(1, math.ceil(n / slots))
+    return size
+
+
+def plan_packs(configs: list[dict[str, Any] | TrialConfig], pack: PackSetting = "auto", device: str | None = None,
+               slots: int = 1) -> list[list[int]]:
+    """Group trials into packs: lists of indices into ``configs``, solo trials as lists of one.
+
+    Members share a pack only if their pack_key is equal (same model kind, widths/channels,
+    latent_dim, likelihood and sigma, data and data_seed, batch size, epochs, optimiser, device,
+    metric settings) and only if PackTrainer supports every setting (``unsupported``; anything
+    else runs solo). ``pack``: "off" (all solo), N (at most N members per pack) or "auto"
+    (``auto_pack_size``, each shape getting the share of ``slots`` its share of the trials fills).
+    ``device`` overrides the configs' train.device for sizing; ``slots`` is how many packs run at
+    once. Packs of one key are balanced (sizes differ by at most one)."""
+    if pack == "off":
+        return [[i] for i in range(len(configs))]
+    groups: dict[str, list[int]] = {}
+    solo: list[int] = []
+    for i, c in enumerate(configs):  # keys from the plain dicts: a setting this module does not know means solo
+        key = pack_key(c)
+        (solo if key is None else groups.setdefault(key, [])).append(i)
+    out: list[list[int]] = []
+    packable = sum(map(len, groups.values()))
+    for members in groups.values():
+        c = configs[members[0]]
+        first = c if isinstance(c, TrialConfig) else TrialConfig.model_validate(c)
+        if device is not None:
+            first = first.model_copy(update={"train": first.train.model_copy(update={"device": device})})
+        key_slots = max(1, round(slots * len(members) / packable))  # the slots this shape's share of the trials fills
+        size = pack if isinstance(pack, int) else auto_pack_size(first, len(members), key_slots)
+        n_packs = math.ceil(len(members) / size)
+        base, extra = divmod(len(members), n_packs)
+        start = 0
+        for k in range(n_packs):
+            end = start + base + (k < extra)
+            out.append(members[start:end])
+            start = end
+    return out + [[i] for i in solo]
+
+
+def describe_plan(configs: list[dict[str, Any] | TrialConfig], groups: list[list[int]]) -> str:
+    """One line per kind of group, for `vaebench validate`."""
+    packs = [g for g in groups if len(g) > 1]
+    solo = [g[0] for g in groups if len(g) == 1]
+    parts = []
+    if packs:
+        sizes = sorted({len(g) for g in packs}, reverse=True)
+        parts.append(f"{sum(map(len, packs))} trials in {len(packs)} pack(s) of {'/'.join(map(str, sizes))} members")
+    if solo:
+        reasons = {r for i in solo for r in unsupported(configs[i])}
+        why = f" (settings packs do not support: {', '.join(sorted(reasons))})" if reasons else ""
+        parts.append(f"{len(solo)} trial(s) solo{why}")
+    return "; ".join(parts) or "no trials"
+
+
 # --------------------------------------------------------------------------------------- the model
 
 
@@ -541,3 +656,32 @@ class PackTrainer:
         if len(keep) < len(self.live):
             self._keep(keep)
         return out
+
+
+def local_slots(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> int:
+    """Packs (or solo trials) that run at once on this machine: its CPUs (GPUs) / a task's share."""
+    slots = max(1, math.floor((os.cpu_count() or 1) / cpus_per_trial + 1e-9))
+    if gpus_per_trial > 0:
+        slots = min(slots, max(1, math.floor(torch.cuda.device_count() / gpus_per_trial + 1e-9)))
+    return slots
+
+
+def packing_summary(study: Any) -> str:
+    """`vaebench validate`'s packing line for a vaebench.study.Study (imported lazily: this module
+    stays importable with torch alone)."""
+    from vaebench.study import expand
+
+    res = study.resources
+    slots = local_slots(res.cpus_per_trial, res.gpus_per_trial)
+    head = f"packing (resources.pack: {res.pack}, {slots} slot(s) on this machine): "
+    if res.pack == "off":
+        return head + "off, every trial runs alone"
+    if study.search.kind != "grid":
+        configs = [study.trial_config({}, s) for s in study.seeds]
+        reasons = unsupported(configs[0])
+        if reasons:
+            return head + f"none, settings packs do not support: {', '.join(reasons)}"
+        size = res.pack if isinstance(res.pack, int) else "auto-sized"
+        return head + f"the trials of each round of asks, in packs of {size} members of one shape"
+    configs = [spec.config for spec in expand(study)]
+    return head + describe_plan(configs, plan_packs(configs, res.pack, slots=slots))

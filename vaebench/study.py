@@ -5,7 +5,7 @@ it into trial specs; it runs nothing.
     name: collapse                      # the MLflow experiment
     description: ...
     data/model/objective/train/metrics  # base sections (vaebench.config)
-    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0, pack: auto}   # pack: auto | off | N
     space:                              # dotted setting path -> levels (list) or range (mapping)
       objective.beta: [0.5, 1, 4]
       objective.anneal: [none, linear, {kind: cyclical, cycles: 4, ratio: 0.5}]
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vaebench.config import (
     MetricsConfig,
@@ -75,9 +75,28 @@ class Range(Section):
         return all(isinstance(v, int) for v in (self.low, self.high, self.step) if v is not None)
 
 
+PACK_ALLOWED = "auto, off, or a whole number >= 1 (the most members per pack)"
+
+
 class Resources(Section):
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0)  # a pack gets the same: it is one task
     gpus_per_trial: float = Field(0.0, ge=0)
+    # packed trials (vaebench.pack): auto sizes packs from memory and slots, off runs every trial alone
+    pack: Literal["auto", "off"] | int = "auto"
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, v: Any) -> Any:
+        return parse_pack(v)
+
+
+def parse_pack(v: Any) -> Literal["auto", "off"] | int:
+    """resources.pack / --pack: "auto", "off" or N >= 1 (also as the string "N")."""
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if v in ("auto", "off") or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise ValueError(f"got {v!r}; allowed: {PACK_ALLOWED}")
 
 
 class Search(Section):
