@@ -48,6 +48,8 @@ def sweep(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///sweeps/NAME/optuna.db)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a setting: dotted.path=value (repeatable)"),
     fresh: bool = typer.Option(False, "--fresh", help="start a new study record; the old one stays readable"),
+    inline: bool = typer.Option(False, "--inline", help="run the trials one at a time in this process, without Ray "
+                                                        "(debugging a study: breakpoints and tracebacks work)"),
     pack: Optional[str] = typer.Option(None, "--pack", help="packed trials: auto|off|N (overrides resources.pack)"),
 ) -> None:
     """Run a study's trials on Ray, recording every epoch in MLflow; re-running resumes."""
@@ -57,18 +59,24 @@ def sweep(
     path, study = _load(study_file, set_)
     if pack is not None:
         _set_pack(study, pack)
-    opts = SweepOptions(resolve_tracking_uri(tracking_uri), storage, address, workers, max_trials, fresh)
+    opts = SweepOptions(resolve_tracking_uri(tracking_uri), storage, address, workers, max_trials, fresh, inline)
     try:
         summary = run_sweep(study, path.read_text(), opts, Progress(enabled=True, console=err))
     except SweepError as e:
         _fail(str(e))
+    for note in summary.notes:
+        err.print(f"note: {note}", highlight=False, markup=False)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
     err.print(f"{study.name}: {counts}" + (f" ({summary.skipped} already done, not rerun)" if summary.skipped else ""),
               highlight=False)
     for name, line in summary.failed:
         err.print(f"  failed: {name}: {line}", highlight=False, markup=False)
+    if summary.store_error:
+        _fail(f"{summary.store_error}; the sweep stopped (runs in flight were ended as killed where the store "
+              "still took writes); run the same command again to resume once the store works", 1)
     if summary.interrupted:
-        err.print("interrupted: in-flight trials were ended as killed; run the same command to resume")
+        again = "the same command without --fresh" if fresh else "the same command"
+        err.print(f"interrupted: in-flight trials were ended as killed; run {again} to resume this record", highlight=False)
     raise typer.Exit(summary.exit_code)
 
 

@@ -1,0 +1,447 @@
+"""The sweep driver, fast tier: the InlineExecutor (trials in this process), a real SQLite
+MLflow store and a real Optuna SQLite storage in tmp_path, read back through MLflow's and
+Optuna's public APIs. Trials are tiny (pPCA data, MLP latent 2, hidden [8], 2 epochs) so
+each takes milliseconds; a driver killed at a chosen point of the loop runs in a child
+process that ends itself with os._exit (as SIGKILL would: no cleanup at all)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from vaebench.definition import DEFINITION_TAG, changes, definition
+from vaebench.executors import InlineExecutor
+from vaebench.record import Record
+from vaebench.search import INTERRUPTED, RESUMES
+from vaebench.study import expand, load_study
+from vaebench.sweep import SweepError, SweepOptions, run_sweep
+from vaebench.trial import run_trial
+
+STUDY = """\
+name: {name}
+data: {{kind: ppca, n_samples: 400}}
+model: {{kind: mlp, latent_dim: 2, hidden: [8], likelihood: gaussian}}
+train: {{epochs: {epochs}, batch_size: 128}}
+metrics: {{iw_samples: 2, iw_examples: 50}}
+space:
+{space}
+seeds: {seeds}
+search: {search}
+"""
+GRID_SPACE = "  objective.beta: [0.5, 2.0]\n  train.lr: [1.0e-3, 3.0e-3]"
+SEARCH_SPACE = "  train.lr: [1.0e-3, 3.0e-3, 1.0e-2]\n  objective.beta: {low: 0.5, high: 2.0}"
+
+
+def study_file(tmp: Path, name: str = "g", epochs: int = 2, seeds: str = "[0, 1]", space: str = GRID_SPACE,
+               search: str = "{kind: grid}") -> Path:
+    p = tmp / f"{name}.yaml"
+    p.write_text(STUDY.format(name=name, epochs=epochs, space=space, seeds=seeds, search=search))
+    return p
+
+
+def search_file(tmp: Path, budget: int = 3, seeds: str = "[0, 1]", name: str = "s", pruner: str = "none") -> Path:
+    return study_file(tmp, name, seeds=seeds, space=SEARCH_SPACE,
+                      search=f"{{kind: random, budget: {budget}, pruner: {pruner}}}")
+
+
+def opts(tmp: Path, **kw) -> SweepOptions:
+    return SweepOptions(tracking_uri=f"sqlite:///{tmp}/m.db", storage=f"sqlite:///{tmp}/optuna.db", inline=True, **kw)
+
+
+def sweep(path: Path, tmp: Path, overrides: list[str] | None = None, executor=None, **kw):
+    study = load_study(path, overrides)
+    return run_sweep(study, path.read_text(), opts(tmp, **kw), executor=executor)
+
+
+def runs(tmp: Path, name: str, view=ViewType.ACTIVE_ONLY, role: str = "trial"):
+    client = MlflowClient(f"sqlite:///{tmp}/m.db")
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], f"tags.`vaebench.role` = '{role}'", run_view_type=view,
+                              max_results=5000, order_by=["attributes.start_time ASC"])
+
+
+def optuna_study(tmp: Path, name: str) -> optuna.Study:
+    (parent,) = [p for p in runs(tmp, name, role="study") if p.data.tags.get("vaebench.superseded") != "true"]
+    return optuna.load_study(study_name=parent.data.tags["vaebench.optuna_study"], storage=f"sqlite:///{tmp}/optuna.db")
+
+
+def check_record(tmp: Path, name: str, hashes: set[str], epochs: int = 2) -> list:
+    """The record's invariants: one current parent, FINISHED; every trial once, final, closed;
+    every history one value per epoch; every trial tagged with the parent's definition."""
+    parents = runs(tmp, name, role="study")
+    current = [p for p in parents if p.data.tags.get("vaebench.superseded") != "true"]
+    assert len(current) == 1 and current[0].info.status == "FINISHED"
+    kids = [r for r in runs(tmp, name) if r.data.tags["mlflow.parentRunId"] == current[0].info.run_id]
+    got = [r.data.tags["vaebench.config_hash"] for r in kids]
+    assert sorted(got) == sorted(hashes) and len(got) == len(set(got))
+    client = MlflowClient(f"sqlite:///{tmp}/m.db")
+    for r in kids:
+        assert r.data.tags["vaebench.trial_state"] == "completed" and r.info.status == "FINISHED"
+        assert r.data.tags[DEFINITION_TAG] == current[0].data.tags[DEFINITION_TAG]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/elbo")] == list(range(1, epochs + 1))
+        m = r.data.metrics
+        assert m["val/elbo"] == pytest.approx(-(m["val/recon"] + m["val/kl"]), rel=1e-5)
+    return kids
+
+
+def check_search(tmp: Path, name: str, budget: int, seeds: int) -> None:
+    """Optuna: nothing RUNNING or WAITING; `budget` points not interrupted, all distinct; each
+    completed point told the mean over its seeds of the recorded val/elbo."""
+    st = optuna_study(tmp, name)
+    interrupted = set(st.user_attrs.get(INTERRUPTED, []))
+    trials = st.get_trials()
+    assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
+    points = [t for t in trials if t.number not in interrupted]
+    assert len(points) == budget
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in points)
+    assert len({json.dumps(t.params, sort_keys=True) for t in points}) == budget  # never a point twice
+    for n in interrupted:  # each interrupted point was asked again exactly once
+        assert sum(t.user_attrs.get(RESUMES) == n for t in trials) == 1
+    kids = [r for r in runs(tmp, name) if r.data.tags["vaebench.trial_state"] == "completed"]
+    by_point: dict[str, list[float]] = {}
+    for r in kids:
+        by_point.setdefault(r.data.tags["vaebench.point"], []).append(r.data.metrics["val/elbo"])
+    assert len(kids) == budget * seeds and all(len(v) == seeds for v in by_point.values())
+    for t in points:
+        point = json.dumps({"train.lr": t.params["train.lr"], "objective.beta": t.params["objective.beta"]})
+        assert t.value == pytest.approx(sum(by_point[point]) / seeds)
+
+
+def search_hashes(tmp: Path, name: str) -> set[str]:
+    return {r.data.tags["vaebench.config_hash"] for r in runs(tmp, name)}
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def test_grid_record_and_resume(tmp_path):
+    path = study_file(tmp_path)
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0 and s.counts == {"completed": 8}
+    hashes = {sp.config_hash for sp in expand(load_study(path))}
+    first = check_record(tmp_path, "g", hashes)
+    (parent,) = runs(tmp_path, "g", role="study")
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    # the parent keeps the definition in force
+    assert json.loads(Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text()) \
+        == definition(load_study(path))
+    again = sweep(path, tmp_path)
+    assert again.exit_code == 0 and again.skipped == 8
+    assert {r.info.run_id for r in check_record(tmp_path, "g", hashes)} == {r.info.run_id for r in first}
+
+
+def test_changed_definition_is_refused_before_any_write(tmp_path):
+    path = study_file(tmp_path)
+    sweep(path, tmp_path, max_trials=2)
+    before = [(r.info.run_id, r.info.status, r.info.end_time) for r in runs(tmp_path, "g") + runs(tmp_path, "g", role="study")]
+    with pytest.raises(SweepError) as e:
+        sweep(path, tmp_path, ["train.epochs=3", "train.batch_size=64"])
+    msg = str(e.value)
+    assert "train.epochs: 2 -> 3" in msg and "train.batch_size: 128 -> 64" in msg and "--fresh" in msg
+    after = [(r.info.run_id, r.info.status, r.info.end_time) for r in runs(tmp_path, "g") + runs(tmp_path, "g", role="study")]
+    assert after == before  # nothing written
+    path.write_text(path.read_text().replace("objective.beta: [0.5, 2.0]", "objective.beta: [0.5]"))
+    with pytest.raises(SweepError, match=r"space.objective.beta: \[0.5, 2.0\] -> \[0.5\]"):
+        sweep(path, tmp_path)  # a level removed is a change (editing the YAML as much as --set)
+    path.write_text(path.read_text().replace("objective.beta: [0.5]", "objective.beta: [0.5, 2.0]"))
+    # --fresh starts a new record with the new definition; the old one stays
+    s = sweep(path, tmp_path, ["train.epochs=3"], fresh=True)
+    assert s.exit_code == 0 and s.skipped == 0
+    hashes = {sp.config_hash for sp in expand(load_study(path, ["train.epochs=3"]))}
+    check_record(tmp_path, "g", hashes, epochs=3)
+    # resuming now means the newest record
+    assert sweep(path, tmp_path, ["train.epochs=3"]).skipped == 8
+
+
+def test_extension_adds_levels_and_seeds(tmp_path):
+    path = study_file(tmp_path, seeds="[0]")
+    sweep(path, tmp_path)
+    old = {r.info.run_id for r in runs(tmp_path, "g")}
+    path.write_text(path.read_text().replace("objective.beta: [0.5, 2.0]", "objective.beta: [0.5, 2.0, 4.0]"))
+    s = sweep(path, tmp_path, ["seeds=[0, 1]"])
+    assert s.exit_code == 0 and s.skipped == 4 and s.counts["completed"] == 12
+    assert any("extended" in n for n in s.notes)
+    kids = check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path, ["seeds=[0, 1]"]))})
+    assert old <= {r.info.run_id for r in kids}
+    (parent,) = runs(tmp_path, "g", role="study")
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    defn = json.loads(Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text())
+    assert defn["seeds"] == [0, 1] and defn["space"]["objective.beta"]["levels"] == [0.5, 2.0, 4.0]
+
+
+def test_definition_changes_are_listed():
+    from vaebench.study import Study
+
+    base = {"name": "x", "space": {"objective.beta": [1, 2]}, "seeds": [0]}
+    old = definition(Study.model_validate(base))
+    assert changes(old, definition(Study.model_validate({**base, "seeds": [0, 1]}))) == []
+    assert changes(old, definition(Study.model_validate({**base, "space": {"objective.beta": [1, 2, 3]}}))) == []
+    assert changes(old, definition(Study.model_validate({**base, "seeds": [1]}))) == [("seeds", [0], [1])]
+    assert changes(old, definition(Study.model_validate({**base, "space": {"objective.beta": [1, 2], "train.lr": [0.1]}}))) \
+        == [("space.train.lr", None, [0.1])]
+    s = {**base, "search": {"kind": "random", "budget": 4}}
+    old = definition(Study.model_validate(s))
+    assert changes(old, definition(Study.model_validate({**s, "search": {"kind": "random", "budget": 8}}))) == []
+    assert changes(old, definition(Study.model_validate({**s, "search": {"kind": "random", "budget": 2}}))) \
+        == [("search.budget", 4, 2)]
+
+
+def test_equal_configs_run_once(tmp_path):
+    path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0, 1, 2.0]")  # 1.0 and 1: one config
+    s = sweep(path, tmp_path)
+    assert s.counts == {"completed": 2}
+    check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
+
+
+# --------------------------------------------------------------------------- interrupts, restarts
+
+
+def term_after(epochs: int):
+    """run_trial, sending this process SIGTERM after ``epochs`` epochs in all (as Ctrl-C would)."""
+    seen = {"n": 0}
+
+    def trial(config):
+        for msg in run_trial(config):
+            if msg["kind"] == "epoch":
+                seen["n"] += 1
+                if seen["n"] == epochs:
+                    os.kill(os.getpid(), signal.SIGTERM)
+            yield msg
+    return trial
+
+
+def test_sigterm_then_resume_grid(tmp_path):
+    path = study_file(tmp_path, epochs=3)
+    s = sweep(path, tmp_path, executor=InlineExecutor(workers=2, trial=term_after(7)))
+    assert s.exit_code == 130 and s.counts["killed"] == 2
+    kids = runs(tmp_path, "g")
+    assert not any(r.info.status == "RUNNING" for r in kids)
+    assert {r.info.status for r in kids if r.data.tags["vaebench.trial_state"] == "killed"} == {"KILLED"}
+    assert runs(tmp_path, "g", role="study")[0].info.status == "KILLED"
+    again = sweep(path, tmp_path)
+    assert again.exit_code == 0
+    check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))}, epochs=3)
+
+
+def test_sigterm_then_resume_search_has_its_budget(tmp_path):
+    path = search_file(tmp_path, budget=4)
+    s = sweep(path, tmp_path, executor=InlineExecutor(workers=3, trial=term_after(5)))
+    assert s.exit_code == 130
+    st = optuna_study(tmp_path, "s")
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in st.get_trials())  # all told
+    assert st.user_attrs[INTERRUPTED]
+    again = sweep(path, tmp_path)
+    assert again.exit_code == 0
+    check_search(tmp_path, "s", budget=4, seeds=2)
+    check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+
+
+def test_max_trials_resumes_to_the_budget(tmp_path):
+    path = search_file(tmp_path, budget=4, seeds="[0, 1]")
+    for _ in range(3):  # 3 new trial runs each: points are cut between their seeds
+        assert sweep(path, tmp_path, max_trials=3).exit_code == 0
+    check_search(tmp_path, "s", budget=4, seeds=2)
+    check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+
+
+def test_search_straight_through(tmp_path):
+    path = search_file(tmp_path, budget=3)
+    assert sweep(path, tmp_path).exit_code == 0
+    check_search(tmp_path, "s", budget=3, seeds=2)
+    first = [t.params for t in optuna_study(tmp_path, "s").trials]
+    # a resumed study with a larger budget does not replay the opening points
+    assert sweep(path, tmp_path, ["search.budget=5"]).exit_code == 0
+    check_search(tmp_path, "s", budget=5, seeds=2)
+    assert [t.params for t in optuna_study(tmp_path, "s").trials][:3] == first
+
+
+def test_dead_worker_restarts_in_a_fresh_run(tmp_path):
+    path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0]")
+    state = {"died": False}
+
+    def dies_once(config):
+        for msg in run_trial(config):
+            if msg["kind"] == "epoch" and not state["died"]:
+                state["died"] = True
+                raise RuntimeError("worker lost")
+            yield msg
+    s = sweep(path, tmp_path, executor=InlineExecutor(trial=dies_once))
+    assert s.exit_code == 0
+    (run,) = check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
+    assert run.data.tags["vaebench.attempt"] == "1"
+    (deleted,) = runs(tmp_path, "g", ViewType.DELETED_ONLY)
+    assert deleted.info.status == "KILLED" and deleted.data.tags["vaebench.attempt"] == "0"
+
+
+# --------------------------------------------------------------------------- a driver killed at each point
+
+CHILD = r"""
+import os, sys
+from mlflow import MlflowClient
+import optuna
+from vaebench.record import Record
+from vaebench.study import load_study
+from vaebench.sweep import SweepOptions, run_sweep
+from vaebench.executors import InlineExecutor
+
+where, path, tmp, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+seen = {"n": 0}
+
+def die(owner, name, when=lambda *a, **k: True, after=False):
+    orig = getattr(owner, name)
+    def wrapper(*a, **k):
+        hit = when(*a, **k)
+        if hit and not after:
+            seen["n"] += 1
+            if seen["n"] >= n:
+                os._exit(9)
+        out = orig(*a, **k)
+        if hit and after:
+            seen["n"] += 1
+            if seen["n"] >= n:
+                os._exit(9)
+        return out
+    setattr(owner, name, wrapper)
+
+if where == "before_parent":
+    die(MlflowClient, "create_run", lambda self, exp, *a, **k: k.get("tags", {}).get("vaebench.role") == "study")
+elif where == "after_state_tag":  # the trial's state tag is written, its run not yet closed
+    die(MlflowClient, "set_terminated")
+elif where == "before_close":  # the trial ended; nothing of its end written, metrics still buffered
+    die(Record, "end_trial")
+elif where == "between_flushes":
+    die(Record, "log_epoch", after=True)
+elif where == "before_tell":
+    die(optuna.study.Study, "tell")
+elif where == "during_artifact":
+    die(MlflowClient, "log_artifact", after=True)
+study = load_study(path)
+o = SweepOptions(tracking_uri=f"sqlite:///{tmp}/m.db", storage=f"sqlite:///{tmp}/optuna.db", inline=True)
+run_sweep(study, open(path).read(), o, executor=InlineExecutor(workers=2))
+sys.exit(3)  # not reached when the crash point was hit
+"""
+
+
+def killed_at(where: str, n: int, path: Path, tmp: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", CHILD, where, str(path), str(tmp), str(n)], env=env, cwd=tmp,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("where,n", [("before_parent", 1), ("after_state_tag", 3), ("before_close", 3),
+                                     ("between_flushes", 5), ("during_artifact", 2)])
+def test_grid_killed_then_resumed(tmp_path, where, n):
+    path = study_file(tmp_path)
+    killed_at(where, n, path, tmp_path)
+    if where == "before_parent":
+        assert MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("g") is not None
+        assert runs(tmp_path, "g", role="study") == []
+    before = runs(tmp_path, "g") if where != "before_parent" else []
+    tagged_final = {r.info.run_id for r in before if r.data.tags["vaebench.trial_state"] == "completed"}
+    if where == "after_state_tag":
+        assert any(r.info.status == "RUNNING" for r in before if r.info.run_id in tagged_final)
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0 and s.skipped == len(tagged_final)
+    kids = check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
+    assert any("took over the lock" in note for note in s.notes)  # the dead child's lock
+    assert tagged_final <= {r.info.run_id for r in kids}  # a run tagged final is kept (and closed), not rerun
+    assert len(runs(tmp_path, "g", role="study")) == 1
+
+
+@pytest.mark.parametrize("where,n", [("before_tell", 2), ("after_state_tag", 4), ("between_flushes", 6),
+                                     ("during_artifact", 3)])
+def test_search_killed_then_resumed(tmp_path, where, n):
+    path = search_file(tmp_path, budget=3)
+    killed_at(where, n, path, tmp_path)
+    st = optuna_study(tmp_path, "s")
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in st.get_trials())  # left by the dead driver
+    assert sweep(path, tmp_path).exit_code == 0
+    check_search(tmp_path, "s", budget=3, seeds=2)
+    check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_second_driver_is_refused_at_once(tmp_path):
+    path = study_file(tmp_path)
+    holder = Record(f"sqlite:///{tmp_path}/m.db", "g")
+    assert holder.lock() is None
+    t0 = time.monotonic()
+    with pytest.raises(SweepError) as e:
+        sweep(path, tmp_path)
+    assert time.monotonic() - t0 < 10
+    assert f"pid {os.getpid()}" in str(e.value) and socket.gethostname() in str(e.value) and "since" in str(e.value)
+    holder.unlock()
+    assert sweep(path, tmp_path).exit_code == 0
+
+
+def test_cli_lock_refusal_exit_2(tmp_path):
+    path = study_file(tmp_path)
+    holder = Record(f"sqlite:///{tmp_path}/m.db", "g")
+    holder.lock()
+    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(path), "--inline", "--tracking-uri",
+                           f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    holder.unlock()
+    assert proc.returncode == 2, proc.stderr
+    assert "another driver" in proc.stderr and f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
+    assert MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("g") is None  # nothing written
+
+
+# --------------------------------------------------------------------------- store failures
+
+
+def test_artifact_store_failure_ends_cleanly(tmp_path):
+    path = study_file(tmp_path, epochs=3)
+    blocked = {"done": False}
+
+    def block_artifacts_after_first(config):
+        for msg in run_trial(config):
+            if msg["kind"] == "end" and not blocked["done"] and (tmp_path / "artifacts" / "g").is_dir():
+                # the artifact folder becomes a file: every later artifact write fails (as on a full disk)
+                blocked["done"] = True
+                import shutil
+                shutil.rmtree(tmp_path / "artifacts" / "g")
+                (tmp_path / "artifacts" / "g").write_text("")
+            yield msg
+    s = sweep(path, tmp_path, executor=InlineExecutor(workers=2, trial=block_artifacts_after_first))
+    assert s.exit_code == 1 and s.store_error and f"sqlite:///{tmp_path}/m.db" in s.store_error
+    (parent,) = runs(tmp_path, "g", role="study")
+    assert parent.info.status == "FAILED"  # never FINISHED by a crash
+    kids = runs(tmp_path, "g")
+    assert not any(r.info.status == "RUNNING" for r in kids)
+    assert any(r.data.tags["vaebench.trial_state"] == "killed" for r in kids)
+
+
+def test_tracking_server_down_fails_within_bounds(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    path = study_file(tmp_path)
+    t0 = time.monotonic()
+    s = run_sweep(load_study(path), path.read_text(), SweepOptions(tracking_uri=f"http://127.0.0.1:{port}", inline=True))
+    assert time.monotonic() - t0 < 60
+    assert s.exit_code == 1 and f"http://127.0.0.1:{port}" in s.store_error

@@ -1,0 +1,357 @@
+"""The MLflow record of a study (DESIGN.md, sweep: Record): the only code that writes
+MLflow. Read by ``status``, ``report`` and users.
+
+Layout: one experiment per study (named after it); a parent run per study record
+(tag ``vaebench.role=study``) holding the study definition in force (``definition.json``,
+``study.yaml``, tag ``vaebench.definition``); one child run per trial and seed
+(``vaebench.role=trial``, ``mlflow.parentRunId``), tagged with ``vaebench.trial_state``,
+``vaebench.config_hash`` and ``vaebench.definition``; params are the trial's config flattened
+with dotted names; metrics per epoch with step = epoch.
+
+Writes are buffered: a run's epoch metrics are kept and sent in one ``log_batch`` (several
+steps) every FLUSH_SECONDS and when the trial ends (each SQLite call costs ~13 ms). A trial's
+final state tag is written only after its metrics and artifacts, so a driver killed between
+flushes loses only what a resume reruns.
+
+Every failure of the store raises StoreError naming the store and the cause.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+
+from vaebench.tracking import (
+    FINAL_STATES, MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, MLFLOW_STATUS, ROLE, STATE, SUPERSEDED, artifact_root,
+    param_value,
+)
+
+FLUSH_SECONDS = 5.0  # buffered epoch metrics reach the store at least this often
+# A tracking server that stays down fails a request after at most ~45 s: 4 attempts of at most
+# 10 s each, with backoffs 1 + 2 + 4 s (+ up to 1 s jitter each). The user's own values win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+LOCK_TAG = "vaebench.lock"  # experiment tag: the lease of a driver writing to a tracking server
+LEASE_SECONDS = 120.0  # a server lease not renewed for this long belongs to a dead driver
+DEFINITION_FILE = "definition.json"
+
+
+class StoreError(RuntimeError):
+    """The tracking store failed; the message names it and the cause."""
+
+
+class LockError(RuntimeError):
+    """Another driver holds the record; the message says who (host, pid, since when)."""
+
+
+def new_sqlite_store(db: Path) -> None:
+    """Create the MLflow SQLite store ``db`` (which does not exist) as a copy of an empty one.
+
+    MLflow creates a store by running its whole chain of schema migrations: ~4 s on 2 cores,
+    paid by every new study database and every test. The result depends only on the
+    versions of MLflow, SQLAlchemy and alembic, so it is built once per version set in the
+    user's cache and copied. Its Default experiment is deleted so that MLflow recreates it as
+    for any new store (its artifact location depends on the working directory). On any
+    failure (no writable cache, a changed schema) nothing is copied and MLflow creates the
+    store itself."""
+    import alembic
+    import mlflow
+    import sqlalchemy
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaebench"
+    template = cache / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}-alembic-{alembic.__version__}.db"
+    try:
+        if not template.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                built = Path(tmp) / "store.db"
+                MlflowClient(tracking_uri=f"sqlite:///{built}").search_experiments()  # runs the migrations
+                with sqlite3.connect(built) as con:
+                    con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
+                    con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+                con.close()
+                os.replace(built, template)  # atomic: concurrent builders each publish a whole file
+        shutil.copyfile(template, db)
+    except (OSError, sqlite3.Error):
+        db.unlink(missing_ok=True)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def holder_text(info: dict[str, Any]) -> str:
+    return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, since {info.get('since', '?')}"
+
+
+class Record:
+    """Reads and writes one study's runs through MlflowClient."""
+
+    def __init__(self, uri: str, study: str):
+        self.uri, self.study = uri, study
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json
+        if uri.startswith(("http://", "https://")):
+            for k, v in HTTP_DEFAULTS.items():
+                os.environ.setdefault(k, v)
+        with self._store("open"):
+            db = sqlite_path(uri)
+            if db is not None:
+                db.parent.mkdir(parents=True, exist_ok=True)
+                if not db.exists():
+                    new_sqlite_store(db)
+            self.client = MlflowClient(tracking_uri=uri)
+        self._experiment_id: str | None = None
+        self._buffer: dict[str, list[Metric]] = {}  # run id -> metrics not yet sent
+        self._last_flush = time.monotonic()
+        self._lock_file: Any = None
+        self._lease: dict[str, Any] | None = None
+
+    @contextmanager
+    def _store(self, what: str) -> Iterator[None]:
+        """Any failure inside is the store's: re-raised as StoreError naming it."""
+        try:
+            yield
+        except (StoreError, LockError):
+            raise
+        except Exception as e:
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StoreError(f"the tracking store {self.uri} failed ({what}): {type(e).__name__}: {cause}") from e
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def experiment_id(self) -> str | None:
+        if self._experiment_id is None:
+            with self._store("read the experiment"):
+                exp = self.client.get_experiment_by_name(self.study)
+            self._experiment_id = exp.experiment_id if exp is not None else None
+        return self._experiment_id
+
+    def parent_run(self) -> Run | None:
+        """The current study record: the newest parent run not superseded by --fresh."""
+        if self.experiment_id is None:
+            return None
+        with self._store("read the study record"):
+            runs = self.client.search_runs(
+                [self.experiment_id], f"tags.`{ROLE}` = 'study'", order_by=["attributes.start_time DESC"])
+        current = [r for r in runs if r.data.tags.get(SUPERSEDED) != "true"]
+        return current[0] if current else None
+
+    def trial_runs(self, parent_id: str) -> list[Run]:
+        """Every live (not deleted) trial run of a study record, oldest first."""
+        runs: list[Run] = []
+        token = None
+        with self._store("read the trial runs"):
+            while True:
+                page = self.client.search_runs(
+                    [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                    run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                    order_by=["attributes.start_time ASC"], page_token=token)
+                runs += page
+                token = page.token
+                if not token:
+                    return runs
+
+    def definition(self, parent: Run) -> dict[str, Any] | None:
+        """The study definition a parent run keeps (None for records made before definitions)."""
+        with self._store("read the study definition"), tempfile.TemporaryDirectory() as tmp:
+            names = {a.path for a in self.client.list_artifacts(parent.info.run_id)}
+            if DEFINITION_FILE not in names:
+                return None
+            path = self.client.download_artifacts(parent.info.run_id, DEFINITION_FILE, tmp)
+            return json.loads(Path(path).read_text())
+
+    # ------------------------------------------------------------------ the lock
+
+    def lock(self) -> str | None:
+        """Take the record's lock or raise LockError naming its holder. Returns a note when a
+        dead driver's lock was taken over. SQLite: an flock on ``<db>.<study>.lock`` beside the
+        store (the kernel releases it when its holder dies, however it dies). Tracking server:
+        a lease in the experiment tag ``vaebench.lock``, renewed at every flush, stale after
+        LEASE_SECONDS."""
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        db = sqlite_path(self.uri)
+        if db is not None:
+            path = db.with_name(f"{db.name}.{self.study}.lock")
+            with self._store(f"open the lock file {path}"):
+                f = open(path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                try:
+                    info = json.loads(f.read() or "{}")
+                except ValueError:
+                    info = {}
+                f.close()
+                raise LockError(f"study {self.study!r} in {self.uri} is being swept by another driver "
+                                f"({holder_text(info)}; lock file {path})") from None
+            f.seek(0)
+            try:
+                old = json.loads(f.read() or "{}")
+            except ValueError:
+                old = {}
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(me))
+            f.flush()
+            self._lock_file = f
+            return f"took over the lock of a driver that ended without releasing it ({holder_text(old)})" if old else None
+        return self._take_lease(me)
+
+    def _take_lease(self, me: dict[str, Any]) -> str | None:
+        with self._store("take the lock"):
+            exp = self._ensure_experiment()
+            held = self.client.get_experiment(exp).tags.get(LOCK_TAG)
+            note = None
+            if held:
+                info = json.loads(held)
+                if time.time() - info.get("beat", 0) < LEASE_SECONDS:
+                    raise LockError(f"study {self.study!r} in {self.uri} is being swept by another driver "
+                                    f"({holder_text(info)}; experiment tag {LOCK_TAG})")
+                note = f"took over the lock of a driver silent for over {LEASE_SECONDS:.0f} s ({holder_text(info)})"
+            self._lease = {**me, "token": os.urandom(8).hex(), "beat": time.time()}
+            self.client.set_experiment_tag(exp, LOCK_TAG, json.dumps(self._lease))
+            time.sleep(1.0)  # two drivers writing at once: the last write wins, the other sees it and stops
+            now = json.loads(self.client.get_experiment(exp).tags.get(LOCK_TAG) or "{}")
+            if now.get("token") != self._lease["token"]:
+                self._lease = None
+                raise LockError(f"study {self.study!r} in {self.uri} is being swept by another driver ({holder_text(now)})")
+            return note
+
+    def _renew_lease(self) -> None:
+        if self._lease is not None:
+            self._lease["beat"] = time.time()
+            self.client.set_experiment_tag(self.experiment_id, LOCK_TAG, json.dumps(self._lease))
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:  # emptied: a lock file with a holder in it was left by a dead driver
+            self._lock_file.truncate(0)
+            self._lock_file.close()
+            self._lock_file = None
+        if self._lease is not None:
+            self._lease = None
+            try:
+                self.client.delete_experiment_tag(self.experiment_id, LOCK_TAG)
+            except Exception:  # a server that is down: the lease goes stale by itself
+                pass
+
+    # ------------------------------------------------------------------ writing
+
+    def _ensure_experiment(self) -> str:
+        if self.experiment_id is None:
+            self._experiment_id = self.client.create_experiment(
+                self.study, artifact_location=artifact_root(self.uri, self.study))
+        return self._experiment_id
+
+    def start_study(self, description: str, study_yaml: str, tags: dict[str, str], defn: dict[str, Any]) -> Run:
+        """Create the experiment if needed and a new parent run holding ``defn``; older parents
+        are superseded."""
+        with self._store("start the study record"):
+            self._ensure_experiment()
+            old = self.parent_run()
+            if old is not None:
+                self.client.set_tag(old.info.run_id, SUPERSEDED, "true")
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.study,
+                tags={ROLE: "study", "mlflow.note.content": description, **tags})
+            self.set_definition(run.info.run_id, defn, study_yaml, tags)
+            return run
+
+    def set_definition(self, run_id: str, defn: dict[str, Any], study_yaml: str, tags: dict[str, str]) -> None:
+        with self._store("write the study definition"):
+            self.client.log_dict(run_id, defn, DEFINITION_FILE)
+            self.client.log_text(run_id, study_yaml, "study.yaml")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def reopen_study(self, run_id: str) -> None:
+        with self._store("reopen the study record"):
+            self.client.update_run(run_id, status="RUNNING")
+
+    def start_trial(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        with self._store("start a trial run"):
+            run = self.client.create_run(
+                self.experiment_id, run_name=name,
+                tags={ROLE: "trial", "mlflow.parentRunId": parent_id, STATE: "running", **tags})
+            items = [Param(k, param_value(v)) for k, v in params.items()]
+            for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+                self.client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
+            return run.info.run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        with self._store("tag a run"):
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        """Buffer one epoch's metrics (step = epoch); flush_due sends them."""
+        now = int(time.time() * 1000)
+        self._buffer.setdefault(run_id, []).extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Send the buffered metrics of ``run_id`` (or of every run): one log_batch per run."""
+        with self._store("log metrics"):
+            for rid in [run_id] if run_id is not None else list(self._buffer):
+                items = self._buffer.get(rid, [])
+                for i in range(0, len(items), MAX_METRICS_PER_CALL):
+                    self.client.log_batch(rid, metrics=items[i:i + MAX_METRICS_PER_CALL])
+                self._buffer.pop(rid, None)
+            if run_id is None:
+                self._last_flush = time.monotonic()
+
+    def flush_due(self) -> None:
+        """Flush when FLUSH_SECONDS have passed since the last flush (and renew a server lease)."""
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+            with self._store("renew the lock"):
+                self._renew_lease()
+
+    def end_trial(self, run_id: str, state: str, tags: dict[str, str] | None = None,
+                  artifacts: dict[str, bytes] | None = None) -> None:
+        """Metrics, then artifacts, then the final state tag, then the run's status: a trial
+        tagged final has everything; one killed before its tag is rerun."""
+        self.flush(run_id)
+        with self._store("end a trial run"):
+            if artifacts:
+                with tempfile.TemporaryDirectory() as tmp:
+                    for fname, blob in artifacts.items():
+                        (Path(tmp) / fname).write_bytes(blob)
+                        self.client.log_artifact(run_id, str(Path(tmp) / fname))
+            self.client.log_batch(run_id, tags=[RunTag(STATE, state)] + [RunTag(k, v) for k, v in (tags or {}).items()])
+            self.client.set_terminated(run_id, MLFLOW_STATUS[state])
+
+    def close_final(self, run: Run) -> None:
+        """A run tagged final but left RUNNING (its driver died between the tag and closing it)."""
+        with self._store("close a trial run"):
+            self.client.set_terminated(run.info.run_id, MLFLOW_STATUS[run.data.tags[STATE]])
+
+    def end_study(self, run_id: str, status: str) -> None:
+        with self._store("end the study record"):
+            self.client.set_terminated(run_id, status)
+
+    def discard_run(self, run: Run | str) -> None:
+        """End a superseded trial run (an interrupted or failed attempt about to be rerun) as
+        KILLED if it was left RUNNING, then soft-delete it: MLflow keeps it restorable, but
+        readers see each trial once."""
+        self._buffer.pop(run if isinstance(run, str) else run.info.run_id, None)
+        with self._store("discard a trial run"):
+            run = self.client.get_run(run) if isinstance(run, str) else run
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            self.client.delete_run(run.info.run_id)
+
+
+__all__ = ["FINAL_STATES", "LockError", "Record", "StoreError", "new_sqlite_store"]
