@@ -261,7 +261,8 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
 def test_dead_worker_is_retried(ray_cluster, tmp_path):
     study = write(tmp_path, TINY.format(name="crash", epochs=40).replace("seeds: [0, 1]", "seeds: [0]"))
     uri = f"sqlite:///{tmp_path}/m.db"
-    proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri,
+    # --pack off: one Ray task per trial (RayExecutor); tests/test_pack_executor.py kills a pack's worker
+    proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, "--pack", "off",
                  env=ray_cluster.env, cwd=tmp_path)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)

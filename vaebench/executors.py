@@ -248,3 +248,205 @@ class RayExecutor:
 
     def close(self) -> None:
         self.cancel([t.job.key for t in self.tasks.values()])
+
+
+# --------------------------------------------------------------------------- packed (issue 11)
+
+PACK_TAG = "vaebench.pack"  # on "start": the pack's id and size, e.g. "p3/16"
+
+
+class PackWorker:
+    """What runs in one Ray actor: a pack (vaebench.pack.PackTrainer) or, for a job the packs do
+    not support, one solo trial (run_trial), behind the same ``step()``: the messages of one
+    epoch, each with "member", and whether the worker is done."""
+
+    def __init__(self, configs: list[dict[str, Any]], threads: int, packed: bool):
+        if packed:
+            from vaebench.pack import PackTrainer
+
+            self.trainer = PackTrainer(configs, threads)
+        else:
+            self.trainer, self.messages = None, run_trial(configs[0])
+
+    def step(self) -> tuple[list[dict[str, Any]], bool]:
+        if self.trainer is not None:
+            return self.trainer.step(), self.trainer.done
+        out = []
+        for msg in self.messages:
+            out.append({**msg, "member": 0})
+            if msg["kind"] != "start":
+                return out, msg["kind"] == "end"
+        return out + [{"kind": "end", "state": "failed", "member": 0,
+                       "traceback": "the trial stopped without a final message"}], True
+
+    def stop(self, members: list[int]) -> None:
+        if self.trainer is not None:
+            self.trainer.stop(members)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclass(eq=False)  # compared by identity
+class _Pack:
+    id: str
+    jobs: list[Job]  # member i = jobs[i]
+    packed: bool
+    actor: Any = None
+    ref: Any = None  # the step() in flight
+    ended: set[str] = field(default_factory=set)  # keys that ended or were cancelled: no more events
+    attempt: int = 0
+
+    @property
+    def live(self) -> list[Job]:
+        return [j for j in self.jobs if j.key not in self.ended]
+
+
+class PackedExecutor:
+    """Packs of jobs (vaebench.pack.plan_packs: same shape, settings PackTrainer supports) as
+    Ray actors wrapping PackTrainer, at most ``workers`` packs at once, each with the CPUs (and
+    GPUs) of one trial; jobs the packs do not support run alone in the same kind of actor.
+    Members end independently (one Event per member per epoch, exactly as solo jobs, plus the
+    ``vaebench.pack`` tag on "start"); ``cancel`` masks members. A pack whose worker dies is
+    rerun with the members that had not ended ("restart" events for those), up to
+    ``max_retries`` times, then they end failed. Ray is connected by the caller."""
+
+    def __init__(self, workers: int, cpus_per_trial: float, gpus_per_trial: float, prefix: str = "vaebench",
+                 max_retries: int = MAX_RETRIES, pack: Any = "auto"):
+        self.workers, self.cpus, self.gpus, self.prefix, self.max_retries = (
+            workers, cpus_per_trial, gpus_per_trial, prefix, max_retries)
+        self.pack = pack
+        self.running: dict[Any, _Pack] = {}  # step ref -> pack
+        self.queued: deque[_Pack] = deque()  # planned, waiting for a slot
+        self.where: dict[str, _Pack] = {}  # key -> its pack
+        self.count = 0
+        self._actor_class: Any = None
+
+    def _pack_size(self) -> int:
+        from vaebench.pack import MAX_PACK
+
+        if isinstance(self.pack, int):
+            return self.pack
+        return MAX_PACK["cuda" if self.gpus > 0 else "cpu"] if self.pack == "auto" else 1
+
+    def capacity(self) -> int:
+        if self.queued:
+            return 0
+        return max(0, self.workers - len(self.running)) * self._pack_size()
+
+    def submit(self, jobs: list[Job]) -> None:
+        from vaebench.pack import pack_key, plan_packs
+
+        if not jobs:
+            return
+        free = max(1, self.workers - len(self.running))
+        device = "cuda" if self.gpus > 0 else None
+        for group in plan_packs([j.config for j in jobs], self.pack, device=device, slots=free):
+            members = [jobs[i] for i in group]
+            packed = pack_key(members[0].config) is not None
+            self.count += 1
+            pack = _Pack(f"p{self.count}/{len(members)}", members, packed)
+            for j in members:
+                self.where[j.key] = pack
+            self.queued.append(pack)
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.queued and len(self.running) < self.workers:
+            self._launch(self.queued.popleft())
+
+    def _launch(self, pack: _Pack) -> None:
+        import ray
+
+        if self._actor_class is None:
+            self._actor_class = ray.remote(PackWorker)
+        threads = max(1, int(self.cpus))
+        pack.actor = self._actor_class.options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0).remote([j.config for j in pack.live], threads, pack.packed)
+        pack.jobs = pack.live  # a rerun holds only the members that had not ended
+        pack.ref = pack.actor.step.remote()
+        self.running[pack.ref] = pack
+
+    def poll(self, timeout: float) -> list[Event]:
+        import ray
+
+        self._fill()
+        if not self.running:
+            return []
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        events: list[Event] = []
+        for ref in ready:
+            pack = self.running.pop(ref)
+            try:
+                msgs, done = ray.get(ref)
+            except ray.exceptions.RayError as e:  # the actor's process died, or its node
+                events += self._worker_died(pack, e)
+                continue
+            for msg in msgs:
+                job = pack.jobs[msg.pop("member")]
+                if job.key in pack.ended:
+                    continue
+                tags = {PACK_TAG: pack.id} if msg["kind"] == "start" and pack.packed else {}
+                if msg["kind"] == "end":
+                    pack.ended.add(job.key)
+                    self.where.pop(job.key, None)
+                events.append(Event(job.key, msg["kind"], msg, tags))
+            if done or not pack.live:
+                self._release(pack)
+            else:
+                pack.ref = pack.actor.step.remote()
+                self.running[pack.ref] = pack
+        self._fill()
+        return events
+
+    def _worker_died(self, pack: _Pack, error: Exception) -> list[Event]:
+        live = pack.live
+        self._release(pack)
+        if not live:
+            return []
+        if pack.attempt < self.max_retries:
+            self.count += 1
+            rerun = _Pack(f"p{self.count}/{len(live)}", live, pack.packed, attempt=pack.attempt + 1)
+            for j in live:
+                self.where[j.key] = rerun
+            self.queued.appendleft(rerun)
+            return [Event(j.key, "restart", {"error": str(error)}) for j in live]
+        for j in live:
+            self.where.pop(j.key, None)
+        return [failed(j.key, f"the pack's Ray worker died {pack.attempt + 1} times: {error}") for j in live]
+
+    def _release(self, pack: _Pack) -> None:
+        import ray
+
+        if pack.ref is not None:
+            self.running.pop(pack.ref, None)
+        if pack.actor is not None:
+            try:
+                ray.kill(pack.actor, no_restart=True)
+            except Exception:  # noqa: BLE001, S110  (already gone)
+                pass
+            pack.actor = None
+
+    def cancel(self, keys: list[str]) -> None:
+        by_pack: dict[int, tuple[_Pack, list[int]]] = {}
+        for key in keys:
+            pack = self.where.pop(key, None)
+            if pack is None:
+                continue
+            pack.ended.add(key)
+            members = by_pack.setdefault(id(pack), (pack, []))[1]
+            members += [i for i, j in enumerate(pack.jobs) if j.key == key]
+        for pack, members in by_pack.values():
+            if pack in self.queued and not pack.live:
+                self.queued.remove(pack)
+            elif pack.actor is not None:
+                if pack.live:
+                    pack.actor.stop.remote(members)  # after the step in flight: its messages for them are dropped
+                else:
+                    self._release(pack)
+
+    def close(self) -> None:
+        self.cancel(list(self.where))
+        for pack in list(self.running.values()):
+            self._release(pack)
+        self.queued.clear()

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from vaebench.definition import DEFINITION_TAG, changes, definition, fixed_hash
-from vaebench.executors import Executor, ExecutorError, InlineExecutor, Job, RayExecutor, cluster_workers, connect_ray
+from vaebench.executors import (
+    Executor, ExecutorError, InlineExecutor, Job, PackedExecutor, RayExecutor, cluster_workers, connect_ray,
+)
 from vaebench.progress import Progress
 from vaebench.record import LockError, Record, StoreError
 from vaebench.search import GridSearch, OptunaSearch, Planned, Search, SearchStoreError
@@ -105,8 +107,12 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
                 except ExecutorError as e:
                     raise SweepError(str(e)) from None
                 workers = opts.workers or cluster_workers(study.resources.cpus_per_trial, study.resources.gpus_per_trial)
-                executor = RayExecutor(workers, study.resources.cpus_per_trial, study.resources.gpus_per_trial,
-                                       prefix=f"vaebench:{study.name}")
+                res = study.resources
+                if res.pack == "off":
+                    executor = RayExecutor(workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}")
+                else:  # packed trials (vaebench.pack): a pack takes one worker's resources
+                    executor = PackedExecutor(workers, res.cpus_per_trial, res.gpus_per_trial,
+                                              prefix=f"vaebench:{study.name}", pack=res.pack)
         try:
             driver = Driver(study, study_text, opts, progress or Progress(enabled=False), record, executor)
             if note:
