@@ -36,20 +36,20 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import torch  # noqa: E402
+import torch
 
-from vaebench.config import TrialConfig  # noqa: E402
-from vaebench.data import load_data  # noqa: E402
-from vaebench.metrics import evaluate  # noqa: E402
-from vaebench.models import build_model  # noqa: E402
-from vaebench.pack import PackedVAE, PackTrainer  # noqa: E402
-from vaebench.train import configure_torch, train  # noqa: E402
+from vaebench.config import TrialConfig
+from vaebench.data import load_data
+from vaebench.metrics import evaluate
+from vaebench.models import build_model
+from vaebench.pack import PackedVAE, PackTrainer
+from vaebench.train import configure_torch, train
 
 BETAS, ANNEALS, FREE_BITS = [0.5, 2.0, 8.0], ["none", "linear", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}], [0.0, 0.25]
 
@@ -150,7 +150,7 @@ def bench_evaluation(M: int, threads: int, device: str) -> dict:
 
 def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
     """Forward + backward of M conv VAEs (dSprites shapes, batch 64): grouped convolutions vs vmap."""
-    from torch.func import functional_call, stack_module_state, vmap
+    from torch.func import stack_module_state, vmap
 
     configure_torch(threads)
     dev = torch.device(device)
@@ -165,7 +165,7 @@ def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
     template = solos[0]
 
     def solo_forward(p, x):
-        mu, logvar = torch.func.functional_call(template.encoder, {k.removeprefix("encoder."): v for k, v in p.items()
+        mu, _logvar = torch.func.functional_call(template.encoder, {k.removeprefix("encoder."): v for k, v in p.items()
                                                                     if k.startswith("encoder.")}, (x,))
         out = torch.func.functional_call(template.decoder, {k.removeprefix("decoder."): v for k, v in p.items()
                                                              if k.startswith("decoder.")}, (mu,))
@@ -198,19 +198,65 @@ def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
     return {"M": M, "threads": threads, "grouped_ms": g * 1e3, "vmap_ms": v * 1e3}
 
 
-def render(args, rows, evals, convs, started: float) -> str:
+def bench_agreement(epochs: int | None, threads: int, device: str) -> dict:
+    """studies/collapse.yaml packed (as plan_packs groups it on one slot) and unpacked: per
+    configuration, the mean over seeds of the final val/elbo against the seed-to-seed std."""
+    from vaebench.pack import plan_packs
+    from vaebench.study import expand, load_study
+
+    configure_torch(threads)
+    study = load_study(HERE.parent / "studies" / "collapse.yaml")
+    specs = expand(study)
+    configs = []
+    for spec in specs:
+        c = spec.config.model_dump(mode="json")
+        c["train"].update(device=device, threads=threads, **({"epochs": epochs} if epochs else {}))
+        configs.append(c)
+    final: dict[str, dict[int, float]] = {"packed": {}, "solo": {}}
+    started = time.perf_counter()
+    for group in plan_packs(configs, "auto", slots=1):
+        pt = PackTrainer([configs[i] for i in group], threads)
+        while not pt.done:
+            for m in pt.step():
+                if m["kind"] == "epoch" and "val/elbo" in m["metrics"]:
+                    final["packed"][group[m["member"]]] = m["metrics"]["val/elbo"]
+    packed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    data = load_data(TrialConfig.model_validate(configs[0]).data, configs[0]["data_seed"])
+    for i, c in enumerate(configs):
+        final["solo"][i] = [r for r in train(TrialConfig.model_validate(c), data)][-1].metrics["val/elbo"]
+    solo_s = time.perf_counter() - started
+    points: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        points.setdefault(spec.point_key, []).append(i)
+    rows = []
+    for idx in points.values():
+        p = [final["packed"][i] for i in idx]
+        q = [final["solo"][i] for i in idx]
+        rows.append({"diff": abs(statistics.mean(p) - statistics.mean(q)), "std": statistics.stdev(q)})
+    within = sum(r["diff"] < r["std"] for r in rows)
+    worst = max(r["diff"] / r["std"] for r in rows)
+    print(f"agreement (collapse.yaml, {configs[0]['train']['epochs']} epochs): {within}/{len(rows)} configurations "
+          f"with |mean packed - mean solo| < seed std; worst ratio {worst:.2f}; wall packed {packed_s:.0f} s, "
+          f"solo {solo_s:.0f} s", flush=True)
+    return {"epochs": configs[0]["train"]["epochs"], "within": within, "points": len(rows), "worst": worst,
+            "median_ratio": statistics.median(r["diff"] / r["std"] for r in rows), "packed_s": packed_s,
+            "solo_s": solo_s, "threads": threads}
+
+
+def render(args, rows, evals, convs, started: float, agreement: dict | None = None) -> str:
     lines = [
         "# Packed trials: benchmark",
         "",
-        f"Written by `python benchmarks/pack.py{' --quick' if args.quick else ''}` on "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({(time.perf_counter() - started) / 60:.1f} min); "
+        (f"Written by `python benchmarks/pack.py{' --quick' if args.quick else ''}` on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({(time.perf_counter() - started) / 60:.1f} min); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-        f"device {args.device}, load average at the start {args.load0:.2f}.",
+        f"device {args.device}, load average at the start {args.load0:.2f}."),
         "",
-        "Model-steps/s = M x steps per epoch / the training seconds of one epoch (`train/epoch_seconds`: "
+        ("Model-steps/s = M x steps per epoch / the training seconds of one epoch (`train/epoch_seconds`: "
         "model build, data load and evaluation excluded), solo = the M trials one after the other through "
         "`vaebench.train.train`, packed = one `vaebench.pack.PackTrainer`. Both in the same process, interleaved; "
-        "the ratio is taken within each repetition: median [min–max] over repetitions.",
+        "the ratio is taken within each repetition: median [min–max] over repetitions."),
         "",
         "## 1. Throughput",
         "",
@@ -233,6 +279,15 @@ def render(args, rows, evals, convs, started: float) -> str:
         for c in convs:
             lines.append(f"| {c['M']} | {c['threads']} | {c['grouped_ms']:.1f} ms | {c['vmap_ms']:.1f} ms | "
                          f"{c['vmap_ms'] / c['grouped_ms']:.2f} |")
+    if agreement:
+        a = agreement
+        lines += ["", "## 4. Agreement: studies/collapse.yaml packed and unpacked", "",
+                  (f"All 108 trials, {a['epochs']} epochs, {a['threads']} thread(s), packed as `plan_packs` groups them on "
+                  f"one slot and unpacked through `vaebench.train.train`. Per configuration (36), the mean over the 3 "
+                  f"seeds of the final val/elbo: |packed - unpacked| is below the seed-to-seed standard deviation "
+                  f"(unpacked) for **{a['within']}/{a['points']}** configurations; |difference| / std: median "
+                  f"{a['median_ratio']:.3f}, worst {a['worst']:.3f}. Wall time, evaluation included: packed "
+                  f"{a['packed_s']:.0f} s, unpacked {a['solo_s']:.0f} s ({a['solo_s'] / a['packed_s']:.1f}x).")]
     return "\n".join(lines) + "\n"
 
 
@@ -245,19 +300,26 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, --quick 1)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--agreement", type=int, nargs="?", const=0, default=None, metavar="EPOCHS",
+                    help="also train studies/collapse.yaml packed and unpacked and compare final val/elbo per "
+                         "configuration (EPOCHS overrides its 40; needs pyyaml)")
+    ap.add_argument("--skip-throughput", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     started = time.perf_counter()
     args.load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     Ms = [int(m) for m in (args.members or ("1,4,16" if args.quick else "1,4,16,64")).split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     reps = args.reps or (1 if args.quick else 3)
-    rows = bench_throughput(args.workloads.split(","), Ms, threads, reps, args.quick, args.device)
-    evals = [bench_evaluation(max(Ms), t, args.device) for t in threads]
-    convs = [bench_conv_choice(min(16, max(Ms)), t, 2 if args.quick else 5, args.device) for t in threads] \
-        if "conv" in args.workloads else []
+    rows, evals, convs = [], [], []
+    if not args.skip_throughput:
+        rows = bench_throughput(args.workloads.split(","), Ms, threads, reps, args.quick, args.device)
+        evals = [bench_evaluation(max(Ms), t, args.device) for t in threads]
+        convs = [bench_conv_choice(min(16, max(Ms)), t, 2 if args.quick else 5, args.device) for t in threads] \
+            if "conv" in args.workloads else []
+    agreement = bench_agreement(args.agreement or None, threads[0], args.device) if args.agreement is not None else None
     out = args.out or (HERE / ".cache" / "PACK-quick.md" if args.quick else HERE / "PACK.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(args, rows, evals, convs, started))
+    out.write_text(render(args, rows, evals, convs, started, agreement))
     print(f"wrote {out}")
 
 

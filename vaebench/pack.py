@@ -203,7 +203,12 @@ def plan_packs(configs: list[dict[str, Any] | TrialConfig], pack: PackSetting = 
         if device is not None:
             first = first.model_copy(update={"train": first.train.model_copy(update={"device": device})})
         key_slots = max(1, round(slots * len(members) / packable))  # the slots this shape's share of the trials fills
-        size = pack if isinstance(pack, int) else auto_pack_size(first, len(members), key_slots)
+        try:
+            size = auto_pack_size(first, len(members), key_slots)
+        except Exception:  # noqa: BLE001  (the model cannot be built: each trial fails alone, with its traceback)
+            out += [[i] for i in members]
+            continue
+        size = pack if isinstance(pack, int) else size
         n_packs = math.ceil(len(members) / size)
         base, extra = divmod(len(members), n_packs)
         start = 0
@@ -669,19 +674,20 @@ def local_slots(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> int:
 def packing_summary(study: Any) -> str:
     """`vaebench validate`'s packing line for a vaebench.study.Study (imported lazily: this module
     stays importable with torch alone)."""
-    from vaebench.study import expand
+    from vaebench.study import effective_pack, expand
 
-    res = study.resources
+    res, pack = study.resources, effective_pack(study)
     slots = local_slots(res.cpus_per_trial, res.gpus_per_trial)
     head = f"packing (resources.pack: {res.pack}, {slots} slot(s) on this machine): "
-    if res.pack == "off":
-        return head + "off, every trial runs alone"
+    if pack == "off":
+        why = " (auto with a pruner: a pack's members advance in lockstep)" if res.pack == "auto" else ""
+        return head + f"off, every trial runs alone{why}"
     if study.search.kind != "grid":
         configs = [study.trial_config({}, s) for s in study.seeds]
         reasons = unsupported(configs[0])
         if reasons:
             return head + f"none, settings packs do not support: {', '.join(reasons)}"
-        size = res.pack if isinstance(res.pack, int) else "auto-sized"
+        size = pack if isinstance(pack, int) else "auto-sized"
         return head + f"the trials of each round of asks, in packs of {size} members of one shape"
     configs = [spec.config for spec in expand(study)]
-    return head + describe_plan(configs, plan_packs(configs, res.pack, slots=slots))
+    return head + describe_plan(configs, plan_packs(configs, pack, slots=slots))

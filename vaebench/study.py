@@ -90,6 +90,14 @@ class Resources(Section):
         return parse_pack(v)
 
 
+def effective_pack(study: "Study") -> Literal["auto", "off"] | int:
+    """resources.pack as a sweep applies it: "auto" is off for a search with a pruner. A pack's
+    members advance in lockstep, so a pruner would find no finished trial to compare with
+    until the pack ends; an explicit N packs anyway."""
+    pack = study.resources.pack
+    return "off" if pack == "auto" and study.search.pruner != "none" else pack
+
+
 def parse_pack(v: Any) -> Literal["auto", "off"] | int:
     """resources.pack / --pack: "auto", "off" or N >= 1 (also as the string "N")."""
     if isinstance(v, str) and v.strip().isdigit():

@@ -28,7 +28,7 @@ from vaebench.executors import (
 from vaebench.progress import Progress
 from vaebench.record import LockError, Record, StoreError
 from vaebench.search import GridSearch, OptunaSearch, Planned, Search, SearchStoreError
-from vaebench.study import Study, TrialSpec
+from vaebench.study import Study, TrialSpec, effective_pack
 from vaebench.tracking import FINAL_STATES, HASH, OPTUNA_STUDY, POINT, STATE
 
 
@@ -107,12 +107,12 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
                 except ExecutorError as e:
                     raise SweepError(str(e)) from None
                 workers = opts.workers or cluster_workers(study.resources.cpus_per_trial, study.resources.gpus_per_trial)
-                res = study.resources
-                if res.pack == "off":
+                res, pack = study.resources, effective_pack(study)
+                if pack == "off":
                     executor = RayExecutor(workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}")
                 else:  # packed trials (vaebench.pack): a pack takes one worker's resources
                     executor = PackedExecutor(workers, res.cpus_per_trial, res.gpus_per_trial,
-                                              prefix=f"vaebench:{study.name}", pack=res.pack)
+                                              prefix=f"vaebench:{study.name}", pack=pack)
         try:
             driver = Driver(study, study_text, opts, progress or Progress(enabled=False), record, executor)
             if note:
