@@ -249,6 +249,14 @@ def test_a_bad_member_fails_alone_and_step_never_raises():
     assert "latent_dim" in ends[1]["traceback"] and "cannot share a pack" in ends[2]["traceback"]
 
 
+def test_a_model_that_cannot_be_built_fails_every_member():
+    # four stride-2 layers are too many for 8x8 digits: build_model raises while the pack is set up
+    configs = [config("conv", seed=s, epochs=1, model={"channels": [4, 4, 4, 4]}) for s in range(2)]
+    msgs = run_pack(configs)
+    ends = {m["member"]: m for m in msgs if m["kind"] == "end"}
+    assert set(ends) == {0, 1} and all(e["state"] == "failed" and "stride-2" in e["traceback"] for e in ends.values())
+
+
 def test_unsupported_settings_are_named_and_not_packed():
     ok = config("mlp")
     assert unsupported(ok) == [] and pack_key(ok) is not None

@@ -392,6 +392,10 @@ class PackedExecutor:
                     self.where.pop(job.key, None)
                 events.append(Event(job.key, msg["kind"], msg, tags))
             if done or not pack.live:
+                for job in pack.live:  # never left waiting: a worker that is done has ended every member
+                    pack.ended.add(job.key)
+                    self.where.pop(job.key, None)
+                    events.append(failed(job.key, "the pack ended without a final message for this trial"))
                 self._release(pack)
             else:
                 pack.ref = pack.actor.step.remote()

@@ -534,9 +534,10 @@ class PackTrainer:
             if self.live:
                 out += self._train_epoch()
         except Exception:  # noqa: BLE001  (a trial's failure is a message, never an exception)
-            tb = traceback.format_exc()
-            out += [_failed(m.index, tb) for m in self.live]
-            self.ended |= {m.index for m in self.live}
+            tb = traceback.format_exc()  # every member not yet ended fails, including one being set up
+            pending = [i for i in range(len(self.configs)) if i not in self.ended]
+            out += [_failed(i, tb) for i in pending]
+            self.ended |= set(pending)
             self.live = []
         return out
 
