@@ -108,3 +108,10 @@ def test_validate_prints_the_packing(tmp_path):
     out = " ".join(CliRunner().invoke(app, ["validate", str(study), "--pack", "off"]).output.split())
     assert "every trial runs alone" in out
     assert load_study(study).resources.pack == 3
+
+
+def test_auto_keeps_conv_solo_on_cpu_but_n_packs_it():
+    conv = [TrialConfig.model_validate({"data": {"kind": "dsprites", "n_samples": 100}, "model": {"kind": "conv"},
+                                        "seed": s, "train": {"device": "cpu"}}) for s in range(4)]
+    assert plan_packs(conv, "auto", slots=1) == [[0], [1], [2], [3]]  # grouped convolutions are slower on a CPU
+    assert plan_packs(conv, 2, slots=1) == [[0, 1], [2, 3]]

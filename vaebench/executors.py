@@ -343,7 +343,7 @@ class PackedExecutor:
         device = "cuda" if self.gpus > 0 else None
         for group in plan_packs([j.config for j in jobs], self.pack, device=device, slots=free):
             members = [jobs[i] for i in group]
-            packed = pack_key(members[0].config) is not None
+            packed = len(members) > 1 and pack_key(members[0].config) is not None  # a pack of one runs solo
             self.count += 1
             pack = _Pack(f"p{self.count}/{len(members)}", members, packed)
             for j in members:

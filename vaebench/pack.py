@@ -122,6 +122,9 @@ def pack_key(config: dict[str, Any] | TrialConfig) -> str | None:
 # CPU (or GPU) sits idle. On CPU the gain grows with M until the per-op overhead is amortised
 # (benchmarks/PACK.md); past 64 members a pack only costs balance between slots.
 MAX_PACK = {"cpu": 64, "cuda": 512}
+# Grouped convolutions on a CPU ran at 0.35-0.6x the members' solo speed (benchmarks/PACK.md):
+# "auto" keeps conv trials solo there (an explicit N still packs them); on a GPU they pack.
+CPU_SOLO_KINDS = ("conv",)
 MEMORY_FRACTION = 0.25
 PackSetting = Literal["auto", "off"] | int
 
@@ -170,6 +173,8 @@ def _device_memory(device: str) -> tuple[str, int]:
 def auto_pack_size(cfg: TrialConfig, n: int, slots: int) -> int:
     """The "auto" size for ``n`` members of ``cfg``'s shape with ``slots`` packs running at once."""
     kind, memory = _device_memory(cfg.train.device)
+    if kind == "cpu" and cfg.model.kind in CPU_SOLO_KINDS:
+        return 1
     by_memory = max(1, int(MEMORY_FRACTION * memory / max(slots, 1)) // member_bytes(cfg))
     size = min(MAX_PACK[kind], by_memory)
     if n < slots * size:  # too few members to fill every slot at that size: one pack per slot
