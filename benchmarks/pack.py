@@ -94,10 +94,14 @@ def packed_seconds(configs: list[dict], threads: int) -> float:
     return next(m["metrics"]["train/epoch_seconds"] for m in msgs if m["kind"] == "epoch")
 
 
+def num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def stats(xs: list[float]) -> str:
     if len(xs) == 1:
-        return f"{xs[0]:.3g}"
-    return f"{statistics.median(xs):.3g} [{min(xs):.3g}–{max(xs):.3g}]"
+        return num(xs[0])
+    return f"{num(statistics.median(xs))} [{num(min(xs))}–{num(max(xs))}]"
 
 
 def bench_throughput(names, Ms, threads_list, reps, quick, device) -> list[dict]:
