@@ -113,3 +113,51 @@ def test_packed_sweep_records_each_member_as_its_own_run(tmp_path, monkeypatch):
             assert r.data.metrics["train/loss"] == last["train/loss"]
             arts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(r.info.run_id)}
             assert "checkpoint.pt" in arts and "reconstructions.png" in arts
+
+
+def test_sigkill_of_the_driver_mid_pack_then_resume(ray_cluster, tmp_path, monkeypatch):
+    """SIGKILL of the driver while packs train, then the same command: every trial recorded once, completed,
+    nothing left RUNNING, each a member of a pack (tagged) with its full history."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = tmp_path / "midpack.yaml"
+    study.write_text(STUDY.replace("name: packed", "name: midpack").replace("epochs: 3", "epochs: 20")
+                     .replace("train.lr: [1.0e-3, 1.0e+4]     # 1e4: the loss becomes NaN -> diverged; its pack mates go on",
+                              "train.lr: [1.0e-3, 2.0e-3]"))
+    uri = f"sqlite:///{tmp_path}/m.db"
+    args = [sys.executable, "-m", "vaebench.cli", "sweep", str(study), "--address", ray_cluster.address,
+            "--tracking-uri", uri]
+    proc = subprocess.Popen(args, env=ray_cluster.env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+
+    def trials():
+        return mlflow.search_runs(experiment_names=["midpack"], output_format="list",
+                                  filter_string="tags.`vaebench.role` = 'trial'")
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if any(len(client.get_metric_history(r.info.run_id, "val/elbo")) >= 2 for r in trials()):
+                break
+        except Exception:  # noqa: BLE001  (the experiment does not exist yet)
+            pass
+        time.sleep(0.5)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait()
+    assert any(r.info.status == "RUNNING" for r in trials())  # packs in flight, left behind by the dead driver
+    again = subprocess.run(args, env=ray_cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=400,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    final = trials()
+    hashes = [r.data.tags["vaebench.config_hash"] for r in final]
+    assert len(hashes) == len(set(hashes)) == 8  # each trial exactly once
+    assert {r.data.tags["vaebench.trial_state"] for r in final} == {"completed"}
+    assert not any(r.info.status == "RUNNING" for r in final)
+    for r in final:
+        assert r.data.tags[PACK_TAG]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/elbo")] == list(range(1, 21))

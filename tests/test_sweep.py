@@ -204,7 +204,8 @@ seeds: [0]
 def test_sigkill_driver_then_resume(ray_cluster, tmp_path):
     study = write(tmp_path, TINY.format(name="killed", epochs=6))
     uri = f"sqlite:///{tmp_path}/m.db"
-    args = ("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri)
+    # --pack off: trials end one by one (a pack's members end together; tests/test_pack_executor.py kills mid-pack)
+    args = ("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, "--pack", "off")
     proc = spawn(*args, env=ray_cluster.env, cwd=tmp_path)
     mlflow.set_tracking_uri(uri)
 
