@@ -1,6 +1,7 @@
 """Sweeps end to end, with real parts: the CLI in a subprocess, a real Ray cluster (two nodes
 on 127.0.0.1, or a local Ray started by vaebench), a real MLflow store (SQLite or an
-`mlflow server`), a real Optuna storage; records are read back through MLflow's own API."""
+`mlflow server`), a real Optuna storage; records are read back through MLflow's own API.
+The integration tier (slow); the driver's logic is tested fast in test_driver.py."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def vaebench(*args: str, env: dict | None = None, cwd: Path | None = None, timeo
 def spawn(*args: str, env: dict, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+pytestmark = pytest.mark.integration
 
 
 def children(uri: str, name: str, view=ViewType.ACTIVE_ONLY):
@@ -421,3 +425,26 @@ def test_ui_serves_the_store(tmp_path):
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "vaebench ui", timeout=120)
     finally:
         stop(proc)
+
+
+LOCAL_RAY = r"""
+import os, subprocess, sys
+import ray
+from vaebench.executors import connect_ray
+connect_ray(None, 1, 0)
+address = ray.get_runtime_context().gcs_address
+env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+probe = f"import ray; ray.init(address={address!r}, logging_level='ERROR')"
+stranger = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+print("MODE", os.environ.get("RAY_AUTH_MODE"), "STRANGER", stranger.returncode, flush=True)
+ray.shutdown()
+"""
+
+
+def test_local_ray_requires_its_token(tmp_path):
+    """The local Ray vaebench starts takes no client without its token (see executors.local_ray_auth)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    proc = subprocess.run([sys.executable, "-c", LOCAL_RAY], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MODE token STRANGER 1" in proc.stdout, proc.stdout

@@ -258,9 +258,10 @@ class Record:
                 self.study, artifact_location=artifact_root(self.uri, self.study))
         return self._experiment_id
 
-    def start_study(self, description: str, study_yaml: str, tags: dict[str, str], defn: dict[str, Any]) -> Run:
-        """Create the experiment if needed and a new parent run holding ``defn``; older parents
-        are superseded."""
+    def start_study(self, description: str, study_yaml: str, tags: dict[str, str],
+                    defn: dict[str, Any] | None = None) -> Run:
+        """Create the experiment if needed and a new parent run holding ``defn`` (the sweep always
+        gives one); older parents are superseded."""
         with self._store("start the study record"):
             self._ensure_experiment()
             old = self.parent_run()
@@ -272,9 +273,10 @@ class Record:
             self.set_definition(run.info.run_id, defn, study_yaml, tags)
             return run
 
-    def set_definition(self, run_id: str, defn: dict[str, Any], study_yaml: str, tags: dict[str, str]) -> None:
+    def set_definition(self, run_id: str, defn: dict[str, Any] | None, study_yaml: str, tags: dict[str, str]) -> None:
         with self._store("write the study definition"):
-            self.client.log_dict(run_id, defn, DEFINITION_FILE)
+            if defn is not None:
+                self.client.log_dict(run_id, defn, DEFINITION_FILE)
             self.client.log_text(run_id, study_yaml, "study.yaml")
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
@@ -333,12 +335,17 @@ class Record:
             self.client.log_batch(run_id, tags=[RunTag(STATE, state)] + [RunTag(k, v) for k, v in (tags or {}).items()])
             self.client.set_terminated(run_id, MLFLOW_STATUS[state])
 
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str | None = None) -> None:
+        with self._store("log artifacts"):
+            for f in files:
+                self.client.log_artifact(run_id, str(f), artifact_path)
+
     def close_final(self, run: Run) -> None:
         """A run tagged final but left RUNNING (its driver died between the tag and closing it)."""
         with self._store("close a trial run"):
             self.client.set_terminated(run.info.run_id, MLFLOW_STATUS[run.data.tags[STATE]])
 
-    def end_study(self, run_id: str, status: str) -> None:
+    def end_study(self, run_id: str, status: str = "FINISHED") -> None:
         with self._store("end the study record"):
             self.client.set_terminated(run_id, status)
 
