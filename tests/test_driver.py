@@ -445,3 +445,27 @@ def test_tracking_server_down_fails_within_bounds(tmp_path):
     s = run_sweep(load_study(path), path.read_text(), SweepOptions(tracking_uri=f"http://127.0.0.1:{port}", inline=True))
     assert time.monotonic() - t0 < 60
     assert s.exit_code == 1 and f"http://127.0.0.1:{port}" in s.store_error
+
+
+# --------------------------------------------------------------------------- duplicate seeds
+
+
+@pytest.mark.parametrize("kind", ["grid", "random"])
+def test_duplicate_seeds_are_refused_or_merged(tmp_path, kind):
+    """`seeds: [0, 0]`: refused by the study schema, or merged (one run per config hash, every
+    Optuna trial told), the same way for grid and search."""
+    from vaebench.study import StudyError
+
+    path = study_file(tmp_path, seeds="[0, 0]") if kind == "grid" else search_file(tmp_path, budget=2, seeds="[0, 0]")
+    try:
+        study = load_study(path)
+    except StudyError as e:
+        assert "seeds" in str(e)
+        return
+    s = run_sweep(study, path.read_text(), opts(tmp_path))
+    assert s.exit_code == 0
+    name = "g" if kind == "grid" else "s"
+    hashes = [r.data.tags["vaebench.config_hash"] for r in runs(tmp_path, name)]
+    assert len(hashes) == len(set(hashes)) == (4 if kind == "grid" else 2)
+    if kind == "random":
+        assert {t.state for t in optuna_study(tmp_path, "s").trials} == {optuna.trial.TrialState.COMPLETE}

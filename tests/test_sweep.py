@@ -448,3 +448,16 @@ def test_local_ray_requires_its_token(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MODE token STRANGER 1" in proc.stdout, proc.stdout
+
+
+def test_server_lease_refuses_a_second_driver(mlflow_server):
+    """With a tracking server the record's lock is a lease in an experiment tag."""
+    from vaebench.record import LockError, Record
+
+    first, second = Record(mlflow_server, "leased"), Record(mlflow_server, "leased")
+    assert first.lock() is None
+    with pytest.raises(LockError, match=f"pid {os.getpid()}"):
+        second.lock()
+    first.unlock()
+    assert second.lock() is None
+    second.unlock()
