@@ -295,66 +295,66 @@ def test_dead_worker_restarts_in_a_fresh_run(tmp_path):
 
 # --------------------------------------------------------------------------- a driver killed at each point
 
-CHILD = r"""
-import os, sys
-from mlflow import MlflowClient
-import optuna
-from vaebench.record import Record
-from vaebench.study import load_study
-from vaebench.sweep import SweepOptions, run_sweep
-from vaebench.executors import InlineExecutor
 
-where, path, tmp, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-seen = {"n": 0}
-
-def die(owner, name, when=lambda *a, **k: True, after=False):
-    orig = getattr(owner, name)
-    def wrapper(*a, **k):
-        hit = when(*a, **k)
-        if hit and not after:
-            seen["n"] += 1
-            if seen["n"] >= n:
-                os._exit(9)
-        out = orig(*a, **k)
-        if hit and after:
-            seen["n"] += 1
-            if seen["n"] >= n:
-                os._exit(9)
-        return out
-    setattr(owner, name, wrapper)
-
-if where == "before_parent":
-    die(MlflowClient, "create_run", lambda self, exp, *a, **k: k.get("tags", {}).get("vaebench.role") == "study")
-elif where == "after_state_tag":  # the trial's state tag is written, its run not yet closed
-    die(MlflowClient, "set_terminated")
-elif where == "before_close":  # the trial ended; nothing of its end written, metrics still buffered
-    die(Record, "end_trial")
-elif where == "between_flushes":
-    die(Record, "log_epoch", after=True)
-elif where == "before_tell":
-    die(optuna.study.Study, "tell")
-elif where == "during_artifact":
-    die(MlflowClient, "log_artifact", after=True)
-study = load_study(path)
-o = SweepOptions(tracking_uri=f"sqlite:///{tmp}/m.db", storage=f"sqlite:///{tmp}/optuna.db", inline=True)
-run_sweep(study, open(path).read(), o, executor=InlineExecutor(workers=2))
-sys.exit(3)  # not reached when the crash point was hit
-"""
+class Killed(BaseException):
+    """A driver killed on the spot: not an Exception, so no clean-up of the driver runs (as with
+    SIGKILL). The real SIGKILL is test_killed_child_process_then_resumed."""
 
 
-def killed_at(where: str, n: int, path: Path, tmp: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", CHILD, where, str(path), str(tmp), str(n)], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 9, proc.stderr[-3000:]
+def crash_at(monkeypatch, where: str, n: int) -> None:
+    """Make the n-th passage through crash point ``where`` kill the driver."""
+    from mlflow import MlflowClient as Client
+
+    from vaebench.record import Record as Rec
+
+    seen = {"n": 0}
+
+    def die(owner, name, when=lambda *a, **k: True, after=False):
+        orig = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            hit = when(*a, **k)
+            if hit and not after:
+                seen["n"] += 1
+                if seen["n"] >= n:
+                    raise Killed(where)
+            out = orig(*a, **k)
+            if hit and after:
+                seen["n"] += 1
+                if seen["n"] >= n:
+                    raise Killed(where)
+            return out
+        monkeypatch.setattr(owner, name, wrapper)
+
+    if where == "before_parent":
+        die(Client, "create_run", lambda self, exp, *a, **k: k.get("tags", {}).get("vaebench.role") == "study")
+    elif where == "after_state_tag":  # the trial's state tag is written, its run not yet closed
+        die(Client, "set_terminated")
+    elif where == "before_close":  # the trial ended; nothing of its end written, its metrics still buffered
+        die(Rec, "end_trial")
+    elif where == "between_flushes":  # an epoch buffered, not yet sent
+        die(Rec, "log_epoch", after=True)
+    elif where == "before_tell":
+        die(optuna.study.Study, "tell")
+    elif where == "during_artifact":  # the checkpoint written, the run's state not
+        die(Client, "log_artifact", after=True)
+    else:
+        raise ValueError(where)
+
+
+def killed(monkeypatch, where: str, n: int, path: Path, tmp: Path) -> None:
+    crash_at(monkeypatch, where, n)
+    with pytest.raises(Killed):
+        sweep(path, tmp, executor=InlineExecutor(workers=2))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp)
 
 
 @pytest.mark.parametrize("where,n", [("before_parent", 1), ("after_state_tag", 3), ("before_close", 3),
                                      ("between_flushes", 5), ("during_artifact", 2)])
-def test_grid_killed_then_resumed(tmp_path, where, n):
+def test_grid_killed_then_resumed(tmp_path, monkeypatch, where, n):
     path = study_file(tmp_path)
-    killed_at(where, n, path, tmp_path)
+    killed(monkeypatch, where, n, path, tmp_path)
     if where == "before_parent":
         assert MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("g") is not None
         assert runs(tmp_path, "g", role="study") == []
@@ -362,22 +362,62 @@ def test_grid_killed_then_resumed(tmp_path, where, n):
     tagged_final = {r.info.run_id for r in before if r.data.tags["vaebench.trial_state"] == "completed"}
     if where == "after_state_tag":
         assert any(r.info.status == "RUNNING" for r in before if r.info.run_id in tagged_final)
+    if where != "before_parent":
+        assert runs(tmp_path, "g", role="study")[0].info.status == "RUNNING"  # a killed driver ends nothing
     s = sweep(path, tmp_path)
     assert s.exit_code == 0 and s.skipped == len(tagged_final)
     kids = check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
-    assert any("took over the lock" in note for note in s.notes)  # the dead child's lock
     assert tagged_final <= {r.info.run_id for r in kids}  # a run tagged final is kept (and closed), not rerun
     assert len(runs(tmp_path, "g", role="study")) == 1
 
 
 @pytest.mark.parametrize("where,n", [("before_tell", 2), ("after_state_tag", 4), ("between_flushes", 6),
-                                     ("during_artifact", 3)])
-def test_search_killed_then_resumed(tmp_path, where, n):
+                                     ("during_artifact", 3), ("before_close", 2)])
+def test_search_killed_then_resumed(tmp_path, monkeypatch, where, n):
     path = search_file(tmp_path, budget=3)
-    killed_at(where, n, path, tmp_path)
+    killed(monkeypatch, where, n, path, tmp_path)
     st = optuna_study(tmp_path, "s")
     assert any(t.state == optuna.trial.TrialState.RUNNING for t in st.get_trials())  # left by the dead driver
     assert sweep(path, tmp_path).exit_code == 0
+    check_search(tmp_path, "s", budget=3, seeds=2)
+    check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+
+
+CHILD = r"""
+import os, sys
+from vaebench.record import Record
+from vaebench.study import load_study
+from vaebench.sweep import SweepOptions, run_sweep
+from vaebench.executors import InlineExecutor
+
+path, tmp, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+seen = {"n": 0}
+log_epoch = Record.log_epoch
+
+def log_then_die(self, *a, **k):  # killed with epochs buffered, not yet sent
+    log_epoch(self, *a, **k)
+    seen["n"] += 1
+    if seen["n"] >= n:
+        os._exit(9)
+
+Record.log_epoch = log_then_die
+o = SweepOptions(tracking_uri=f"sqlite:///{tmp}/m.db", storage=f"sqlite:///{tmp}/optuna.db", inline=True)
+run_sweep(load_study(path), open(path).read(), o, executor=InlineExecutor(workers=2))
+sys.exit(3)  # not reached when the crash point was hit
+"""
+
+
+def test_killed_child_process_then_resumed(tmp_path):
+    """A real process death (os._exit: no clean-up, no finally, the lock released by the kernel)."""
+    path = search_file(tmp_path, budget=3)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(tmp_path), "6"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0
+    assert any("took over the lock" in note for note in s.notes)  # the dead driver's lock
     check_search(tmp_path, "s", budget=3, seeds=2)
     check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
 

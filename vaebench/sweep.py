@@ -199,7 +199,6 @@ class Driver:
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         search: Search | None = None
-        ended = False
         try:
             search = self._open(parent, defn)
             self.progress.start(self.study.name, search.total, self.summary.counts)
@@ -222,14 +221,15 @@ class Driver:
             search.interrupt()  # --max-trials may leave a point with seeds not started: it is asked again on resume
             self.record.flush()
             self.record.end_study(self.parent_id, "KILLED" if self.summary.interrupted else "FINISHED")
-            ended = True
         except (StoreError, SearchStoreError) as e:
             self.summary.store_error = str(e)
+            self._abandon(search)
+        except Exception:  # a bug: nothing left RUNNING where the store still takes writes, and the
+            self._abandon(search)  # parent never marked FINISHED; the traceback goes on to the user
+            raise
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
-            if not ended:  # a crash or a store failure: nothing left RUNNING where the store still takes writes,
-                self._abandon(search)  # and the parent is never marked FINISHED
             self.progress.stop(self.summary.counts)
         return self.summary
 
