@@ -509,3 +509,46 @@ def test_duplicate_seeds_are_refused_or_merged(tmp_path, kind):
     assert len(hashes) == len(set(hashes)) == (4 if kind == "grid" else 2)
     if kind == "random":
         assert {t.state for t in optuna_study(tmp_path, "s").trials} == {optuna.trial.TrialState.COMPLETE}
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_cli_changed_definition_exit_2(tmp_path):
+    path = study_file(tmp_path)
+    sweep(path, tmp_path, max_trials=1)
+    proc = cli("sweep", str(path), "--inline", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.epochs=3",
+               cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "train.epochs: 2 -> 3" in err and "--fresh" in err and "Traceback" not in err
+    assert len(runs(tmp_path, "g")) == 1
+
+
+def test_cli_interrupt_after_fresh_says_how_to_resume(tmp_path):
+    path = study_file(tmp_path, epochs=400)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    proc = cli("sweep", str(path), "--inline", "--fresh", "--tracking-uri", uri, cwd=tmp_path)
+    client = MlflowClient(uri)
+
+    def training() -> bool:
+        try:
+            return bool(runs(tmp_path, "g"))
+        except Exception:  # no store or experiment yet
+            return False
+    deadline = time.monotonic() + 120
+    while not training() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command without --fresh to resume" in err
+    (run,) = runs(tmp_path, "g")
+    assert run.info.status == "KILLED" and run.data.tags["vaebench.trial_state"] == "killed"
+    assert client.get_metric_history(run.info.run_id, "val/elbo")  # its buffered epochs were flushed
