@@ -114,9 +114,14 @@ def check_search(tmp: Path, name: str, budget: int, seeds: int) -> None:
     for r in kids:
         by_point.setdefault(r.data.tags["vaebench.point"], []).append(r.data.metrics["val/elbo"])
     assert len(kids) == budget * seeds and all(len(v) == seeds for v in by_point.values())
+    by_trial: dict[int, list[float]] = {}
+    for r in kids:
+        by_trial.setdefault(int(r.data.tags["vaebench.optuna_trial"]), []).append(r.data.metrics["val/elbo"])
+    assert set(by_trial) == {t.number for t in points}  # every run names the trial that was told its value
     for t in points:
         point = json.dumps({"train.lr": t.params["train.lr"], "objective.beta": t.params["objective.beta"]})
         assert t.value == pytest.approx(sum(by_point[point]) / seeds)
+        assert t.value == pytest.approx(sum(by_trial[t.number]) / seeds)
 
 
 def search_hashes(tmp: Path, name: str) -> set[str]:

@@ -148,6 +148,7 @@ class Driver:
         self.summary = Summary()
         self.live: dict[str, Live] = {}  # key (config hash) -> trial in flight
         self.finals: dict[str, tuple[str, dict[str, float]]] = {}  # key -> (state, final metrics)
+        self.final_runs: dict[str, str] = {}  # key -> run id of its final run
         self.launched = 0
         self.stop_signal: int | None = None
         self.parent_id = ""
@@ -185,6 +186,7 @@ class Driver:
                 if run.info.status == "RUNNING":  # the driver died between the state tag and closing the run
                     self.record.close_final(run)
                 self.finals[h] = (state, dict(run.data.metrics))
+                self.final_runs[h] = run.info.run_id
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:
@@ -208,7 +210,7 @@ class Driver:
                     room = min(room, self.opts.max_trials - self.launched)
                 if room > 0:
                     self._launch(search.suggest(room))
-                self._note_refused(search)
+                self._drain(search)
                 if not self.live:
                     break
                 for event in self.executor.poll(1.0):
@@ -251,7 +253,11 @@ class Driver:
                 "vaebench.attempt": str(attempt), DEFINITION_TAG: self.definition_hash, **p.tags}
         return self.record.start_trial(self.parent_id, run_name(spec), {**spec.config.flat(), "seed": spec.seed}, tags)
 
-    def _note_refused(self, search: Search) -> None:
+    def _drain(self, search: Search) -> None:
+        """What the search has for the record besides trials to start: tags for kept runs, refused points."""
+        while search.adopted:
+            key, tags = search.adopted.popitem()
+            self.record.set_tags(self.final_runs[key], tags)
         while search.refused:
             self.summary.failed.append(search.refused.pop(0))
             self.summary.counts["failed"] += 1
@@ -291,6 +297,7 @@ class Driver:
         self.record.end_trial(t.run_id, state, tags, artifacts)
         del self.live[t.planned.key]
         self.finals[t.planned.key] = (state, dict(t.metrics))
+        self.final_runs[t.planned.key] = t.run_id
         self.summary.counts[state] += 1
         search.on_trial_complete(t.planned.key, state, dict(t.metrics))
 
