@@ -26,16 +26,24 @@ import socket
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
 from vaebench.tracking import (
-    FINAL_STATES, MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, MLFLOW_STATUS, ROLE, STATE, SUPERSEDED, artifact_root,
+    FINAL_STATES,
+    MAX_METRICS_PER_CALL,
+    MAX_PARAMS_PER_CALL,
+    MLFLOW_STATUS,
+    ROLE,
+    STATE,
+    SUPERSEDED,
+    artifact_root,
     param_value,
 )
 
@@ -183,7 +191,7 @@ class Record:
         a lease in the experiment tag ``vaebench.lock``, renewed at every flush, stale after
         LEASE_SECONDS."""
         me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "since": datetime.now(UTC).isoformat(timespec="seconds")}
         db = sqlite_path(self.uri)
         if db is not None:
             path = db.with_name(f"{db.name}.{self.study}.lock")

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from vaebench.study import Range, Study, TrialSpec
 
