@@ -557,3 +557,20 @@ def test_cli_interrupt_after_fresh_says_how_to_resume(tmp_path):
     (run,) = runs(tmp_path, "g")
     assert run.info.status == "KILLED" and run.data.tags["vaebench.trial_state"] == "killed"
     assert client.get_metric_history(run.info.run_id, "val/elbo")  # its buffered epochs were flushed
+
+
+def test_deleted_database_ends_cleanly(tmp_path):
+    path = study_file(tmp_path, epochs=3)
+    gone = {"done": False}
+
+    def delete_store_after_first(config):
+        for msg in run_trial(config):
+            if msg["kind"] == "end" and not gone["done"]:
+                gone["done"] = True
+                (tmp_path / "m.db").unlink()
+            yield msg
+    t0 = time.monotonic()
+    s = sweep(path, tmp_path, executor=InlineExecutor(workers=2, trial=delete_store_after_first))
+    assert time.monotonic() - t0 < 60
+    assert s.exit_code == 1 and s.store_error.startswith(f"the tracking store sqlite:///{tmp_path}/m.db failed")
+    assert "OperationalError: " in s.store_error and "\n" not in s.store_error  # the cause, in one line

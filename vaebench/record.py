@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -101,6 +102,16 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def root_cause(e: BaseException) -> str:
+    """'OperationalError: no such table: metrics': the innermost exception of a chain, its first line."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
 def holder_text(info: dict[str, Any]) -> str:
     return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, since {info.get('since', '?')}"
 
@@ -111,6 +122,9 @@ class Record:
     def __init__(self, uri: str, study: str):
         self.uri, self.study = uri, study
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json
+        # MLflow logs a failing SQL statement with all its parameters before raising; the driver
+        # reports the failure itself, in one line (StoreError)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
@@ -135,8 +149,7 @@ class Record:
         except (StoreError, LockError):
             raise
         except Exception as e:
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StoreError(f"the tracking store {self.uri} failed ({what}): {type(e).__name__}: {cause}") from e
+            raise StoreError(f"the tracking store {self.uri} failed ({what}): {root_cause(e)}") from e
 
     # ------------------------------------------------------------------ reading
 
