@@ -121,6 +121,7 @@ class Record:
 
     def __init__(self, uri: str, study: str):
         self.uri, self.study = uri, study
+        self.failed = False  # a write failed: the lease is left to go stale rather than wait on a dead server
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json
         # MLflow logs a failing SQL statement with all its parameters before raising; the driver
         # reports the failure itself, in one line (StoreError)
@@ -149,6 +150,7 @@ class Record:
         except (StoreError, LockError):
             raise
         except Exception as e:
+            self.failed = True
             raise StoreError(f"the tracking store {self.uri} failed ({what}): {root_cause(e)}") from e
 
     # ------------------------------------------------------------------ reading
@@ -264,6 +266,8 @@ class Record:
             self._lock_file.truncate(0)
             self._lock_file.close()
             self._lock_file = None
+        if self._lease is not None and self.failed:
+            self._lease = None
         if self._lease is not None:
             self._lease = None
             try:
