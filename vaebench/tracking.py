@@ -4,8 +4,8 @@
 Layout: one experiment per study (named after it); a parent run per study record
 (tag ``vaebench.role=study``); one child run per trial and seed (``vaebench.role=trial``,
 ``mlflow.parentRunId``), tagged with ``vaebench.trial_state`` and ``vaebench.config_hash``;
-params are the trial's config flattened with dotted names; metrics are logged per epoch
-with step = epoch, in one batch per epoch (each SQLite call costs ~13 ms).
+params are the trial's config flattened with dotted names; metrics per epoch with
+step = epoch. vaebench.record writes it (and defines Record, importable from here too).
 """
 
 from __future__ import annotations
