@@ -265,8 +265,9 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
 def test_dead_worker_is_retried(ray_cluster, tmp_path):
     study = write(tmp_path, TINY.format(name="crash", epochs=40).replace("seeds: [0, 1]", "seeds: [0]"))
     uri = f"sqlite:///{tmp_path}/m.db"
+    env = {**ray_cluster.env, "VAEBENCH_FLUSH_SECONDS": "0"}  # every epoch visible at once: the kill lands mid-training
     proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri,
-                 env=ray_cluster.env, cwd=tmp_path)
+                 env=env, cwd=tmp_path)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     victim: dict[str, object] = {}

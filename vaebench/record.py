@@ -48,7 +48,7 @@ from vaebench.tracking import (
     param_value,
 )
 
-FLUSH_SECONDS = 5.0  # buffered epoch metrics reach the store at least this often
+FLUSH_SECONDS = 5.0  # buffered epoch metrics reach the store at least this often (VAEBENCH_FLUSH_SECONDS overrides)
 # A tracking server that stays down fails a request after at most ~45 s: 4 attempts of at most
 # 10 s each, with backoffs 1 + 2 + 4 s (+ up to 1 s jitter each). The user's own values win.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -119,7 +119,9 @@ def holder_text(info: dict[str, Any]) -> str:
 class Record:
     """Reads and writes one study's runs through MlflowClient."""
 
-    def __init__(self, uri: str, study: str):
+    def __init__(self, uri: str, study: str, create: bool = True):
+        """``create=False``: a SQLite store that does not exist yet is made only by create_store
+        (the sweep checks everything it can before it writes anything)."""
         self.uri, self.study = uri, study
         self.failed = False  # a write failed: the lease is left to go stale rather than wait on a dead server
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json
@@ -129,18 +131,29 @@ class Record:
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
-        with self._store("open"):
-            db = sqlite_path(uri)
-            if db is not None:
-                db.parent.mkdir(parents=True, exist_ok=True)
-                if not db.exists():
-                    new_sqlite_store(db)
-            self.client = MlflowClient(tracking_uri=uri)
         self._experiment_id: str | None = None
+        with self._store("open"):
+            if create:
+                self.create_store()
+            self.client = MlflowClient(tracking_uri=uri)
         self._buffer: dict[str, list[Metric]] = {}  # run id -> metrics not yet sent
         self._last_flush = time.monotonic()
+        self.flush_seconds = float(os.environ.get("VAEBENCH_FLUSH_SECONDS", FLUSH_SECONDS))
         self._lock_file: Any = None
         self._lease: dict[str, Any] | None = None
+
+    def create_store(self) -> None:
+        db = sqlite_path(self.uri)
+        if db is not None and not db.exists():
+            with self._store("create the store"):
+                db.parent.mkdir(parents=True, exist_ok=True)
+                new_sqlite_store(db)
+
+    @property
+    def exists(self) -> bool:
+        """False for a SQLite store whose file is not there (yet)."""
+        db = sqlite_path(self.uri)
+        return db is None or db.is_file()
 
     @contextmanager
     def _store(self, what: str) -> Iterator[None]:
@@ -157,7 +170,7 @@ class Record:
 
     @property
     def experiment_id(self) -> str | None:
-        if self._experiment_id is None:
+        if self._experiment_id is None and self.exists:
             with self._store("read the experiment"):
                 exp = self.client.get_experiment_by_name(self.study)
             self._experiment_id = exp.experiment_id if exp is not None else None
@@ -211,7 +224,8 @@ class Record:
         if db is not None:
             path = db.with_name(f"{db.name}.{self.study}.lock")
             with self._store(f"open the lock file {path}"):
-                f = open(path, "a+")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+")  # noqa: SIM115 (held open for the whole sweep: the flock lives with it)
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -264,6 +278,8 @@ class Record:
     def unlock(self) -> None:
         if self._lock_file is not None:  # emptied: a lock file with a holder in it was left by a dead driver
             self._lock_file.truncate(0)
+            if not self.exists:  # the sweep stopped before it made the store: it leaves nothing behind
+                Path(self._lock_file.name).unlink(missing_ok=True)
             self._lock_file.close()
             self._lock_file = None
         if self._lease is not None and self.failed:
@@ -341,7 +357,7 @@ class Record:
 
     def flush_due(self) -> None:
         """Flush when FLUSH_SECONDS have passed since the last flush (and renew a server lease)."""
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
             with self._store("renew the lock"):
                 self._renew_lease()

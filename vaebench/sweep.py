@@ -84,7 +84,7 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
     """Run or resume ``study``; returns the summary (``exit_code`` 0, 1 or 130). Raises
     SweepError (exit 2) when it cannot start; then nothing was written."""
     try:
-        record = Record(opts.tracking_uri, study.name)
+        record = Record(opts.tracking_uri, study.name, create=False)
         note = record.lock()
     except LockError as e:
         raise SweepError(str(e)) from None
@@ -108,6 +108,10 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
                 executor = RayExecutor(workers, study.resources.cpus_per_trial, study.resources.gpus_per_trial,
                                        prefix=f"vaebench:{study.name}")
         try:
+            try:
+                record.create_store()
+            except StoreError as e:
+                return Summary(store_error=str(e))
             driver = Driver(study, study_text, opts, progress or Progress(enabled=False), record, executor)
             if note:
                 driver.summary.notes.append(note)
