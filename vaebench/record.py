@@ -132,15 +132,23 @@ class Record:
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
         self._experiment_id: str | None = None
-        with self._store("open"):
-            if create:
-                self.create_store()
-            self.client = MlflowClient(tracking_uri=uri)
+        self._client: MlflowClient | None = None
         self._buffer: dict[str, list[Metric]] = {}  # run id -> metrics not yet sent
         self._last_flush = time.monotonic()
         self.flush_seconds = float(os.environ.get("VAEBENCH_FLUSH_SECONDS", FLUSH_SECONDS))
         self._lock_file: Any = None
         self._lease: dict[str, Any] | None = None
+        if create:
+            self.create_store()
+            _ = self.client
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on first use: MlflowClient opens (and for SQLite creates) the store at once."""
+        if self._client is None:
+            with self._store("open"):
+                self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     def create_store(self) -> None:
         db = sqlite_path(self.uri)
