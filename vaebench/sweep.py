@@ -172,9 +172,12 @@ class Driver:
                 parent.data.tags[OPTUNA_STUDY] = optuna_name
         else:
             self.record.reopen_study(parent.info.run_id)
-            if self.record.definition(parent) != defn:  # extended (or a record older than definitions)
+            old = self.record.definition(parent)
+            if old != defn:  # extended (check_definition refused anything else), or a record older than definitions
                 self.record.set_definition(parent.info.run_id, defn, self.study_text, tags)
-                self.summary.notes.append("the record's definition was extended to the study's (levels, seeds or budget added)")
+                self.summary.notes.append(
+                    "the record's definition was extended to the study's (levels, seeds or budget added)" if old else
+                    "the record was made before vaebench kept study definitions; it now keeps this study's")
         self.parent_id = parent.info.run_id
         self._load_existing()
         if self.study.search.kind == "grid":
