@@ -192,6 +192,8 @@ def test_extension_adds_levels_and_seeds(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     defn = json.loads(Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text())
     assert defn["seeds"] == [0, 1] and defn["space"]["objective.beta"]["levels"] == [0.5, 2.0, 4.0]
+    shown = Path(client.download_artifacts(parent.info.run_id, "study.yaml", str(tmp_path / "dl"))).read_text()
+    assert shown == path.read_text()  # the parent shows the study file in force
 
 
 def test_definition_changes_are_listed():
@@ -261,12 +263,17 @@ def test_sigterm_then_resume_search_has_its_budget(tmp_path):
     check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
 
 
-def test_max_trials_resumes_to_the_budget(tmp_path):
-    path = search_file(tmp_path, budget=4, seeds="[0, 1]")
-    for _ in range(3):  # 3 new trial runs each: points are cut between their seeds
-        assert sweep(path, tmp_path, max_trials=3).exit_code == 0
-    check_search(tmp_path, "s", budget=4, seeds=2)
+@pytest.mark.parametrize("seeds,max_trials,runs_needed", [("[0]", 2, 2), ("[0, 1]", 3, 3)])
+def test_max_trials_resumes_to_the_budget(tmp_path, seeds, max_trials, runs_needed):
+    """Issue 9's case: budget 4, --max-trials 2, run again: 4 distinct points (it was 2). With two
+    seeds and --max-trials 3 a point is cut between its seeds."""
+    path = search_file(tmp_path, budget=4, seeds=seeds)
+    for _ in range(runs_needed):
+        assert sweep(path, tmp_path, max_trials=max_trials).exit_code == 0
+    n = len(json.loads(seeds))
+    check_search(tmp_path, "s", budget=4, seeds=n)
     check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+    assert sweep(path, tmp_path, max_trials=max_trials).skipped == 4 * n  # nothing more to run
 
 
 def test_search_straight_through(tmp_path):
