@@ -581,3 +581,28 @@ def test_deleted_database_ends_cleanly(tmp_path):
     assert time.monotonic() - t0 < 60
     assert s.exit_code == 1 and s.store_error.startswith(f"the tracking store sqlite:///{tmp_path}/m.db failed")
     assert "OperationalError: " in s.store_error and "\n" not in s.store_error  # the cause, in one line
+
+
+def test_pruned_points_stop_early_and_are_told_pruned(tmp_path):
+    """The median pruner through the whole loop (InlineExecutor, cancel, record, tell): pruned
+    points stop before their last epoch, their runs tagged pruned; what Optuna was told at each
+    epoch is the run's recorded history."""
+    path = study_file(tmp_path, "p", epochs=8, seeds="[0]",
+                      space="  train.lr: [1.0e-2, 5.0e-3, 1.0e-7]\n  objective.beta: {low: 0.5, high: 2.0}",
+                      search="{kind: random, budget: 8, pruner: median}")
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0 and s.counts["pruned"] >= 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    st = optuna_study(tmp_path, "p")
+    by_trial = {int(r.data.tags["vaebench.optuna_trial"]): r for r in runs(tmp_path, "p")}
+    assert len(by_trial) == 8
+    for t in st.trials:
+        run = by_trial[t.number]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/elbo")}
+        assert t.intermediate_values == pytest.approx(history)  # one seed: the mean is the value
+        if t.state == optuna.trial.TrialState.PRUNED:
+            assert run.data.tags["vaebench.trial_state"] == "pruned" and run.info.status == "FINISHED"
+            assert 2 <= len(history) < 8  # from the end of the warm-up (step 8 // 4 = 2) on, before the end
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE and len(history) == 8
+            assert t.value == pytest.approx(run.data.metrics["val/elbo"])
