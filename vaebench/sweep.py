@@ -135,7 +135,7 @@ def check_definition(record: Record, study: Study, fresh: bool) -> tuple[Any, di
         old = record.definition(parent)
         diff = changes(old, defn) if old is not None else []
         if diff:
-            lines = "\n".join(f"  {f}: {json.dumps(o)} -> {json.dumps(n)}" for f, o, n in diff)
+            lines = "\n".join(f"  {f}: {brief(o)} -> {brief(n)}" for f, o, n in diff)
             raise SweepError(
                 f"study {study.name!r} differs from the definition of its record in {record.uri} "
                 f"(a record holds one definition; adding levels, seeds or budget extends it):\n{lines}\n"
@@ -343,6 +343,12 @@ class Driver:
                 search.interrupt()
         except Exception:  # the Optuna storage is down too: the next sweep settles RUNNING trials
             pass
+
+
+def brief(value: Any, limit: int = 200) -> str:
+    """A value as JSON, cut at ``limit`` characters (messages never print an unbounded input)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def run_name(spec: TrialSpec) -> str:
