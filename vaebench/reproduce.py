@@ -1,7 +1,7 @@
 """Reproductions: studies whose outcome is known in advance, run and checked.
 
-``vaebench reproduce NAME`` runs ``studies/<study>.yaml`` through the sweep driver (or
-reuses its record: a resumed sweep reruns nothing already final), reads the record back
+``vaebench reproduce NAME`` (the command is in ``vaebench.cli``) runs ``studies/<study>.yaml``
+through the sweep driver (or reuses its record: a resumed sweep reruns nothing already final), reads the record back
 from MLflow (``vaebench.results.trials_frame``) and evaluates the reproduction's checks,
 printing PASS or FAIL per check with the measured value, the expected one and the
 tolerance. Exit 0 iff every check passes, 1 otherwise, 2 for an unknown NAME or a study
@@ -27,9 +27,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
-
-import typer
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -428,7 +426,7 @@ def _this_study(study: Any, trials: "pd.DataFrame") -> "pd.DataFrame":
     return out
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- printing (the command is in vaebench.cli)
 
 
 def _fmt(value: Any) -> str:
@@ -454,45 +452,3 @@ def print_checks(title: str, checks: list[Check], console: Any) -> None:
     passed = sum(c.passed for c in checks)
     console.print(f"{passed}/{len(checks)} checks passed", style="bold green" if passed == len(checks) else "bold red",
                   highlight=False)
-
-
-def reproduce(
-    name: str = typer.Argument(..., help=f"the reproduction to run: {', '.join(sorted(REPRODUCTIONS))}"),
-    tracking_uri: Optional[str] = typer.Option(
-        None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///sweeps/mlflow.db)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials at once (default: what the cluster fits)"),
-    fresh: bool = typer.Option(False, "--fresh", help="rerun from scratch in a new study record instead of reusing it"),
-) -> None:
-    """Run a study whose outcome is known and check it: PASS or FAIL per check; exit 0 iff all pass."""
-    from rich.console import Console
-    from rich.text import Text
-
-    out, err = Console(), Console(stderr=True, soft_wrap=True)
-
-    def fail(message: str, code: int) -> None:
-        err.print(Text("error: ", style="bold red") + Text(message), highlight=False)
-        raise typer.Exit(code)
-
-    if name not in REPRODUCTIONS:  # before importing Ray and MLflow: an unknown name answers at once
-        fail(str(UnknownReproduction(name)), 2)
-    repro = REPRODUCTIONS[name]
-
-    from vaebench.progress import Progress
-    from vaebench.results import ReportError
-    from vaebench.study import StudyError
-    from vaebench.sweep import SweepError
-    from vaebench.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri)
-    try:
-        checks = run_reproduction(name, uri, address, workers, rerun=fresh, progress=Progress(enabled=True, console=err))
-    except (StudyError, SweepError) as e:
-        fail(str(e), 2)
-    except ReportError as e:
-        fail(str(e), 1)
-    except KeyboardInterrupt as e:
-        fail(str(e) or "interrupted", 130)
-    out.print(Text(repro.shows, style="dim"))
-    print_checks(f"reproduce {name} ({study_path(name)}; {uri})", checks, out)
-    raise typer.Exit(0 if checks and all(c.passed for c in checks) else 1)

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
-DEFAULT_TRACKING_URI = "sqlite:///sweeps/mlflow.db"
+from vaebench.store import resolve_tracking_uri, store_missing  # noqa: F401  (where the store is found)
 
 ROLE, STATE, HASH, POINT = "vaebench.role", "vaebench.trial_state", "vaebench.config_hash", "vaebench.point"
 SUPERSEDED, OPTUNA_STUDY, OPTUNA_TRIAL = "vaebench.superseded", "vaebench.optuna_study", "vaebench.optuna_trial"
@@ -33,16 +33,6 @@ MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "FIN
                  "failed": "FAILED", "killed": "KILLED"}
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limits
 MAX_METRICS_PER_CALL = 1000
-
-
-def resolve_tracking_uri(cli: str | None = None) -> str:
-    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then SQLite under sweeps/."""
-    return cli or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def store_missing(uri: str) -> bool:
-    """A SQLite store whose file does not exist: readers must say so, not create it."""
-    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def artifact_root(uri: str, study: str) -> str | None:
