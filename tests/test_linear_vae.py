@@ -50,7 +50,7 @@ def linear_config(beta: float) -> TrialConfig:
     })
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(beta: float):
     """Train once per beta for the whole test module."""
     cfg = linear_config(beta)

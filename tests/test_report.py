@@ -30,7 +30,12 @@ from report_fixtures import grid_study, write_synthetic_study  # noqa: E402
 
 from vaebench.report.command import report  # noqa: E402
 from vaebench.results import (  # noqa: E402
-    ReportError, histories_frame, level_label, parse_param, short_names, trials_frame,
+    ReportError,
+    histories_frame,
+    level_label,
+    parse_param,
+    short_names,
+    trials_frame,
 )
 
 TINY = {
@@ -71,7 +76,7 @@ def store(tmp_path_factory, ray_cluster):
     return {"uri": uri, "root": root, "files": files}
 
 
-def cli(*args: str) -> "click.testing.Result":  # noqa: F821
+def cli(*args: str) -> click.testing.Result:  # noqa: F821
     app = typer.Typer(add_completion=False)
     app.command("report")(report)
     app.command("noop")(lambda: None)  # two commands: `report` is a subcommand, as in vaebench
@@ -149,7 +154,7 @@ def test_baseline_deltas(store):
     assert res.exit_code == 0, res.output
     csv = pd.read_csv(out / "ablation.csv")
     assert list(csv["baseline"]) == [True, False, True, False]
-    for beta, rows in csv.groupby("objective.beta"):
+    for _beta, rows in csv.groupby("objective.beta"):
         base = rows[rows["baseline"]].iloc[0]
         for _, r in rows.iterrows():
             assert r["val/elbo delta"] == pytest.approx(r["val/elbo mean"] - base["val/elbo mean"])

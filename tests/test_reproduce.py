@@ -13,11 +13,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from vaebench.reproduce import (
-    DSPRITES_BETAS, IW_TOL, LINEAR_KL_TOL, REPRODUCTIONS, annealing_checks, beta_dsprites_checks,
-    linear_closed_form, linear_collapse_checks, run_reproduction, study_path,
-)
 from vaebench.cli import app
+from vaebench.reproduce import (
+    DSPRITES_BETAS,
+    IW_TOL,
+    LINEAR_KL_TOL,
+    REPRODUCTIONS,
+    annealing_checks,
+    beta_dsprites_checks,
+    linear_closed_form,
+    linear_collapse_checks,
+    run_reproduction,
+    study_path,
+)
 from vaebench.study import load_study
 
 

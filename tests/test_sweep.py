@@ -14,10 +14,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from conftest import free_port, http_ok, stop, wait_for
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import free_port, http_ok, stop, wait_for
 from vaebench.study import expand, load_study
 
 TINY = """\

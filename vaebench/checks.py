@@ -57,7 +57,7 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
                          "to start a local Ray") from None
 
 
-def requested_devices(study: "Study") -> set[str]:
+def requested_devices(study: Study) -> set[str]:
     """Every train.device a trial of the study can get: the base value and any levels."""
     devices = {study.train.device}
     levels = study.space.get("train.device")
@@ -66,7 +66,7 @@ def requested_devices(study: "Study") -> set[str]:
     return devices
 
 
-def check_device(study: "Study", local: bool = True, where: str | None = None) -> None:
+def check_device(study: Study, local: bool = True, where: str | None = None) -> None:
     """``train.device: cuda`` needs a GPU per trial (Ray hides GPUs from a task that asks
     for none) and, for a local Ray, CUDA on this machine. ``auto`` and ``cpu`` always run."""
     if "cuda" not in requested_devices(study):

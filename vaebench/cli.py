@@ -20,11 +20,19 @@ from rich.text import Text
 
 from vaebench.checks import CheckError, check_address, check_device
 from vaebench.console import err, fail, out, say
-from vaebench.store import (
-    STORAGE_HELP, TRACKING_HELP, StoreError, check_readable, check_storage, check_writable, default_storage,
-    ensure_folder, resolve_tracking_uri, store_missing,
-)
 from vaebench.reproduce import REPRODUCTIONS
+from vaebench.store import (
+    STORAGE_HELP,
+    TRACKING_HELP,
+    StoreError,
+    check_readable,
+    check_storage,
+    check_writable,
+    default_storage,
+    ensure_folder,
+    resolve_tracking_uri,
+    store_missing,
+)
 from vaebench.study import Study, StudyError, load_study, resolve_path
 
 HELP = "Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."

@@ -94,7 +94,7 @@ class ModelConfig(Section):
     sigma: float = Field(1.0, gt=0)  # gaussian: the fixed observation std
 
     @model_validator(mode="after")
-    def _linear_is_gaussian(self) -> "ModelConfig":
+    def _linear_is_gaussian(self) -> ModelConfig:
         if self.kind == "linear" and self.likelihood == "bernoulli":
             raise ValueError("model.kind 'linear' needs likelihood 'gaussian' or 'gaussian_learned'")
         return self
@@ -161,7 +161,7 @@ class ObjectiveConfig(Section):
         return {"kind": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _capacity_excludes_free_bits(self) -> "ObjectiveConfig":
+    def _capacity_excludes_free_bits(self) -> ObjectiveConfig:
         if self.anneal.kind == "capacity" and self.free_bits > 0:
             raise ValueError("objective.free_bits must be 0 with anneal 'capacity' (it sets its own target KL)")
         return self

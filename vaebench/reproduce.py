@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,7 @@ class Reproduction:
     name: str
     study_file: str
     shows: str
-    checks: Callable[["pd.DataFrame"], list[Check]]
+    checks: Callable[[pd.DataFrame], list[Check]]
     runtime: str
 
 
@@ -84,15 +85,15 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def _completed(row: "pd.Series") -> bool:
+def _completed(row: pd.Series) -> bool:
     return row.get("state") == "completed"
 
 
-def _seeds_label(trials: "pd.DataFrame") -> str:
+def _seeds_label(trials: pd.DataFrame) -> str:
     return ", ".join(str(int(s)) for s in sorted(trials["seed"].unique()))
 
 
-def _trials_present(trials: "pd.DataFrame") -> Check:
+def _trials_present(trials: pd.DataFrame) -> Check:
     """Every trial of the record completed (a failed, diverged or pruned one proves nothing)."""
     n = len(trials)
     done = int((trials["state"] == "completed").sum()) if n else 0
@@ -121,7 +122,7 @@ def linear_closed_form(eigenvalues: Sequence[float], sigma2: float, beta: float,
     return kl, active, collapsed
 
 
-def linear_collapse_checks(trials: "pd.DataFrame") -> list[Check]:
+def linear_collapse_checks(trials: pd.DataFrame) -> list[Check]:
     """Per trial (beta, seed): the measured KL per dim, sorted descending, within
     LINEAR_KL_TOL = 0.03 nats of the closed form in every dim (per seed, not the mean over
     seeds: every trained model must reach the optimum; measured errors were <= 0.012);
@@ -176,7 +177,7 @@ def _strictly(values: list[float], direction: str) -> bool:
     return all(b < a for a, b in pairs) if direction == "decreasing" else all(b > a for a, b in pairs)
 
 
-def beta_dsprites_checks(trials: "pd.DataFrame") -> list[Check]:
+def beta_dsprites_checks(trials: pd.DataFrame) -> list[Check]:
     """Rate-distortion of beta-VAE (Alemi et al. 2018) on procedural dSprites.
 
     - every trial completed, and every beta of DSPRITES_BETAS is in the record;
@@ -233,7 +234,7 @@ def _anneal_label(value: Any) -> str:
     return str(value)
 
 
-def annealing_checks(trials: "pd.DataFrame") -> list[Check]:
+def annealing_checks(trials: pd.DataFrame) -> list[Check]:
     """Which KL annealing schedules and free bits avoid posterior collapse (beta 1, 32 latents).
 
     A setting (schedule, free bits) *avoids collapse* iff no dim of any seed is collapsed by
@@ -367,7 +368,7 @@ def get(name: str) -> Reproduction:
 # ----------------------------------------------------------------------------- running
 
 
-def _record_complete(study: Any, trials: "pd.DataFrame") -> bool:
+def _record_complete(study: Any, trials: pd.DataFrame) -> bool:
     """True when the current record holds a final run (completed, diverged, pruned) for every
     trial of the grid study: then nothing would run and Ray need not start."""
     from vaebench.study import expand
@@ -379,7 +380,7 @@ def _record_complete(study: Any, trials: "pd.DataFrame") -> bool:
     return all(spec.config_hash in final for spec in expand(study))
 
 
-def _read_trials(study_name: str, tracking_uri: str) -> "pd.DataFrame | None":
+def _read_trials(study_name: str, tracking_uri: str) -> pd.DataFrame | None:
     from vaebench.results import ReportError, trials_frame
 
     try:
@@ -389,7 +390,7 @@ def _read_trials(study_name: str, tracking_uri: str) -> "pd.DataFrame | None":
 
 
 def run_reproduction(name: str, tracking_uri: str, address: str | None = None, workers: int | None = None,
-                     rerun: bool = False, progress: "Progress | None" = None) -> list[Check]:
+                     rerun: bool = False, progress: Progress | None = None) -> list[Check]:
     """Run (or resume) reproduction ``name``'s study, then evaluate its checks on the record.
 
     Resuming reuses the current record: trials already final are not rerun, and when every
@@ -415,7 +416,7 @@ def run_reproduction(name: str, tracking_uri: str, address: str | None = None, w
     return repro.checks(_this_study(study, trials))
 
 
-def _this_study(study: Any, trials: "pd.DataFrame") -> "pd.DataFrame":
+def _this_study(study: Any, trials: pd.DataFrame) -> pd.DataFrame:
     """The trials of the study file as it is now: a record resumed after the file changed
     also holds runs of configs the file no longer names; they are left out of the checks."""
     from vaebench.study import expand

@@ -20,16 +20,26 @@ import gc
 import json
 import math
 import re
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 
-from vaebench.tracking import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, STATE, Record, resolve_tracking_uri, store_missing
+from vaebench.tracking import (
+    HASH,
+    OPTUNA_STUDY,
+    OPTUNA_TRIAL,
+    POINT,
+    STATE,
+    Record,
+    resolve_tracking_uri,
+    store_missing,
+)
 
 #: columns of ``trials_frame`` that describe the run rather than its config or metrics
 META_COLUMNS = ["run_id", "run_name", "state", "seed", "point_key", "config_hash", "optuna_trial",

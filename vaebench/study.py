@@ -22,22 +22,23 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vaebench.config import (
+    DataConfig,
+    DigitsData,
     MetricsConfig,
     ModelConfig,
     ObjectiveConfig,
     Section,
     TrainConfig,
     TrialConfig,
-    DataConfig,
-    DigitsData,
     flatten,
     set_dotted,
 )
@@ -67,7 +68,7 @@ class Range(Section):
     step: int | float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -93,7 +94,7 @@ class Search(Section):
     trial_limit: int = Field(TRIAL_LIMIT, ge=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Search":
+    def _consistent(self) -> Search:
         if not self.objectives:
             raise ValueError("objectives: name at least one metric, e.g. {val/elbo: max}")
         for name in self.objectives:

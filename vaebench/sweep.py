@@ -30,10 +30,17 @@ import ray
 
 from vaebench.progress import Progress
 from vaebench.study import Range, Study, TrialSpec, expand
-from vaebench.trial import run_trial
 from vaebench.tracking import (
-    FINAL_STATES, HASH, MLFLOW_STATUS, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, STATE, Record,
+    FINAL_STATES,
+    HASH,
+    MLFLOW_STATUS,
+    OPTUNA_STUDY,
+    OPTUNA_TRIAL,
+    POINT,
+    STATE,
+    Record,
 )
+from vaebench.trial import run_trial
 
 MAX_RETRIES = 2  # a trial whose Ray worker dies is rerun this many times, then failed
 INTERRUPTED = "vaebench.interrupted"  # Optuna user attr of a trial cut off by an interrupt

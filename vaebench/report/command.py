@@ -15,8 +15,17 @@ import typer
 from rich.console import Console
 
 from vaebench.console import fail
-from vaebench.store import STORAGE_HELP, TRACKING_HELP, StoreError, check_readable, check_storage, default_storage
-from vaebench.store import project_root, resolve_tracking_uri, short
+from vaebench.store import (
+    STORAGE_HELP,
+    TRACKING_HELP,
+    StoreError,
+    check_readable,
+    check_storage,
+    default_storage,
+    project_root,
+    resolve_tracking_uri,
+    short,
+)
 
 # a study name that is one plain folder name: no separator, no leading dot (so not '..'), bounded
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")

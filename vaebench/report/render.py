@@ -16,9 +16,10 @@ import html
 import io
 import json
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -294,7 +295,7 @@ def _header_facts(trials: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     facts = [f"record: parent run {a.get('parent_run_id')} in {a.get('tracking_uri')}",
              f"search: {a.get('search')}; seeds: {', '.join(map(str, a.get('seeds', [])))}; "
              f"{len(trials)} trial runs",
-             f"generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by vaebench report"]
+             f"generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by vaebench report"]
     return facts
 
 

@@ -18,14 +18,16 @@ Conventions (documented in the report itself):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from vaebench.report.figures import fmt_level, hashable as _hashable, levels, name_of, point_keys
-from vaebench.results import ReportError, STATE_ORDER, resolve_factor
+from vaebench.report.figures import fmt_level, levels, name_of, point_keys
+from vaebench.report.figures import hashable as _hashable
+from vaebench.results import STATE_ORDER, ReportError, resolve_factor
 
 
 @dataclass(frozen=True)
