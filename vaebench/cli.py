@@ -178,7 +178,7 @@ def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()]
     if dry_run:
-        out.print(" ".join(cmd), markup=False, highlight=False)
+        print(" ".join(cmd))  # plain: a command line is never wrapped
         return
     raise typer.Exit(subprocess.call(cmd))
 

@@ -29,10 +29,11 @@ class _Loader(yaml.SafeLoader):
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                 line = key.start_mark.line + 1
-                first = seen.setdefault((key.tag, key.value), line)
-                if first != line:
+                if (key.tag, key.value) in seen:
+                    first = seen[(key.tag, key.value)]
                     raise YamlInputError(f" (line {line}): duplicate key {_cut(key.value)} (first at line {first}); "
                                          "each key may appear once in a mapping")
+                seen[(key.tag, key.value)] = line
         return super().construct_mapping(node, deep=deep)
 
 
