@@ -23,7 +23,13 @@ from vaebench.checks import CheckError, check_address, check_device, parse_addre
 from vaebench.cli import app
 from vaebench.report.command import report_folder
 from vaebench.store import (
-    StoreError, check_storage, check_tracking_uri, check_writable, default_storage, default_store, project_root,
+    StoreError,
+    check_storage,
+    check_tracking_uri,
+    check_writable,
+    default_storage,
+    default_store,
+    project_root,
 )
 from vaebench.study import Study, expand, iter_trials, load_study
 from vaebench.yaml_input import MAX_NODES, YamlInputError, expanded_size, parse
