@@ -89,7 +89,8 @@ def sweep(
 
     if study.search.kind != "grid":
         ensure_folder(storage)  # SQLite creates the file, not its folder
-    opts = SweepOptions(uri, storage, address, workers, max_trials, fresh)
+    opts = SweepOptions(tracking_uri=uri, storage=storage, address=address, workers=workers, max_trials=max_trials,
+                        fresh=fresh)
     try:
         summary = run_sweep(study, path.read_text(encoding="utf-8"), opts, Progress(enabled=True, console=err))
     except SweepError as e:
