@@ -535,3 +535,25 @@ def test_one_fail_and_the_reproduce_command_in_cli():
 def test_check_writable_writes_nothing(tmp_path):
     check_writable(f"sqlite:///{tmp_path}/a/b/c/m.db")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_a_sweep_from_another_folder_resumes_the_same_store(tmp_path):
+    """A real sweep (local Ray, SQLite MLflow) of /abs/proj/studies/x.yaml, run from the project
+    and then from another folder: one store beside the project, the second run reruns nothing."""
+    proj = tmp_path / "proj"
+    (proj / "studies").mkdir(parents=True)
+    study = write(proj / "studies" / "here.yaml", GOOD.replace("name: tiny", "name: here")
+                  .replace("[0.5, 2.0]", "[1.0]").replace("seeds: [0, 1]", "seeds: [0]"))
+    (tmp_path / "other").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    store = proj / "sweeps" / "mlflow.db"
+    outputs = []
+    for cwd in (proj, tmp_path / "other"):
+        proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(study)], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert f"store: sqlite:///{store}" in proc.stderr
+        outputs.append(" ".join(proc.stderr.split()))
+    assert store.is_file() and not (tmp_path / "other" / "sweeps").exists()
+    assert "1 already done, not rerun" in outputs[1]
