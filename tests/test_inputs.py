@@ -222,7 +222,7 @@ def test_a_grid_above_the_limit_is_refused_by_arithmetic(project, command):
     study = write(project / "big.yaml", BIG)
     started = time.perf_counter()
     refused(project.parent.parent, command, str(study),
-            fragments=("big.yaml", "2,000,000,000 trials", "10 objective.beta x", "2 seeds", "search.trial_limit (100,000)"))
+            fragments=("big.yaml", "2,000,000,000 trials", "10 objective.beta x", "2 seeds", "trial_limit (100,000)"))
     assert time.perf_counter() - started < 20  # building 2e9 configs would take hours and terabytes
 
 
@@ -235,12 +235,12 @@ def test_validate_counts_a_raised_limit_without_building_trials(tmp_path):
     study = write(tmp_path / "big.yaml", BIG)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "validate", str(study),
-                           "--set", "search.trial_limit=10000000000"],
+                           "--set", "trial_limit=10000000000"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "1,000,000,000 points x 2 seeds = 2,000,000,000 trials" in " ".join(proc.stdout.split())
     assert time.perf_counter() - started < 60
-    s = load_study(study, ["search.trial_limit=10000000000"])
+    s = load_study(study, ["trial_limit=10000000000"])
     trials = iter_trials(s)  # lazy: the first trial comes at once, the other 2e9 are never built
     first = next(trials)
     assert first.seed == 0 and first.config.objective.beta == 0.5 and first.config.train.epochs == 1

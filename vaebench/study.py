@@ -12,6 +12,7 @@ it into trial specs; it runs nothing.
       train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
     seeds: [0, 1, 2]
     search: {kind: grid}                # or random|tpe|nsga2 with budget, objectives, pruner
+    trial_limit: 100000                 # refuse a study implying more trials (the default)
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ OBJECTIVE_METRICS = tuple(f"val/{m}" for m in (
     "elbo", "recon", "kl", "active_units", "mi", "iw_nll", "collapsed_dims", "collapsed_fraction",
     "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
 DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
-TRIAL_LIMIT = 100_000  # trials a study may imply unless search.trial_limit says otherwise
+TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
 
 
 class StudyError(ValueError):
@@ -90,8 +91,6 @@ class Search(Section):
     budget: int | None = Field(None, ge=1)  # trials (points); each runs once per seed
     objectives: dict[str, Literal["min", "max"]] = {"val/elbo": "max"}
     pruner: Literal["none", "median", "hyperband"] = "none"
-    # the most trials (points x seeds) the study may imply; counted by arithmetic, before any is built
-    trial_limit: int = Field(TRIAL_LIMIT, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> Search:
@@ -130,6 +129,9 @@ class Study(Section):
     space: dict[str, list[Any] | Range]
     seeds: list[int] = Field([0], min_length=1)
     search: Search = Search()
+    # the most trials (points x seeds) the study may imply, counted by arithmetic before any is
+    # built; a guard, not part of what the study trains (a record's definition leaves it out)
+    trial_limit: int = Field(TRIAL_LIMIT, ge=1)
 
     @field_validator("seeds")
     @classmethod
@@ -224,7 +226,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, open_data: 
     """Read, override (``--set a.b=value``) and validate a study file. Raises StudyError.
 
     Bounded (vaebench.yaml_input): at most 1 MB of UTF-8, no duplicate keys, aliases
-    that stay small; a study implying more than ``search.trial_limit`` trials is refused
+    that stay small; a study implying more than ``trial_limit`` trials is refused
     by arithmetic. With ``open_data``, every data file the study names is read as a trial
     would read it, so a corrupt or misshapen file fails here, not in every trial."""
     path = Path(path)
@@ -284,14 +286,14 @@ def _cut_text(text: str, limit: int = 600) -> str:
 
 
 def _check_size(path: Path, root: yaml.Node | None, study: Study) -> None:
-    """A study implying more trials than search.trial_limit is refused before any is built."""
-    n, limit = study.n_trials(), study.search.trial_limit
+    """A study implying more trials than trial_limit is refused before any is built."""
+    n, limit = study.n_trials(), study.trial_limit
     if n > limit:
         what = (" x ".join(f"{len(v)} {k}" for k, v in study.space.items() if isinstance(v, list))
                 if study.search.kind == "grid" else f"budget {study.search.budget}")
         raise StudyError(f"{path}{_line(root, ('space',))}: the study implies {n:,} trials ({what} x "
-                         f"{len(study.seeds)} seeds), more than search.trial_limit ({limit:,}); use fewer levels "
-                         "or seeds, or raise search.trial_limit")
+                         f"{len(study.seeds)} seeds), more than trial_limit ({limit:,}); use fewer levels "
+                         "or seeds, or raise trial_limit (a top-level field, or --set trial_limit=N)")
 
 
 def _data_configs(study: Study) -> list[tuple[str, Any]]:
