@@ -19,7 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vaebench.checks import CheckError, check_address, check_device, parse_address
+from vaebench.checks import CheckError, check_address, check_device, check_server, parse_address
 from vaebench.cli import app
 from vaebench.report.command import report_folder
 from vaebench.store import (
@@ -442,6 +442,28 @@ def test_check_address_is_bounded_by_its_timeout():
         server.bind(("127.0.0.1", 0))
         server.listen()
         check_address(f"127.0.0.1:{server.getsockname()[1]}")
+
+
+@pytest.mark.parametrize("command", ["sweep", "status", "report"])
+def test_a_tracking_server_that_does_not_answer(project, command):
+    write(project / "s.yaml", GOOD)
+    url = f"http://127.0.0.1:{_free_port()}"
+    started = time.perf_counter()
+    refused(project.parent.parent, command, str(project / "s.yaml"), "--tracking-uri", url,
+            fragments=(f"tracking server {url}", "nothing answers"))
+    assert time.perf_counter() - started < 15  # MLflow's own client retries for minutes
+
+
+def test_check_server():
+    check_server("sqlite:////nowhere/m.db")  # not a server: nothing to probe
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_server(f"http://127.0.0.1:{server.getsockname()[1]}/prefix")
+
+
+def test_ui_refuses_a_server_uri(project):
+    refused(project.parent.parent, "ui", "--tracking-uri", "http://127.0.0.1:5000", fragments=("open it in a browser",))
 
 
 # ----------------------------------------------------------------------------- where the store lives

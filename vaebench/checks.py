@@ -1,5 +1,6 @@
 """Checks of what a sweep needs from the machine, made before Ray starts or anything is
-written: the Ray address answers, and the device a study asks for exists.
+written: the Ray address and an MLflow server answer (a TCP connect with a timeout), and
+the device a study asks for exists.
 
 Each raises CheckError with a message that names the value and what is allowed; the
 command line turns it into exit 2.
@@ -11,6 +12,7 @@ import re
 import socket
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from vaebench.store import short
 
@@ -45,16 +47,34 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     if target is None:
         return
     host, port = target
+    why = _connect(host, port, timeout)
+    if why is not None:
+        raise CheckError(f"--address {address}: cannot reach a Ray cluster there ({why}); start one with "
+                         f"`ray start --head --port={port}` on {host}, or leave out --address to start a local Ray")
+
+
+def _connect(host: str, port: int, timeout: float) -> str | None:
+    """None when something at host:port accepts a TCP connection within ``timeout``, else why not."""
     started = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            pass
+            return None
     except OSError as e:
-        waited = time.monotonic() - started
         why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise CheckError(f"--address {address}: cannot reach a Ray cluster there ({why}, after {waited:.1f} s); "
-                         f"start one with `ray start --head --port={port}` on {host}, or leave out --address "
-                         "to start a local Ray") from None
+        return f"{why}, after {time.monotonic() - started:.1f} s"
+
+
+def check_server(uri: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """An http(s) tracking URI names a host that accepts a connection: MLflow's client would
+    otherwise retry a dead server for minutes, after Ray has started. Other URIs pass."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    why = _connect(parts.hostname, port, timeout)
+    if why is not None:
+        raise CheckError(f"tracking server {uri}: nothing answers at {parts.hostname}:{port} ({why}); start "
+                         "`mlflow server` there, or give another --tracking-uri")
 
 
 def requested_devices(study: Study) -> set[str]:

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from vaebench.checks import CheckError, check_address, check_device
+from vaebench.checks import CheckError, check_address, check_device, check_server
 from vaebench.console import err, fail, out, say
 from vaebench.reproduce import REPRODUCTIONS
 from vaebench.store import (
@@ -71,6 +71,7 @@ def sweep(
     uri = _tracking_uri(tracking_uri, path)
     try:
         check_writable(uri)
+        check_server(uri)
         if storage is not None:
             storage = check_storage(storage)
         elif study.search.kind != "grid":
@@ -142,7 +143,8 @@ def status(study: str = typer.Argument(..., help="study YAML file or study NAME"
     uri = _tracking_uri(tracking_uri, path if path.is_file() else None)
     try:
         check_readable(uri)
-    except StoreError as e:
+        check_server(uri)
+    except (StoreError, CheckError) as e:
         fail(str(e))
     say(f"store: {uri}")
     record = Record(uri, name)
@@ -170,6 +172,8 @@ def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose
     if path is not None and not path.is_file():
         fail(f"{path}: no such study file")
     uri = _tracking_uri(tracking_uri, path)
+    if uri.startswith(("http://", "https://")):
+        fail(f"the store is the MLflow server {uri}: open it in a browser (`vaebench ui` serves a database store)")
     try:
         check_readable(uri)
     except StoreError as e:
@@ -202,6 +206,7 @@ def reproduce(
     uri = _tracking_uri(tracking_uri, study_file)
     try:
         check_writable(uri)
+        check_server(uri)
         if address is not None:
             check_address(address)
     except (StoreError, CheckError) as e:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from vaebench.checks import CheckError, check_server
 from vaebench.console import fail
 from vaebench.store import (
     STORAGE_HELP,
@@ -92,9 +93,10 @@ def report(
     try:
         uri = resolve_tracking_uri(tracking_uri, project)
         check_readable(uri)
+        check_server(uri)
         storage = check_storage(storage) if storage is not None else default_storage(project, name)
         target = out or report_folder(name, project_root(project))
-    except StoreError as e:
+    except (StoreError, CheckError) as e:
         fail(str(e))
     err.print(f"store: {uri}", markup=False)
     try:
