@@ -30,7 +30,7 @@ was still learning (collapse.yaml, latent 32, beta 2: see studies/collapse.yaml)
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
