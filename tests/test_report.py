@@ -268,7 +268,10 @@ def test_client_path_reads_the_same(store, monkeypatch):
 
     t_sql = trials_frame("broken", store["uri"])
     h_sql = histories_frame("broken", store["uri"], metrics=["val/elbo", "train/loss"], trials=t_sql)
-    monkeypatch.setattr(results, "_sql_store", lambda client: None)
+
+    def no_sql(uri):
+        raise ValueError("as for a tracking server")
+    monkeypatch.setattr(results.SqlHistories, "open", no_sql)
     t_api = trials_frame("broken", store["uri"])
     h_api = histories_frame("broken", store["uri"], metrics=["val/elbo", "train/loss"], trials=t_api)
     pd.testing.assert_frame_equal(t_sql, t_api)
