@@ -80,3 +80,21 @@ def test_a_trial_cut_short_is_still_moving():
     assert final["conv/still_moving"] == 1
     assert final["conv/elbo_rel_change"] > ELBO_TOL  # improving, not noise: the ELBO climbs ~1 nat an epoch here
     assert all("conv/still_moving" not in r.metrics for r in reports[:-1])  # only the final epoch has them
+
+
+def test_reconstructions_png_is_large_with_labelled_rows(tmp_path):
+    """trial.image_grid: 8x8 digits upscaled to 64 px, three rows with their labels drawn left."""
+    import io
+
+    from PIL import Image
+
+    from vaebench.data import load_data
+    from vaebench.trial import image_grid
+
+    cfg = digits_config(1)
+    *_, last = train(cfg)
+    img = Image.open(io.BytesIO(image_grid(last.model, load_data(cfg.data, cfg.data_seed)))).convert("L")
+    assert img.width >= 8 * 64 and img.height >= 3 * 64
+    label = img.crop((0, 0, img.width - 8 * 68 - 4, img.height))  # the label column
+    assert label.width > 40 and min(label.getdata()) < 100  # dark text on white
+    (tmp_path / "grid.png").write_bytes(image_grid(last.model, load_data(cfg.data, cfg.data_seed)))

@@ -1,6 +1,5 @@
-"""The ``vaebench`` command line (Typer). Exit codes (DESIGN.md): 0 every trial ended
-(completed, diverged or pruned), 1 some trial failed, 2 bad input (nothing written),
-130 interrupted."""
+"""The ``vaebench`` command line (Typer). Exit codes: 0 every trial ended (completed,
+diverged or pruned), 1 some trial failed, 2 bad input (nothing written), 130 interrupted."""
 
 from __future__ import annotations
 
@@ -18,7 +17,9 @@ from rich.text import Text
 from vaebench.study import StudyError, expand, load_study, resolve_path
 from vaebench.tracking import DEFAULT_TRACKING_URI, STATE, Record, resolve_tracking_uri, store_missing
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0] if __doc__ else None)
+HELP = ("Sweeps and ablation studies of VAEs: run a study file's trials on Ray, record them in MLflow, render the "
+        "report. Exit codes: 0 every trial ended, 1 some trial failed, 2 bad input, 130 interrupted.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)  # plain help: flags without <bool>
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # error text is never wrapped mid-word
 
@@ -90,8 +91,8 @@ def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAM
 
 
 @app.command()
-def status(study: str = typer.Argument(..., help="study YAML file or study NAME"),
-           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP)) -> None:
+def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML file or study NAME"),
+           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP)) -> None:
     """Trials of the current study record by state, whether it is complete, and the best point."""
     from vaebench.progress import best_point
     from vaebench.tracking import FINAL_STATES
