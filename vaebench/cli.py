@@ -121,7 +121,7 @@ def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML fi
     else:
         word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
             parent.info.status, "")
-    out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}  ({record.uri})", highlight=False)
+    out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}  ({record.uri})", highlight=False, soft_wrap=True)
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
     done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
     flagged = [r for r in done if "conv/still_moving" in r.data.metrics]
@@ -134,7 +134,8 @@ def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML fi
                        for r in done), metric, direction)
     if best is not None:
         r = next(r for r in done if r.data.tags.get("vaebench.point_key", r.info.run_id) == best.point)
-        out.print(f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}", highlight=False, markup=False)
+        out.print(f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}", highlight=False, markup=False,
+                  soft_wrap=True)
 
 
 def planned_trials(st) -> int:
@@ -153,12 +154,21 @@ def _study_of_record(record: Record, parent_id: str):
 
     from vaebench.study import Study
 
+    import os
+
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bar in status's output
     try:
         with tempfile.TemporaryDirectory() as tmp:
             p = record.client.download_artifacts(parent_id, "study.yaml", tmp)
             return Study.model_validate(yaml.safe_load(Path(p).read_text()))
     except Exception:  # an old or foreign record: status without the planned total
         return None
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 @app.command()

@@ -214,11 +214,11 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
 # ------------------------------------------------------------------------- the folder
 
 CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 .meta{color:#555;font-size:.9em}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em}
-figure{margin:1em 0}figure img{max-width:100%;height:auto}figcaption{color:#444;font-size:.9em;margin-top:.3em}
+figure{margin:1em 0}figure img{max-width:min(100%,980px);height:auto}figcaption{color:#444;font-size:.9em;margin-top:.3em}
 table{border-collapse:collapse;font-size:.8em;margin:.6em 0}th,td{padding:.25em .5em;border-bottom:1px solid #e5e5e5;
 text-align:left;white-space:nowrap;background:#fff}th{border-bottom:2px solid #999;white-space:normal}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.baseline td{background:#f3f7ff}
@@ -408,9 +408,16 @@ def _convergence_text(trials: pd.DataFrame) -> str | None:
         factors = F.varied(trials)
         keys, order = F.point_keys(moving, factors)
         counts = keys.value_counts()
-        text += (" Their rows carry a † in the table: their numbers compare training lengths as much as settings. "
-                 "Configurations: " + "; ".join(
-                     f"{F.config_label(k, [F.name_of(trials, f) for f in factors])} ({counts[k]})" for k in order) + ".")
+        text += " Their rows carry a † in the table: their numbers compare training lengths as much as settings. "
+        if len(order) <= 6:
+            text += "Configurations: " + "; ".join(
+                f"{F.config_label(k, [F.name_of(trials, f) for f in factors])} ({counts[k]})" for k in order) + "."
+        else:  # many: by factor level, as a share of that level's completed trials
+            text += "Still moving, by level: " + "; ".join(
+                F.name_of(trials, f) + " " + ", ".join(
+                    f"{F.fmt_level(v)}: {int((moving[f].map(F.hashable) == F.hashable(v)).sum())}/"
+                    f"{int((done[f].map(F.hashable) == F.hashable(v)).sum())}" for v in F.levels(done[f]))
+                for f in factors) + "."
     return text
 
 
