@@ -7,7 +7,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from vaebench.mlflow_view import EXPERIMENT_KIND, TRAINING, experiment_tags, show_as_training
+from vaebench.mlflow_view import (
+    EXPERIMENT_KIND,
+    TRAINING,
+    experiment_tags,
+    show_as_training,
+)
 
 
 def test_tag_is_stored(tmp_path):

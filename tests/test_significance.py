@@ -9,7 +9,13 @@ import pytest
 from scipy import stats
 
 from vaebench.report.significance import difference
-from vaebench.report.tables import METRICS, ablation_table, cell, marginal_table, to_markdown
+from vaebench.report.tables import (
+    METRICS,
+    ablation_table,
+    cell,
+    marginal_table,
+    to_markdown,
+)
 
 SEEDS = list(range(10))
 

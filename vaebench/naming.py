@@ -19,7 +19,7 @@ from typing import Any
 MAX_LEN = 20
 
 
-def _num(v: float | int) -> str:
+def _num(v: float) -> str:
     if isinstance(v, bool):
         return str(v)
     if isinstance(v, int):

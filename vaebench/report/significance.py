@@ -18,8 +18,8 @@ With fewer than two values on a side there is no interval and no mark. With no s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

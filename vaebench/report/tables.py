@@ -166,7 +166,8 @@ def ablation_table(trials: pd.DataFrame, group_by: Sequence[str], baseline: dict
         for m in metrics:
             diffs = [difference(values.get((i, m.key), []), values.get((b, m.key), [])) if b is not None and i != b
                      else None for i, b in enumerate(base_of)]
-            table[f"{m.key} delta"] = [d.delta if d else math.nan for d in diffs]
+            table[f"{m.key} delta"] = [d.delta if d else 0.0 if i == b else math.nan  # a baseline row: 0
+                                       for d, i, b in zip(diffs, range(len(diffs)), base_of)]
             table[f"{m.key} delta_lo"] = [d.lo if d else math.nan for d in diffs]
             table[f"{m.key} delta_hi"] = [d.hi if d else math.nan for d in diffs]
             table[f"{m.key} delta_test"] = [d.test if d else "" for d in diffs]
