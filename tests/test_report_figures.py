@@ -73,7 +73,7 @@ def test_bands_are_over_seeds_and_never_below_zero(store):
     assert len(banded) and (banded["n"] == 2).all() and (banded["lo"] >= 0).all()
     assert ((banded["lo"] <= banded["mean"]) & (banded["mean"] <= banded["hi"])).all()
     cur = figs["training_curves"].plotted
-    assert cur.pooled == ["objective.anneal", "objective.free_bits"] and cur.data["lo"].isna().all()  # pooled: no band
+    assert cur.pooled == ["objective.anneal"] and cur.data["lo"].isna().all()  # pooled: no band
     # with nothing pooled (curves by beta over a study of beta x latent only) the band is the seeds' min-max
     sub = trials[(trials["objective.anneal"] == "none") & (trials["objective.free_bits"] == 0)]
     from vaebench.results import histories_frame

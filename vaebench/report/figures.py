@@ -506,9 +506,10 @@ def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None, epsilon: fl
 
 
 def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = None,
-                    metrics: dict[str, str] | None = None) -> Figure:
+                    metrics: dict[str, str] | None = None, style: str | None = None) -> Figure:
     """val/elbo, val/kl and active units (rows) against epoch, one column per level of factor
-    ``col`` (the latent size), one line per level of factor ``by`` (beta): the mean over the
+    ``col`` (the latent size), one colour per level of factor ``by`` (beta) and one line style
+    per level of ``style`` (free bits); each line is the mean over the
     completed trials of the line. When each line is one configuration, its band is the seeds'
     min-max; when the line pools other factors (named in the title) it has no band, since
     its spread would mix settings with seeds. ``histories`` is a histories_frame."""
@@ -518,7 +519,8 @@ def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = N
     if not present:
         raise FigureSkipped(f"no completed trial logged {', '.join(metrics)}")
     col = col if col and col != by else None
-    shown = [f for f in (by, col) if f]
+    style = style if style and style not in (by, col) else None
+    shown = [f for f in (by, col, style) if f]
     pooled = [f for f in varied(histories) if f not in shown]
     if by and len(levels(data[by])) > 10 and pd.api.types.is_numeric_dtype(data[by]):  # a search range: bins
         data["_line"] = _binned(data[by])
@@ -532,12 +534,17 @@ def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = N
         data["_col"], col_order = _categorical(data, col)
     else:
         data["_col"], col_order = "", [""]
+    if style:
+        data["_style"], style_order = _categorical(data, style)
+    else:
+        data["_style"], style_order = "", [""]
     data["value"] = data["value"].astype(float)
-    summary = seed_summary(data.rename(columns={"value": "_v"}), ["metric", "_col", "_line", "epoch"], "_v")
+    summary = seed_summary(data.rename(columns={"value": "_v"}), ["metric", "_col", "_line", "_style", "epoch"], "_v")
     if pooled:
         summary[["lo", "hi"]] = math.nan
     colours = dict(zip(order, sns.color_palette("viridis", len(order)) if by else ["C0"]))
-    title = ("Training curves" + (f": one line per {name_of(histories, by)}" if by else "")
+    title = ("Training curves" + (f": colour {name_of(histories, by)}" if by else "")
+             + (f", line style {name_of(histories, style)}" if style else "")
              + (f", columns {name_of(histories, col)}" if col else "")
              + ("\nmean over seeds" + (f", {pooled_phrase(histories, pooled)} (no band)" if pooled
                                         else ", band: seeds' min–max")))
@@ -549,13 +556,14 @@ def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = N
                 ax = axes[r, c]
                 part = summary[(summary["metric"] == m) & (summary["_col"] == cv)]
                 for lev in order:
-                    a = part[part["_line"] == lev].sort_values("epoch")
-                    if a.empty:
-                        continue
-                    ax.plot(a["epoch"], a["mean"], color=colours[lev], lw=1.4, label=lev)
-                    b = a.dropna(subset=["lo"])
-                    if not b.empty:
-                        ax.fill_between(b["epoch"], b["lo"], b["hi"], color=colours[lev], alpha=0.15, lw=0)
+                    for k, sv in enumerate(style_order):
+                        a = part[(part["_line"] == lev) & (part["_style"] == sv)].sort_values("epoch")
+                        if a.empty:
+                            continue
+                        ax.plot(a["epoch"], a["mean"], color=colours[lev], lw=1.4, ls=LINESTYLES[k % 4])
+                        b = a.dropna(subset=["lo"])
+                        if not b.empty:
+                            ax.fill_between(b["epoch"], b["lo"], b["hi"], color=colours[lev], alpha=0.15, lw=0)
                 if m == "val/active_units":  # a count: integer ticks from 0 (the row shares its y axis)
                     top = summary.loc[summary["metric"] == m, ["mean", "hi"]].max().max()
                     ax.set_ylim(0, max(1.0, float(top)) * 1.08)
@@ -568,13 +576,19 @@ def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = N
                     ax.set_xlabel("epoch")
                 ax.xaxis.get_major_locator().set_params(integer=True)
                 ax.tick_params(labelsize=7)
+        handles, labels = [], []
         if by:
-            handles = [Line2D([], [], color=colours[lev], lw=1.6) for lev in order]
-            width = max(len(str(lev)) for lev in order) + 6  # characters per entry
-            fig.legend(handles, order, title=name_of(histories, by), loc="outside lower center",
-                       ncol=max(1, min(len(order), 72 // width)), frameon=False, fontsize=8)
+            handles += [Line2D([], [], color=colours[lev], lw=1.6) for lev in order]
+            labels += [f"{name_of(histories, by)} = {lev}" for lev in order]
+        if style:
+            handles += [Line2D([], [], color="0.3", lw=1.4, ls=LINESTYLES[k % 4]) for k in range(len(style_order))]
+            labels += [f"{name_of(histories, style)} = {sv}" for sv in style_order]
+        if handles:
+            width = max(len(lab) for lab in labels) + 6  # characters per entry
+            fig.legend(handles, labels, loc="outside lower center",
+                       ncol=max(1, min(len(labels), 90 // width)), frameon=False, fontsize=8)
         fig.suptitle(title, fontsize=9)
-    summary = summary.rename(columns={"_line": by or "line", "_col": col or "column"})
+    summary = summary.rename(columns={"_line": by or "line", "_col": col or "column", "_style": style or "style"})
     return attach(fig, summary, shown, pooled, title)
 
 

@@ -179,18 +179,20 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
 
     by = curves_by or (beta if beta in group_by else None) or (group_by[0] if group_by else None)
     curve_col = latent if latent and latent != by else next((f for f in varied if f != by), None)
+    curve_style = next((f for f in (fb, anneal) if f and f not in (by, curve_col)), None)
 
     def curves():
         h = histories
         if h is None:
             h = histories_frame(trials.attrs["study"], metrics=list(F.CURVE_METRICS),
                                 trials=trials[trials["state"] == "completed"])
-        return F.training_curves(h, by, col=curve_col)
-    curve_pooled = [f for f in varied if f not in (by, curve_col)]
+        return F.training_curves(h, by, col=curve_col, style=curve_style)
+    curve_pooled = [f for f in varied if f not in (by, curve_col, curve_style)]
     out.append(_draw(
         "training_curves", "Training curves",
         "Held-out ELBO, KL (nats) and active units after each epoch"
-        + (f", one line per level of {F.name_of(trials, by)}" if by else "")
+        + (f", one colour per level of {F.name_of(trials, by)}" if by else "")
+        + (f", one line style per level of {F.name_of(trials, curve_style)}" if curve_style else "")
         + (f", one column per level of {F.name_of(trials, curve_col)}" if curve_col else "")
         + ": the mean over the completed trials of the line"
         + (f", pooled over {', '.join(F.name_of(trials, f) for f in curve_pooled)} (no band: it would mix those "
