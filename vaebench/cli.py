@@ -36,7 +36,7 @@ from vaebench.store import (
 from vaebench.study import Study, StudyError, load_study, resolve_path
 
 HELP = "Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)  # plain help: flags without <bool>
 
 
 def _load(study_file: str, overrides: list[str] | None = None) -> tuple[Path, Study]:
@@ -132,14 +132,16 @@ def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAM
 
 
 @app.command()
-def status(study: str = typer.Argument(..., help="study YAML file or study NAME"),
-           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP)) -> None:
-    """Trials of the current study record by state, and the best so far."""
-    from vaebench.tracking import STATE, Record
+def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML file or study NAME"),
+           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP)) -> None:
+    """Trials of the current study record by state, whether it is complete, and the best point."""
+    from vaebench.progress import best_point
+    from vaebench.tracking import FINAL_STATES, STATE, Record
 
-    name, path = study, resolve_path(study)
+    name, st, path = study, None, resolve_path(study)
     if path.is_file():
-        name = _load(study)[1].name
+        st = _load(study)[1]
+        name = st.name
     uri = _tracking_uri(tracking_uri, path if path.is_file() else None)
     try:
         check_readable(uri)
@@ -151,14 +153,55 @@ def status(study: str = typer.Argument(..., help="study YAML file or study NAME"
     parent = record.parent_run()
     if parent is None:
         fail(f"no study record named {name!r} in {record.uri}")
+    st = st or _study_of_record(record, parent.info.run_id)
     runs = record.trial_runs(parent.info.run_id)
     counts = Counter(r.data.tags.get(STATE, "unknown") for r in runs)
-    out.print(Text(f"{name}  record {parent.info.run_id}  status {parent.info.status}  ({record.uri})", style="bold"))
-    out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet")
-    done = [r for r in runs if r.data.tags.get(STATE) == "completed" and "val/elbo" in r.data.metrics]
-    if done:
-        best = max(done, key=lambda r: r.data.metrics["val/elbo"])
-        out.print(f"best val/elbo {best.data.metrics['val/elbo']:.4f}: {best.info.run_name}")
+    ended = sum(counts[s] for s in FINAL_STATES)
+    total = st.n_trials() if st is not None else None
+    if total is None:
+        word = parent.info.status.lower()
+    elif ended >= total:
+        word = f"complete ({ended} of {total})"
+    else:
+        word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
+            parent.info.status, "")
+    out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}", highlight=False, soft_wrap=True)
+    out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
+    done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
+    flagged = [r for r in done if "conv/still_moving" in r.data.metrics]
+    if flagged:
+        moving = sum(r.data.metrics["conv/still_moving"] == 1 for r in flagged)
+        out.print(f"still moving at the last epoch: {moving} of {len(flagged)} completed trials (conv/still_moving)",
+                  highlight=False)
+    metric, direction = next(iter(st.search.objectives.items())) if st is not None else ("val/elbo", "max")
+    best = best_point(((r.data.tags.get("vaebench.point_key", r.info.run_id), "completed", r.data.metrics)
+                       for r in done), metric, direction)
+    if best is not None:
+        r = next(r for r in done if r.data.tags.get("vaebench.point_key", r.info.run_id) == best.point)
+        out.print(f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}", highlight=False, markup=False,
+                  soft_wrap=True)
+
+
+def _study_of_record(record, parent_id: str) -> Study | None:
+    """The study definition the driver logged with the record (study.yaml), or None."""
+    import os
+    import tempfile
+
+    import yaml
+
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bar in status's output
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = record.client.download_artifacts(parent_id, "study.yaml", tmp)
+            return Study.model_validate(yaml.safe_load(Path(p).read_text()))
+    except Exception:  # an old or foreign record: status without the planned total
+        return None
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 @app.command()

@@ -215,8 +215,20 @@ class TrialConfig(Section):
     data_seed: int = 0  # data generation and the train/val split, shared by all seeds
 
     def flat(self) -> dict[str, Any]:
-        """The config as {dotted.path: value}, the form MLflow params take."""
+        """The config as {dotted.path: value}, every setting (the config hash's input)."""
         return flatten(self.model_dump(mode="json"))
+
+    def params(self) -> dict[str, Any]:
+        """The settings that apply to this trial, as {dotted.path: value}: what a run logs as its
+        params. ``flat()`` less the other model kinds' settings (``model.hidden`` is the MLP's,
+        ``model.channels`` the conv's) and ``model.sigma`` unless the likelihood is the fixed-sigma
+        Gaussian. The config hash still covers every setting (``config_hash``)."""
+        out = self.flat()
+        m = self.model
+        unused = {"mlp": ["model.channels"], "conv": ["model.hidden"], "linear": ["model.hidden", "model.channels"]}
+        for key in unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"]):
+            out.pop(key, None)
+        return out
 
     def config_hash(self) -> str:
         """Stable hash of the full config (seed included): a trial's identity on resume."""

@@ -319,7 +319,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     r.name: r for r in (
         Reproduction(
             "linear_collapse", "linear_collapse.yaml",
-            "The linear VAE on probabilistic-PCA data reaches the closed-form optimum of REFERENCE.md "
+            "The linear VAE on probabilistic-PCA data reaches its closed-form optimum "
             "(Lucas et al. 2019, 'Don't blame the ELBO!'; Tipping & Bishop 1999): with s = beta sigma^2 the "
             "i-th latent carries KL_i = max(0, 0.5 ln(lambda_i / s)) nats, is active iff lambda_i > s / 0.99 "
             "and collapses iff lambda_i <= s. Eigenvalues 5, 2, 0.8, 0.3, 0.1, sigma^2 = 0.5, 4 latents, "

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from vaebench.config import TrialConfig
+from vaebench.convergence import KEYS as CONVERGENCE_KEYS, convergence
 from vaebench.data import Dataset, load_data
 from vaebench.metrics import evaluate
 from vaebench.models import VAE, build_model, reparameterise
@@ -69,7 +70,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
 
     The objective is REFERENCE.md's ``distortion + beta * a_t * regulariser`` with one
     reparameterised sample per example; validation metrics (``vaebench.metrics``) are
-    computed every ``metrics.every`` epochs and at the last. Same config on CPU, same
+    computed every ``metrics.every`` epochs and at the last; the last epoch's metrics also hold
+    ``conv/*``, whether the trial was still moving (``vaebench.convergence``). Same config on CPU, same
     numbers: model init, minibatch order and noise all derive from ``cfg.seed``.
     """
     configure_torch(cfg.train.threads)
@@ -86,6 +88,7 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     n, bs, epochs = x_train.shape[0], cfg.train.batch_size, cfg.train.epochs
     T = epochs * math.ceil(n / bs)  # total optimiser steps, for the schedules
     t = 0
+    history: dict[str, list[tuple[int, float]]] = {k: [] for k in CONVERGENCE_KEYS}  # for convergence()
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         terms, sizes = [], []  # per-step values kept on device and reduced once: no per-step sync
@@ -121,4 +124,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
             # the same evaluation noise for every trial (common random numbers across seeds)
             eval_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
             metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise).items()})
+            for k in CONVERGENCE_KEYS:
+                history[k].append((epoch, metrics[k]))
+        if epoch == epochs:  # still moving at the end? (conv/* metrics, recorded with the last epoch's)
+            metrics.update(convergence(history, epochs))
         yield EpochReport(epoch, metrics, "completed" if epoch == epochs else "running", model)

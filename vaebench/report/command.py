@@ -48,25 +48,27 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def report(
-    study: str = typer.Argument(..., help="study YAML file, NAME for studies/NAME.yaml, or the name of a study "
+    study: str = typer.Argument(..., metavar="STUDY", help="study YAML file, NAME for studies/NAME.yaml, or the name of a study "
                                           "in the tracking store"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default PROJECT/reports/NAME, PROJECT being "
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="output folder (default PROJECT/reports/NAME, PROJECT being "
                                                            "the folder above the study's studies/ folder, else the "
                                                            "current folder)"),
     group_by: Optional[list[str]] = typer.Option(
-        None, "--group-by", help="factor of the ablation table's rows, by path or short name (objective.beta or "
+        None, "--group-by", metavar="FACTOR", help="factor of the ablation table's rows, by path or short name (objective.beta or "
                                  "beta); repeatable or comma-separated (default: every factor of the study)"),
     baseline: Optional[list[str]] = typer.Option(
-        None, "--baseline", help="dotted.path=value: the baseline level of a grouping factor; cells show their "
-                                 "difference to the baseline row (repeatable)"),
-    format: str = typer.Option("md,html,tex,csv", "--format", help="outputs, comma-separated: md (report.md), "
+        None, "--baseline", metavar="PATH=VALUE", help="dotted.path=value: the baseline level of a grouping factor; cells show their "
+                                 "difference to the baseline row with its 95% confidence interval over seeds "
+                                 "(repeatable)"),
+    format: str = typer.Option("md,html,tex,csv", "--format", metavar="FORMATS", help="outputs, comma-separated: md (report.md), "
                                                                    "html (index.html), tex, csv"),
     collapse_axes: Optional[str] = typer.Option(
-        None, "--collapse-axes", help="one or two factors X,Y of the collapse map (default beta,free_bits)"),
-    curves_by: Optional[str] = typer.Option(None, "--curves-by",
-                                            help="factor of the training curves' lines (default beta)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+        None, "--collapse-axes", metavar="X[,Y]", help="one or two factors X,Y of the collapse map (default beta,free_bits)"),
+    curves_by: Optional[str] = typer.Option(None, "--curves-by", metavar="FACTOR",
+                                            help="factor of the training curves' lines (default beta); their columns are the "
+                                                 "latent sizes (or the next factor)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help=STORAGE_HELP),
     log: bool = typer.Option(True, "--log/--no-log", help="also log the report as artifacts (report/) of the "
                                                           "study's parent run in MLflow"),
 ) -> None:
