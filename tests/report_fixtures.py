@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from mlflow.entities import Metric
 
-from vaebench.convergence import KEYS as CONVERGENCE_KEYS, convergence
+from vaebench.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.convergence import convergence
 from vaebench.study import Study, expand
 from vaebench.tracking import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, Record
 

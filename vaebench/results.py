@@ -151,7 +151,7 @@ class SqlHistories:
         self.engine, self.table = engine, table
 
     @classmethod
-    def open(cls, uri: str) -> "SqlHistories":
+    def open(cls, uri: str) -> SqlHistories:
         import sqlalchemy as sa
 
         if uri.split(":", 1)[0].split("+", 1)[0] not in cls.SCHEMES:

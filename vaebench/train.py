@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 
 from vaebench.config import TrialConfig
-from vaebench.convergence import KEYS as CONVERGENCE_KEYS, convergence
+from vaebench.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.convergence import convergence
 from vaebench.data import Dataset, load_data
 from vaebench.metrics import evaluate
 from vaebench.models import VAE, build_model, reparameterise
