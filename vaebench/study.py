@@ -45,7 +45,9 @@ STUDY_DIR = Path("studies")
 # metrics a search may optimise (vaebench.metrics / vaebench.train), and val/kl_dim/NN
 OBJECTIVE_METRICS = tuple(f"val/{m}" for m in (
     "elbo", "recon", "kl", "active_units", "mi", "iw_nll", "collapsed_dims", "collapsed_fraction",
-    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
+    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser")) + tuple(
+    f"val/dis/{m}" for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
+                             "dci_informativeness", "sap", "modularity"))
 DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
 
 
@@ -207,9 +209,22 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         study = Study.model_validate(raw)
     except ValidationError as e:
         raise StudyError(_format_errors(path, root, e)) from None
+    _check_factors(path, root, study)
     _check_space(path, root, study)
     _check_data_files(path, root, study)
     return study
+
+
+def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """Disentanglement metrics need data whose generative factors are known."""
+    from vaebench.data import FACTOR_KINDS
+
+    if study.metrics.disentanglement and study.data.kind not in FACTOR_KINDS:
+        raise StudyError(
+            f"{path}{_line(root, ('metrics', 'disentanglement'))}: metrics.disentanglement: "
+            f"{', '.join(study.metrics.disentanglement)} need data with known generative factors, and data.kind "
+            f"{study.data.kind!r} has none; allowed with data.kind: {', '.join(FACTOR_KINDS)} (otherwise leave "
+            f"metrics.disentanglement empty)")
 
 
 def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:
