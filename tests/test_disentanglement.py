@@ -5,6 +5,7 @@ and the ground-truth-factor interface of procedural dSprites."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -38,9 +39,9 @@ def constant(x):
     return np.zeros(x.shape)
 
 
-def noise(x):  # a deterministic function of each observation, independent of the factors' values
-    return np.stack([np.random.default_rng(abs(hash(r.tobytes())) % 2**32).normal(size=x.shape[1])
-                     for r in x.numpy()])
+def noise(x):  # a fixed function of each observation (a stable hash seeds it), independent of the factors' values
+    return np.stack([np.random.default_rng(int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
+                                                          "little")).normal(size=x.shape[1]) for r in x.numpy()])
 
 
 def duplicated(x):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from vaebench.report import disentanglement as D
 from vaebench.report import figures as F
 from vaebench.report import tables as T
 from vaebench.results import ReportError, histories_frame, resolve_factor
@@ -161,6 +162,7 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
         + (f", one line per level of {F.name_of(trials, by)}" if by else "")
         + ": mean over the completed trials of that level, band ±1 std.", curves))
 
+    out += [_draw(*spec) for spec in D.figure_specs(trials)]  # val/dis metrics, traversals (if recorded)
     if trials.attrs.get("search", "grid") != "grid":
         names = list(objective_names or [])
 
@@ -248,7 +250,7 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     else:
         base = T.parse_baseline(list(baseline or []), trials, group_by)
 
-    table = T.ablation_table(trials, group_by, base)
+    table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
     figs = [] if not {"md", "html"} & set(formats) else make_figures(
         trials, group_by, curves_by=curves_by, collapse_axes=collapse_axes, histories=histories,
         optuna_storage=optuna_storage, objective_names=objective_names)
