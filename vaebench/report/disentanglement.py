@@ -70,7 +70,7 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
         fig = Figure(figsize=(WIDTH, 2.2 * rows + 0.6), layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         palette = dict(zip(kinds, sns.color_palette("colorblind", len(kinds))))
-        for ax, key in zip(axes, keys):
+        for i, (ax, key) in enumerate(zip(axes, keys)):
             d = data.dropna(subset=[key])
             sns.lineplot(data=d, x="beta", y=key, hue="objective", hue_order=kinds, palette=palette, ax=ax,
                          marker="o", errorbar="sd", err_kws={"alpha": 0.2}, legend=ax is axes[0])
@@ -84,7 +84,7 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
                 ax.minorticks_off()
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(LABELS[key], fontsize=9)
-            ax.set_xlabel(name_of(trials, beta) if ax in axes[-cols:] else "")
+            ax.set_xlabel(name_of(trials, beta) if i + cols >= len(keys) else "")  # no panel below it
             ax.set_ylabel("")
         for ax in axes[len(keys):]:
             ax.set_visible(False)
