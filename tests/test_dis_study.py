@@ -24,7 +24,7 @@ KEYS = ["beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completenes
 
 def cli(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=600, env=env, check=False)
 
 
 def test_metrics_on_digits_are_a_bad_input(tmp_path):

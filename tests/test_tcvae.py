@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from vaebench.config import ObjectiveConfig, TrialConfig
-from vaebench.objectives import kl_per_dim, log_importance_weights, objective, tc_decomposition
+from vaebench.objectives import (
+    kl_per_dim,
+    log_importance_weights,
+    objective,
+    tc_decomposition,
+)
 from vaebench.train import train
 
 

@@ -31,8 +31,9 @@ far the default moves the scores from the publish preset on a trained model.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -405,7 +406,7 @@ def evaluate_model(model: torch.nn.Module, data: GroundTruth, names: list[str] |
         model.train(was_training)
 
 
-def evaluate_trial(model: torch.nn.Module, cfg: "TrialConfig") -> dict[str, float]:
+def evaluate_trial(model: torch.nn.Module, cfg: TrialConfig) -> dict[str, float]:
     """The metrics ``cfg.metrics.disentanglement`` of a trial's model on its data's factors (the
     training loop's one call; names without the ``val/dis/`` prefix)."""
     from vaebench.data import ground_truth

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import io
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from vaebench.report.figures import WIDTH, FigureSkipped, _log_scale, _style, completed, levels, name_of
+from vaebench.report.figures import (
+    WIDTH,
+    FigureSkipped,
+    _log_scale,
+    _style,
+    completed,
+    levels,
+    name_of,
+)
 from vaebench.report.tables import TableMetric
 
 BETA, KIND = "objective.beta", "objective.kind"
@@ -114,7 +123,7 @@ def traversal_figure(trials: pd.DataFrame, which: str, key: str = "val/dis/mig")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = MlflowClient(tracking_uri=uri).download_artifacts(row["run_id"], "traversals.png", tmp)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (MlflowException or OSError, by store: a note, never a crash)
             raise FigureSkipped(f"run {row['run_name']} has no traversals.png artifact ({type(e).__name__})") from None
         with open(path, "rb") as f:
             img = imread(io.BytesIO(f.read()), format="png")
@@ -145,8 +154,8 @@ def figure_specs(trials: pd.DataFrame) -> list[tuple[str, str, str, Callable[[],
            "over seeds with the change over beta (Locatello et al. 2019).",
          lambda: metrics_against_beta(trials, beta)),
         ("traversals_best", "Latent traversals: the best trial by MIG",
-         "Each row one latent dim (sorted by KL; grey: collapsed), decoded from −3 to +3 with the other dims at a "
-         "validation example's posterior mean.", lambda: traversal_figure(trials, "best")),
+         ("Each row one latent dim (sorted by KL; grey: collapsed), decoded from −3 to +3 with the other dims at a "
+          "validation example's posterior mean."), lambda: traversal_figure(trials, "best")),
         ("traversals_worst", "Latent traversals: the worst trial by MIG",
          "As above, for the completed trial with the lowest MIG.", lambda: traversal_figure(trials, "worst")),
     ]
