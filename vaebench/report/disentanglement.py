@@ -91,7 +91,8 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
             if len(ticks) <= 12:
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.minorticks_off()
-            ax.set_ylim(-0.03, 1.03)
+            top = float(d[key].max()) if len(d) else 1.0  # small scores (MIG, SAP) stay readable; 0 stays in view
+            ax.set_ylim(-0.03 * min(1.0, 1.25 * top + 0.02), min(1.03, 1.25 * top + 0.02))
             ax.set_title(LABELS[key], fontsize=9)
             ax.set_xlabel(name_of(trials, beta) if i + cols >= len(keys) else "")  # no panel below it
             ax.set_ylabel("")
