@@ -129,3 +129,16 @@ def test_training_logs_the_terms():
     # the logged regulariser is the weighted sum of the logged terms (epoch means of batch means)
     assert m["train/regulariser"] == pytest.approx(m["train/mi"] + 4 * m["train/tc"] + m["train/dwkl"], rel=1e-5)
     assert m["train/kl_weight"] == 1.0
+
+
+def test_config_hash_unchanged_for_configs_without_the_new_settings():
+    # hashes computed by vaebench before objective.kind/alpha/gamma/tc_estimator and metrics.disentanglement*
+    # existed (main at 4905eb1): records made then are still found on resume
+    assert TrialConfig().config_hash() == "02d58afbd61fcbf1"
+    assert TrialConfig.model_validate({"data": {"kind": "dsprites"}, "objective": {"beta": 4}}).config_hash() \
+        == "62e2de304dc628b2"
+    base = TrialConfig.model_validate({"data": {"kind": "dsprites"}})
+    for change in ({"objective": {"kind": "beta_tcvae"}}, {"objective": {"tc_estimator": "mss"}},
+                   {"metrics": {"disentanglement": ["mig"]}}, {"metrics": {"disentanglement_preset": "publish"}}):
+        other = TrialConfig.model_validate({"data": {"kind": "dsprites"}, **change})
+        assert other.config_hash() != base.config_hash(), change

@@ -252,9 +252,24 @@ class TrialConfig(Section):
         return flatten(self.model_dump(mode="json"))
 
     def config_hash(self) -> str:
-        """Stable hash of the full config (seed included): a trial's identity on resume."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the full config (seed included): a trial's identity on resume. Settings added
+        after records existed are left out while at their defaults, so those records' trials keep
+        their hashes (and are not rerun by a resume or a reproduction)."""
+        d = self.model_dump(mode="json")
+        for (section, key), default in LATER_DEFAULTS.items():
+            if d[section].get(key) == default:
+                del d[section][key]
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: settings added after the first records (beta-TCVAE, disentanglement metrics) with their defaults
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("objective", "kind"): "beta_vae", ("objective", "alpha"): 1.0, ("objective", "gamma"): 1.0,
+    ("objective", "tc_estimator"): "mws", ("metrics", "disentanglement"): [],
+    ("metrics", "disentanglement_every"): None, ("metrics", "disentanglement_preset"): "default",
+    ("metrics", "disentanglement_seed"): 0,
+}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
