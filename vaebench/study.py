@@ -50,7 +50,9 @@ STUDY_DIR = Path("studies")
 # metrics a search may optimise (vaebench.metrics / vaebench.train), and val/kl_dim/NN
 OBJECTIVE_METRICS = tuple(f"val/{m}" for m in (
     "elbo", "recon", "kl", "active_units", "mi", "iw_nll", "collapsed_dims", "collapsed_fraction",
-    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
+    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser")) + tuple(
+    f"val/dis/{m}" for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
+                             "dci_informativeness", "sap", "modularity"))
 DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
 TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
 
@@ -248,6 +250,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, open_data: 
     except ValidationError as e:
         raise StudyError(_format_errors(path, root, e)) from None
     _check_size(path, root, study)
+    _check_factors(path, root, study)
     _check_space(path, root, study)
     _check_data_files(path, root, study)
     if open_data:
@@ -326,6 +329,18 @@ def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
             raise StudyError(f"{path}{line}: {field}: {_cut_text(str(e))}") from None
         except (OSError, ValueError, MemoryError) as e:
             raise StudyError(f"{path}: {field}: cannot read the data ({type(e).__name__}: {_cut_text(str(e))})") from None
+
+
+def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """Disentanglement metrics need data whose generative factors are known."""
+    from vaebench.data import FACTOR_KINDS
+
+    if study.metrics.disentanglement and study.data.kind not in FACTOR_KINDS:
+        raise StudyError(
+            f"{path}{_line(root, ('metrics', 'disentanglement'))}: metrics.disentanglement: "
+            f"{', '.join(study.metrics.disentanglement)} need data with known generative factors, and data.kind "
+            f"{study.data.kind!r} has none; allowed with data.kind: {', '.join(FACTOR_KINDS)} (otherwise leave "
+            f"metrics.disentanglement empty)")
 
 
 def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vaebench.config import TrialConfig
+from vaebench.config import MetricsConfig, TrialConfig
 from vaebench.data import Dataset, load_data
 from vaebench.models import VAE
 from vaebench.train import configure_torch, train
@@ -36,19 +36,24 @@ def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
         assert report is not None
         end: dict[str, Any] = {"kind": "end", "state": report.state, "epoch": report.epoch}
         if report.state == "completed":
-            end["artifacts"] = artifacts(report.model, data)
+            end["artifacts"] = artifacts(report.model, data, cfg.metrics)
         yield end
     except Exception:
         yield {"kind": "end", "state": "failed", "traceback": traceback.format_exc()}
 
 
-def artifacts(model: VAE, data: Dataset) -> dict[str, bytes]:
-    """The final checkpoint, and for image data a grid of reconstructions and samples."""
+def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -> dict[str, bytes]:
+    """The final checkpoint, and for image data a grid of reconstructions and samples and the latent
+    traversals (vaebench.traversals; collapsed dims by ``metrics``' epsilon and delta)."""
+    from vaebench.traversals import traversals_png
+
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     out = {"checkpoint.pt": buf.getvalue()}
     if len(data.meta.shape) == 3:
+        m = metrics or MetricsConfig()
         out["reconstructions.png"] = image_grid(model, data)
+        out["traversals.png"] = traversals_png(model, data.val, epsilon=m.collapse_epsilon, delta=m.collapse_delta)
     return out
 
 

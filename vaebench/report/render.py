@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from vaebench.report import disentanglement as D
 from vaebench.report import figures as F
 from vaebench.report import tables as T
 from vaebench.results import ReportError, histories_frame, resolve_factor
@@ -200,6 +201,7 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
            "settings with the seeds)." if curve_pooled else ", band: the seeds' min–max (none for one seed).")
         + moving, curves))
 
+    out += [_draw(*spec) for spec in D.figure_specs(trials)]  # val/dis metrics, traversals (if recorded)
     if trials.attrs.get("search", "grid") != "grid":
         names = list(objective_names or [])
 
@@ -296,7 +298,7 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     else:
         base = T.parse_baseline(list(baseline or []), trials, group_by)
 
-    table = T.ablation_table(trials, group_by, base)
+    table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
     marginal_factors = F.varied(trials)
     marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
     figs = [] if not {"md", "html"} & set(formats) else make_figures(

@@ -212,8 +212,10 @@ def state_counts(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metrics_of(table: pd.DataFrame) -> list[TableMetric]:
+    from vaebench.report.disentanglement import TABLE_METRICS as DIS  # val/dis columns, when recorded
+
     keys = table.attrs.get("metrics") or [m.key for m in METRICS]
-    return [m for m in METRICS if m.key in keys]
+    return [m for m in METRICS + DIS if m.key in keys]
 
 
 def _num(x: float, d: int, signed: bool = False) -> str:
