@@ -22,8 +22,10 @@ def model_with_a_dead_dim(data):
     model = build_model(ModelConfig(kind="mlp", latent_dim=3, hidden=[32]), data.meta.shape)
     head = model.encoder.head  # rows 0..2: mu, rows 3..5: logvar
     with torch.no_grad():
-        head.weight[1].zero_(); head.bias[1].zero_()
-        head.weight[4].zero_(); head.bias[4].zero_()
+        head.weight[1].zero_()
+        head.bias[1].zero_()
+        head.weight[4].zero_()
+        head.bias[4].zero_()
         head.weight[0] *= 10
         model.decoder.body[0].weight[:, 1].zero_()
     return model

@@ -12,8 +12,6 @@ import math
 
 import torch
 
-LOG_2PI = math.log(2 * math.pi)
-
 from vaebench.config import (
     AnnealConfig,
     CapacityAnneal,
@@ -23,6 +21,8 @@ from vaebench.config import (
     ObjectiveConfig,
     SigmoidAnneal,
 )
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
