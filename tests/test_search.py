@@ -9,7 +9,6 @@ import pytest
 from vaebench.search import CONTINUE, GridSearch, OptunaSearch
 from vaebench.study import Study
 
-
 RANGE = {"objective.beta": {"low": 0.5, "high": 4.0}}  # continuous: the sampler never proposes a point twice
 
 

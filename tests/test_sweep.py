@@ -15,10 +15,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from conftest import free_port, http_ok, stop, wait_for
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import free_port, http_ok, stop, wait_for
 from vaebench.study import expand, load_study
 
 TINY = """\
@@ -418,12 +418,18 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
 
 
 def test_ui_serves_the_store(tmp_path):
+    from vaebench.tracking import Record
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    Record(uri, "served").start_study("d", "name: served\n", {})  # ui refuses a store that does not exist
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "ui", "--port", str(port), "--tracking-uri",
-                             f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             uri], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "vaebench ui", timeout=120)
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served"
+        wait_for(lambda: http_ok(api), "the store's experiment through the ui", timeout=60)  # first call opens the store
     finally:
         stop(proc)
 

@@ -23,7 +23,6 @@ trials already in the study, so a resumed study does not replay its opening poin
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,14 +83,14 @@ class GridSearch:
 
     def __init__(self, study: Study, finals: dict[str, tuple[str, dict[str, float]]]):
         self.study, self.finals = study, finals
-        self.total = math.prod(len(v) for v in study.space.values()) * len(study.seeds)
+        self.total = study.n_trials()  # counted by arithmetic
         self.refused: list[tuple[str, str]] = []
         self.adopted: dict[str, dict[str, str]] = {}
         self._seen = set(finals)
         self._trials = self._iterate()
 
     def _iterate(self) -> Iterator[Planned]:
-        for index, point in enumerate(self.study.grid()):
+        for index, point in enumerate(self.study.iter_grid()):  # lazily: a grid is never held in memory
             for seed in self.study.seeds:
                 spec = TrialSpec(point, seed, self.study.trial_config(point, seed))
                 if spec.config_hash not in self._seen:
@@ -137,7 +136,7 @@ class OptunaSearch:
         self.study, self.storage, self.finals = study, storage, finals
         s = study.search
         self.objectives = list(s.objectives)
-        self.total = s.budget * len(study.seeds)
+        self.total = study.n_trials()
         self.refused: list[tuple[str, str]] = []
         self.adopted: dict[str, dict[str, str]] = {}
         self.points: dict[int, Point] = {}
