@@ -214,10 +214,20 @@ def test_definition_changes_are_listed():
 
 
 def test_equal_configs_run_once(tmp_path):
-    path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0, 1, 2.0]")  # 1.0 and 1: one config
-    s = sweep(path, tmp_path)
+    """Levels 1.0 and 1 give one config: refused by the study schema, or run once."""
+    from vaebench.study import Study, StudyError
+
+    path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0, 1, 2.0]")
+    try:
+        load_study(path)
+    except StudyError as e:
+        assert "objective.beta" in str(e)
+    study = Study.model_validate({"name": "g", "data": {"kind": "ppca", "n_samples": 400}, "seeds": [0],
+                                  "model": {"kind": "mlp", "latent_dim": 2, "hidden": [8], "likelihood": "gaussian"},
+                                  "train": {"epochs": 2}, "space": {"objective.beta": [1.0, 1, 2.0]}})
+    s = run_sweep(study, "name: g\n", opts(tmp_path))  # the search itself never runs a config twice
     assert s.counts == {"completed": 2}
-    check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
+    check_record(tmp_path, "g", {sp.config_hash for sp in expand(study)})
 
 
 # --------------------------------------------------------------------------- interrupts, restarts
