@@ -10,7 +10,7 @@ a fresh random permutation every epoch. No metrics, no logging, no sync per step
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

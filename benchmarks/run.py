@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,7 @@ def loop_process(conn, kind: str, a: dict) -> None:
         vt.configure_torch(threads)  # as run_trial does in a sweep worker, before loading data
     torch.set_num_threads(threads)
     from bare_loop import bare_epochs
+
     from vaebench.config import TrialConfig
     from vaebench.data import Dataset, load_data
     from vaebench.tracking import Record
@@ -701,7 +702,7 @@ class Runner:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group only
                 proc.wait()
-                raise RuntimeError(f"child {name} timed out after {timeout:.0f} s; log: {stem}.log")
+                raise RuntimeError(f"child {name} timed out after {timeout:.0f} s; log: {stem}.log") from None
         if rc != 0 or not Path(f"{stem}.result.json").is_file():
             tail = Path(f"{stem}.log").read_text()[-3000:]
             raise RuntimeError(f"child {name} failed (exit {rc}):\n{tail}")
@@ -904,7 +905,7 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
         res = r.child("record", {"grid": sz.record_grid, "epochs": sz.record_epochs, "data": str(data),
                                  "name": "bench-record", "uri": f"sqlite:///{tmp}", "progress": True},
                       timeout=4 * 3600)
-        res["built"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        res["built"] = datetime.now(UTC).isoformat(timespec="seconds")
         synthetic.CACHE.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp, cached)
         meta_path.write_text(json.dumps(res))
@@ -923,7 +924,7 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
     out["report_how"] = how
     runs = []
     if cmd is not None:
-        for i in range(sz.report_reps):
+        for _ in range(sz.report_reps):
             res = timed_process(cmd, r.work)
             runs.append(res)
             print(f"  [4] {how}: {res['wall_s']:.1f} s, {res['cpu_s']:.1f} s CPU (exit {res['rc']}), "
@@ -1042,7 +1043,7 @@ def render(res: dict) -> str:
         E = s["overhead_epochs"]
         for t, o in ov.items():
             def med(key: str, who: str = "vaebench") -> float:
-                vals = [rep[who].get(key, 0.0) for rep in o["reps"] if who in rep]
+                vals = [rep[who].get(key, 0.0) for rep in o["reps"] if who in rep]  # noqa: B023 (called at once)
                 return statistics.median(vals) / E if vals else math.nan
             sec.append(f"| {t} | {med('train_loop_s'):.3f} | {med('eval_s'):.3f} | {med('log_s'):.3f} | "
                        f"{med('other_s'):.3f} | {med('seconds', 'bare'):.3f} | {med('seconds', 'bare_fused'):.3f} | "
@@ -1062,7 +1063,7 @@ def render(res: dict) -> str:
             for t, runs in fp.items():
                 t_key = t if t in ov else str(t)
                 bare = statistics.median(rep["bare"]["steps_per_s"] for rep in ov[t_key]["reps"]) if t_key in ov else math.nan
-                st = lambda k: stats([x[k] for x in runs])  # noqa: E731
+                st = lambda k: stats([x[k] for x in runs])  # noqa: E731, B023 (called at once)
                 sec.append(f"| {t} | {fmt(st('wall_s'), ' s', digits=1)} | {fmt(st('ray_start_s'), ' s', digits=1)} | "
                            f"{fmt(st('ray_shutdown_s'), ' s', digits=1)} | "
                            f"{fmt(stats([x['trial_run_s'][0] for x in runs]), ' s', digits=1)} | "
@@ -1302,7 +1303,7 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     out = args.out or (synthetic.CACHE / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md")
     work = Path(tempfile.mkdtemp(prefix="vaebench-bench-", dir="/tmp"))
-    started, t0 = datetime.now(timezone.utc), perf()
+    started, t0 = datetime.now(UTC), perf()
     res: dict[str, Any] = {"quick": args.quick, "date": started.strftime("%Y-%m-%d %H:%M UTC"),
                            "sizes": asdict(sz), "loadavg_start": loadavg(), "machine": machine_info(),
                            "git": git_info(), "notes": []}

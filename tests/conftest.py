@@ -79,8 +79,8 @@ def ray_cluster(tmp_path_factory) -> RayCluster:
                 return s.connect_ex(("127.0.0.1", port)) == 0
         wait_for(port_open, "the Ray head", timeout=300)
         procs.append(subprocess.Popen(worker_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        probe = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
-                 "import sys; sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) == 2 else 1)" % port)
+        probe = (f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
+                 "import sys; sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) == 2 else 1)")
         restarts = 0
 
         def two_nodes() -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from mlflow.entities import Metric
 
+from vaebench.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.convergence import convergence
 from vaebench.study import Study, expand
 from vaebench.tracking import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, Record
 
@@ -73,8 +75,13 @@ def write_synthetic_study(uri: str, study: dict[str, Any], *, states: dict[int, 
         run_id = rec.start_trial(parent.info.run_id, name, {**spec.config.flat(), "seed": spec.seed}, tags)
         last = {"completed": epochs, "failed": 0, "killed": 1}.get(state, max(1, epochs // 2))
         batch: list[Metric] = []
+        history: dict[str, list] = {k: [] for k in CONVERGENCE_KEYS}
         for e in range(1, last + 1):
             m = fake_epoch(spec.point, spec.config, spec.seed, e, epochs)
+            for k in CONVERGENCE_KEYS:
+                history[k].append((e, m[k]))
+            if e == epochs:  # as train() does: the conv/* metrics with the final epoch's
+                m.update(convergence(history, epochs))
             if per_epoch_calls:
                 rec.log_epoch(run_id, e, m)
             else:

@@ -114,9 +114,14 @@ def check_search(tmp: Path, name: str, budget: int, seeds: int) -> None:
     for r in kids:
         by_point.setdefault(r.data.tags["vaebench.point"], []).append(r.data.metrics["val/elbo"])
     assert len(kids) == budget * seeds and all(len(v) == seeds for v in by_point.values())
+    by_trial: dict[int, list[float]] = {}
+    for r in kids:
+        by_trial.setdefault(int(r.data.tags["vaebench.optuna_trial"]), []).append(r.data.metrics["val/elbo"])
+    assert set(by_trial) == {t.number for t in points}  # every run names the trial that was told its value
     for t in points:
         point = json.dumps({"train.lr": t.params["train.lr"], "objective.beta": t.params["objective.beta"]})
         assert t.value == pytest.approx(sum(by_point[point]) / seeds)
+        assert t.value == pytest.approx(sum(by_trial[t.number]) / seeds)
 
 
 def search_hashes(tmp: Path, name: str) -> set[str]:
@@ -187,6 +192,8 @@ def test_extension_adds_levels_and_seeds(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     defn = json.loads(Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text())
     assert defn["seeds"] == [0, 1] and defn["space"]["objective.beta"]["levels"] == [0.5, 2.0, 4.0]
+    shown = Path(client.download_artifacts(parent.info.run_id, "study.yaml", str(tmp_path / "dl"))).read_text()
+    assert shown == path.read_text()  # the parent shows the study file in force
 
 
 def test_definition_changes_are_listed():
@@ -207,10 +214,20 @@ def test_definition_changes_are_listed():
 
 
 def test_equal_configs_run_once(tmp_path):
-    path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0, 1, 2.0]")  # 1.0 and 1: one config
-    s = sweep(path, tmp_path)
+    """Levels 1.0 and 1 give one config: refused by the study schema, or run once."""
+    from vaebench.study import Study, StudyError
+
+    path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0, 1, 2.0]")
+    try:
+        load_study(path)
+    except StudyError as e:
+        assert "objective.beta" in str(e)
+    study = Study.model_validate({"name": "g", "data": {"kind": "ppca", "n_samples": 400}, "seeds": [0],
+                                  "model": {"kind": "mlp", "latent_dim": 2, "hidden": [8], "likelihood": "gaussian"},
+                                  "train": {"epochs": 2}, "space": {"objective.beta": [1.0, 1, 2.0]}})
+    s = run_sweep(study, "name: g\n", opts(tmp_path))  # the search itself never runs a config twice
     assert s.counts == {"completed": 2}
-    check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
+    check_record(tmp_path, "g", {sp.config_hash for sp in expand(study)})
 
 
 # --------------------------------------------------------------------------- interrupts, restarts
@@ -256,12 +273,17 @@ def test_sigterm_then_resume_search_has_its_budget(tmp_path):
     check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
 
 
-def test_max_trials_resumes_to_the_budget(tmp_path):
-    path = search_file(tmp_path, budget=4, seeds="[0, 1]")
-    for _ in range(3):  # 3 new trial runs each: points are cut between their seeds
-        assert sweep(path, tmp_path, max_trials=3).exit_code == 0
-    check_search(tmp_path, "s", budget=4, seeds=2)
+@pytest.mark.parametrize("seeds,max_trials,runs_needed", [("[0]", 2, 2), ("[0, 1]", 3, 3)])
+def test_max_trials_resumes_to_the_budget(tmp_path, seeds, max_trials, runs_needed):
+    """Issue 9's case: budget 4, --max-trials 2, run again: 4 distinct points (it was 2). With two
+    seeds and --max-trials 3 a point is cut between its seeds."""
+    path = search_file(tmp_path, budget=4, seeds=seeds)
+    for _ in range(runs_needed):
+        assert sweep(path, tmp_path, max_trials=max_trials).exit_code == 0
+    n = len(json.loads(seeds))
+    check_search(tmp_path, "s", budget=4, seeds=n)
     check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+    assert sweep(path, tmp_path, max_trials=max_trials).skipped == 4 * n  # nothing more to run
 
 
 def test_search_straight_through(tmp_path):
@@ -295,66 +317,66 @@ def test_dead_worker_restarts_in_a_fresh_run(tmp_path):
 
 # --------------------------------------------------------------------------- a driver killed at each point
 
-CHILD = r"""
-import os, sys
-from mlflow import MlflowClient
-import optuna
-from vaebench.record import Record
-from vaebench.study import load_study
-from vaebench.sweep import SweepOptions, run_sweep
-from vaebench.executors import InlineExecutor
 
-where, path, tmp, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-seen = {"n": 0}
-
-def die(owner, name, when=lambda *a, **k: True, after=False):
-    orig = getattr(owner, name)
-    def wrapper(*a, **k):
-        hit = when(*a, **k)
-        if hit and not after:
-            seen["n"] += 1
-            if seen["n"] >= n:
-                os._exit(9)
-        out = orig(*a, **k)
-        if hit and after:
-            seen["n"] += 1
-            if seen["n"] >= n:
-                os._exit(9)
-        return out
-    setattr(owner, name, wrapper)
-
-if where == "before_parent":
-    die(MlflowClient, "create_run", lambda self, exp, *a, **k: k.get("tags", {}).get("vaebench.role") == "study")
-elif where == "after_state_tag":  # the trial's state tag is written, its run not yet closed
-    die(MlflowClient, "set_terminated")
-elif where == "before_close":  # the trial ended; nothing of its end written, metrics still buffered
-    die(Record, "end_trial")
-elif where == "between_flushes":
-    die(Record, "log_epoch", after=True)
-elif where == "before_tell":
-    die(optuna.study.Study, "tell")
-elif where == "during_artifact":
-    die(MlflowClient, "log_artifact", after=True)
-study = load_study(path)
-o = SweepOptions(tracking_uri=f"sqlite:///{tmp}/m.db", storage=f"sqlite:///{tmp}/optuna.db", inline=True)
-run_sweep(study, open(path).read(), o, executor=InlineExecutor(workers=2))
-sys.exit(3)  # not reached when the crash point was hit
-"""
+class Killed(BaseException):
+    """A driver killed on the spot: not an Exception, so no clean-up of the driver runs (as with
+    SIGKILL). The real SIGKILL is test_killed_child_process_then_resumed."""
 
 
-def killed_at(where: str, n: int, path: Path, tmp: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", CHILD, where, str(path), str(tmp), str(n)], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 9, proc.stderr[-3000:]
+def crash_at(monkeypatch, where: str, n: int) -> None:
+    """Make the n-th passage through crash point ``where`` kill the driver."""
+    from mlflow import MlflowClient as Client
+
+    from vaebench.record import Record as Rec
+
+    seen = {"n": 0}
+
+    def die(owner, name, when=lambda *a, **k: True, after=False):
+        orig = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            hit = when(*a, **k)
+            if hit and not after:
+                seen["n"] += 1
+                if seen["n"] >= n:
+                    raise Killed(where)
+            out = orig(*a, **k)
+            if hit and after:
+                seen["n"] += 1
+                if seen["n"] >= n:
+                    raise Killed(where)
+            return out
+        monkeypatch.setattr(owner, name, wrapper)
+
+    if where == "before_parent":
+        die(Client, "create_run", lambda self, exp, *a, **k: k.get("tags", {}).get("vaebench.role") == "study")
+    elif where == "after_state_tag":  # the trial's state tag is written, its run not yet closed
+        die(Client, "set_terminated")
+    elif where == "before_close":  # the trial ended; nothing of its end written, its metrics still buffered
+        die(Rec, "end_trial")
+    elif where == "between_flushes":  # an epoch buffered, not yet sent
+        die(Rec, "log_epoch", after=True)
+    elif where == "before_tell":
+        die(optuna.study.Study, "tell")
+    elif where == "during_artifact":  # the checkpoint written, the run's state not
+        die(Client, "log_artifact", after=True)
+    else:
+        raise ValueError(where)
+
+
+def killed(monkeypatch, where: str, n: int, path: Path, tmp: Path) -> None:
+    crash_at(monkeypatch, where, n)
+    with pytest.raises(Killed):
+        sweep(path, tmp, executor=InlineExecutor(workers=2))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp)
 
 
 @pytest.mark.parametrize("where,n", [("before_parent", 1), ("after_state_tag", 3), ("before_close", 3),
                                      ("between_flushes", 5), ("during_artifact", 2)])
-def test_grid_killed_then_resumed(tmp_path, where, n):
+def test_grid_killed_then_resumed(tmp_path, monkeypatch, where, n):
     path = study_file(tmp_path)
-    killed_at(where, n, path, tmp_path)
+    killed(monkeypatch, where, n, path, tmp_path)
     if where == "before_parent":
         assert MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("g") is not None
         assert runs(tmp_path, "g", role="study") == []
@@ -362,22 +384,62 @@ def test_grid_killed_then_resumed(tmp_path, where, n):
     tagged_final = {r.info.run_id for r in before if r.data.tags["vaebench.trial_state"] == "completed"}
     if where == "after_state_tag":
         assert any(r.info.status == "RUNNING" for r in before if r.info.run_id in tagged_final)
+    if where != "before_parent":
+        assert runs(tmp_path, "g", role="study")[0].info.status == "RUNNING"  # a killed driver ends nothing
     s = sweep(path, tmp_path)
     assert s.exit_code == 0 and s.skipped == len(tagged_final)
     kids = check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
-    assert any("took over the lock" in note for note in s.notes)  # the dead child's lock
     assert tagged_final <= {r.info.run_id for r in kids}  # a run tagged final is kept (and closed), not rerun
     assert len(runs(tmp_path, "g", role="study")) == 1
 
 
 @pytest.mark.parametrize("where,n", [("before_tell", 2), ("after_state_tag", 4), ("between_flushes", 6),
-                                     ("during_artifact", 3)])
-def test_search_killed_then_resumed(tmp_path, where, n):
+                                     ("during_artifact", 3), ("before_close", 2)])
+def test_search_killed_then_resumed(tmp_path, monkeypatch, where, n):
     path = search_file(tmp_path, budget=3)
-    killed_at(where, n, path, tmp_path)
+    killed(monkeypatch, where, n, path, tmp_path)
     st = optuna_study(tmp_path, "s")
     assert any(t.state == optuna.trial.TrialState.RUNNING for t in st.get_trials())  # left by the dead driver
     assert sweep(path, tmp_path).exit_code == 0
+    check_search(tmp_path, "s", budget=3, seeds=2)
+    check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
+
+
+CHILD = r"""
+import os, sys
+from vaebench.record import Record
+from vaebench.study import load_study
+from vaebench.sweep import SweepOptions, run_sweep
+from vaebench.executors import InlineExecutor
+
+path, tmp, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+seen = {"n": 0}
+log_epoch = Record.log_epoch
+
+def log_then_die(self, *a, **k):  # killed with epochs buffered, not yet sent
+    log_epoch(self, *a, **k)
+    seen["n"] += 1
+    if seen["n"] >= n:
+        os._exit(9)
+
+Record.log_epoch = log_then_die
+o = SweepOptions(tracking_uri=f"sqlite:///{tmp}/m.db", storage=f"sqlite:///{tmp}/optuna.db", inline=True)
+run_sweep(load_study(path), open(path).read(), o, executor=InlineExecutor(workers=2))
+sys.exit(3)  # not reached when the crash point was hit
+"""
+
+
+def test_killed_child_process_then_resumed(tmp_path):
+    """A real process death (os._exit: no clean-up, no finally, the lock released by the kernel)."""
+    path = search_file(tmp_path, budget=3)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(tmp_path), "6"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0
+    assert any("took over the lock" in note for note in s.notes)  # the dead driver's lock
     check_search(tmp_path, "s", budget=3, seeds=2)
     check_record(tmp_path, "s", search_hashes(tmp_path, "s"))
 
@@ -445,3 +507,112 @@ def test_tracking_server_down_fails_within_bounds(tmp_path):
     s = run_sweep(load_study(path), path.read_text(), SweepOptions(tracking_uri=f"http://127.0.0.1:{port}", inline=True))
     assert time.monotonic() - t0 < 60
     assert s.exit_code == 1 and f"http://127.0.0.1:{port}" in s.store_error
+
+
+# --------------------------------------------------------------------------- duplicate seeds
+
+
+@pytest.mark.parametrize("kind", ["grid", "random"])
+def test_duplicate_seeds_are_refused_or_merged(tmp_path, kind):
+    """`seeds: [0, 0]`: refused by the study schema, or merged (one run per config hash, every
+    Optuna trial told), the same way for grid and search."""
+    from vaebench.study import StudyError
+
+    path = study_file(tmp_path, seeds="[0, 0]") if kind == "grid" else search_file(tmp_path, budget=2, seeds="[0, 0]")
+    try:
+        study = load_study(path)
+    except StudyError as e:
+        assert "seeds" in str(e)
+        return
+    s = run_sweep(study, path.read_text(), opts(tmp_path))
+    assert s.exit_code == 0
+    name = "g" if kind == "grid" else "s"
+    hashes = [r.data.tags["vaebench.config_hash"] for r in runs(tmp_path, name)]
+    assert len(hashes) == len(set(hashes)) == (4 if kind == "grid" else 2)
+    if kind == "random":
+        assert {t.state for t in optuna_study(tmp_path, "s").trials} == {optuna.trial.TrialState.COMPLETE}
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_cli_changed_definition_exit_2(tmp_path):
+    path = study_file(tmp_path)
+    sweep(path, tmp_path, max_trials=1)
+    proc = cli("sweep", str(path), "--inline", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.epochs=3",
+               cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "train.epochs: 2 -> 3" in err and "--fresh" in err and "Traceback" not in err
+    assert len(runs(tmp_path, "g")) == 1
+
+
+def test_cli_interrupt_after_fresh_says_how_to_resume(tmp_path):
+    path = study_file(tmp_path, epochs=400)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    proc = cli("sweep", str(path), "--inline", "--fresh", "--tracking-uri", uri, cwd=tmp_path)
+    client = MlflowClient(uri)
+
+    def training() -> bool:
+        try:
+            return bool(runs(tmp_path, "g"))
+        except Exception:  # no store or experiment yet
+            return False
+    deadline = time.monotonic() + 120
+    while not training() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command without --fresh to resume" in err
+    (run,) = runs(tmp_path, "g")
+    assert run.info.status == "KILLED" and run.data.tags["vaebench.trial_state"] == "killed"
+    assert client.get_metric_history(run.info.run_id, "val/elbo")  # its buffered epochs were flushed
+
+
+def test_deleted_database_ends_cleanly(tmp_path):
+    path = study_file(tmp_path, epochs=3)
+    gone = {"done": False}
+
+    def delete_store_after_first(config):
+        for msg in run_trial(config):
+            if msg["kind"] == "end" and not gone["done"]:
+                gone["done"] = True
+                (tmp_path / "m.db").unlink()
+            yield msg
+    t0 = time.monotonic()
+    s = sweep(path, tmp_path, executor=InlineExecutor(workers=2, trial=delete_store_after_first))
+    assert time.monotonic() - t0 < 60
+    assert s.exit_code == 1 and s.store_error.startswith(f"the tracking store sqlite:///{tmp_path}/m.db failed")
+    assert "OperationalError: " in s.store_error and "\n" not in s.store_error  # the cause, in one line
+
+
+def test_pruned_points_stop_early_and_are_told_pruned(tmp_path):
+    """The median pruner through the whole loop (InlineExecutor, cancel, record, tell): pruned
+    points stop before their last epoch, their runs tagged pruned; what Optuna was told at each
+    epoch is the run's recorded history."""
+    path = study_file(tmp_path, "p", epochs=8, seeds="[0]",
+                      space="  train.lr: [1.0e-2, 5.0e-3, 1.0e-7]\n  objective.beta: {low: 0.5, high: 2.0}",
+                      search="{kind: random, budget: 8, pruner: median}")
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0 and s.counts["pruned"] >= 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    st = optuna_study(tmp_path, "p")
+    by_trial = {int(r.data.tags["vaebench.optuna_trial"]): r for r in runs(tmp_path, "p")}
+    assert len(by_trial) == 8
+    for t in st.trials:
+        run = by_trial[t.number]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/elbo")}
+        assert t.intermediate_values == pytest.approx(history)  # one seed: the mean is the value
+        if t.state == optuna.trial.TrialState.PRUNED:
+            assert run.data.tags["vaebench.trial_state"] == "pruned" and run.info.status == "FINISHED"
+            assert 2 <= len(history) < 8  # from the end of the warm-up (step 8 // 4 = 2) on, before the end
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE and len(history) == 8
+            assert t.value == pytest.approx(run.data.metrics["val/elbo"])

@@ -229,7 +229,8 @@ def test_stop_masks_a_member_and_messages_match_run_trials():
         assert set(p) == set(s) | {"member"}
         if s["kind"] == "epoch":
             assert set(p["metrics"]) == set(s["metrics"])
-    assert set(packed[-1]["artifacts"]) == set(solo[-1]["artifacts"]) == {"checkpoint.pt", "reconstructions.png"}
+    assert set(packed[-1]["artifacts"]) == set(solo[-1]["artifacts"]) == {"checkpoint.pt", "reconstructions.png",
+                                                                          "traversals.png"}
     # the checkpoint is the solo layout: it loads strictly into the solo model
     state = torch.load(io.BytesIO(packed[-1]["artifacts"]["checkpoint.pt"]))
     cfg = TrialConfig.model_validate(configs[2])
@@ -264,6 +265,11 @@ def test_unsupported_settings_are_named_and_not_packed():
     assert pack_key(config("mlp", train={"batch_size": 32})) != pack_key(ok)
     future = {**ok, "objective": {**ok["objective"], "kind": "tcvae"}}  # a setting another module adds later
     assert unsupported(future) == ["objective.kind='tcvae'"] and pack_key(future) is None
+    # beta-TCVAE and the ground-truth-factor metrics are not computed in packs: those trials run solo
+    assert pack_key(config("mlp", objective={"kind": "beta_tcvae"})) is None
+    dsprites = TrialConfig.model_validate({"data": {"kind": "dsprites", "n_samples": 100},
+                                           "metrics": {"disentanglement": ["mig"]}}).model_dump(mode="json")
+    assert unsupported(dsprites) == ["metrics.disentanglement=['mig']"]
 
 
 def test_pack_module_imports_no_ray_mlflow_or_optuna():

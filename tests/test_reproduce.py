@@ -11,24 +11,22 @@ import math
 
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from vaebench.cli import app
 from vaebench.reproduce import (
-    DSPRITES_BETAS, IW_TOL, LINEAR_KL_TOL, REPRODUCTIONS, annealing_checks, beta_dsprites_checks,
-    linear_closed_form, linear_collapse_checks, reproduce, run_reproduction, study_path,
+    DSPRITES_BETAS,
+    IW_TOL,
+    LINEAR_KL_TOL,
+    REPRODUCTIONS,
+    annealing_checks,
+    beta_dsprites_checks,
+    linear_closed_form,
+    linear_collapse_checks,
+    run_reproduction,
+    study_path,
 )
 from vaebench.study import load_study
-
-app = typer.Typer(add_completion=False)
-
-
-@app.callback()
-def _root() -> None:
-    """A Typer app with `reproduce` as a subcommand, as vaebench.cli registers it."""
-
-
-app.command("reproduce")(reproduce)
 
 
 def failed(checks) -> list[str]:

@@ -1,6 +1,7 @@
 """Sweeps end to end, with real parts: the CLI in a subprocess, a real Ray cluster (two nodes
 on 127.0.0.1, or a local Ray started by vaebench), a real MLflow store (SQLite or an
-`mlflow server`), a real Optuna storage; records are read back through MLflow's own API."""
+`mlflow server`), a real Optuna storage; records are read back through MLflow's own API.
+The integration tier (slow); the driver's logic is tested fast in test_driver.py."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from conftest import free_port, http_ok, stop, wait_for
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import free_port, http_ok, stop, wait_for
 from vaebench.study import expand, load_study
 
 TINY = """\
@@ -52,6 +53,9 @@ def vaebench(*args: str, env: dict | None = None, cwd: Path | None = None, timeo
 def spawn(*args: str, env: dict, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+pytestmark = pytest.mark.integration
 
 
 def children(uri: str, name: str, view=ViewType.ACTIVE_ONLY):
@@ -262,9 +266,10 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
 def test_dead_worker_is_retried(ray_cluster, tmp_path):
     study = write(tmp_path, TINY.format(name="crash", epochs=40).replace("seeds: [0, 1]", "seeds: [0]"))
     uri = f"sqlite:///{tmp_path}/m.db"
+    env = {**ray_cluster.env, "VAEBENCH_FLUSH_SECONDS": "0"}  # every epoch visible at once: the kill lands mid-training
     # --pack off: one Ray task per trial (RayExecutor); tests/test_pack_executor.py kills a pack's worker
     proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, "--pack", "off",
-                 env=ray_cluster.env, cwd=tmp_path)
+                 env=env, cwd=tmp_path)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     victim: dict[str, object] = {}
@@ -415,11 +420,53 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
 
 
 def test_ui_serves_the_store(tmp_path):
+    from vaebench.tracking import Record
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    Record(uri, "served").start_study("d", "name: served\n", {})  # ui refuses a store that does not exist
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "ui", "--port", str(port), "--tracking-uri",
-                             f"sqlite:///{tmp_path}/m.db"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             uri], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "vaebench ui", timeout=120)
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served"
+        wait_for(lambda: http_ok(api), "the store's experiment through the ui", timeout=60)  # first call opens the store
     finally:
         stop(proc)
+
+
+LOCAL_RAY = r"""
+import os, subprocess, sys
+import ray
+from vaebench.executors import connect_ray
+connect_ray(None, 1, 0)
+address = ray.get_runtime_context().gcs_address
+env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+probe = f"import ray; ray.init(address={address!r}, logging_level='ERROR')"
+stranger = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+print("MODE", os.environ.get("RAY_AUTH_MODE"), "STRANGER", stranger.returncode, flush=True)
+ray.shutdown()
+"""
+
+
+def test_local_ray_requires_its_token(tmp_path):
+    """The local Ray vaebench starts takes no client without its token (see executors.local_ray_auth)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    proc = subprocess.run([sys.executable, "-c", LOCAL_RAY], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "MODE token STRANGER 1" in proc.stdout, proc.stdout
+
+
+def test_server_lease_refuses_a_second_driver(mlflow_server):
+    """With a tracking server the record's lock is a lease in an experiment tag."""
+    from vaebench.record import LockError, Record
+
+    first, second = Record(mlflow_server, "leased"), Record(mlflow_server, "leased")
+    assert first.lock() is None
+    with pytest.raises(LockError, match=f"pid {os.getpid()}"):
+        second.lock()
+    first.unlock()
+    assert second.lock() is None
+    second.unlock()

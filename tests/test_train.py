@@ -57,6 +57,7 @@ def test_every_metric_is_reported():
     expected = {"val/elbo", "val/recon", "val/kl", "val/active_units", "val/mi", "val/iw_nll", "val/collapsed_dims",
                 "val/collapsed_fraction", "val/posterior_collapse", "train/loss", "train/recon", "train/kl",
                 "train/regulariser", "train/kl_weight", "train/epoch_seconds"} | {f"val/kl_dim/{j:02d}" for j in range(4)}
+    expected |= {"conv/elbo_rel_change", "conv/active_units_change", "conv/still_moving"}  # the final epoch's
     assert set(last) == expected
     assert all(math.isfinite(v) for v in last.values())
     assert last["val/elbo"] == pytest.approx(-(last["val/recon"] + last["val/kl"]))

@@ -1,6 +1,10 @@
-"""The ``vaebench`` command line (Typer). Exit codes (DESIGN.md): 0 every trial ended
-(completed, diverged or pruned), 1 some trial failed, 2 bad input (nothing written),
-130 interrupted."""
+"""The ``vaebench`` command line (Typer).
+
+Exit codes: 0 every trial ended (completed, diverged or pruned), 1 some trial failed or
+the store failed, 2 bad input (nothing written), 130 interrupted. Every value a command
+takes (the study file, ``--set``, URIs, the Ray address, the store's folder) is checked
+before Ray starts or anything is written.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +15,43 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from vaebench.study import StudyError, expand, load_study, resolve_path
-from vaebench.tracking import DEFAULT_TRACKING_URI, STATE, Record, resolve_tracking_uri, store_missing
+from vaebench.checks import CheckError, check_address, check_device, check_server
+from vaebench.console import err, fail, out, say
+from vaebench.reproduce import REPRODUCTIONS
+from vaebench.store import (
+    STORAGE_HELP,
+    TRACKING_HELP,
+    StoreError,
+    check_readable,
+    check_storage,
+    check_writable,
+    default_storage,
+    ensure_folder,
+    resolve_tracking_uri,
+    store_missing,
+)
+from vaebench.study import Study, StudyError, load_study, resolve_path
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0] if __doc__ else None)
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # error text is never wrapped mid-word
-
-TRACKING_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
+HELP = "Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)  # plain help: flags without <bool>
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(Text("error: ", style="bold red") + Text(message), highlight=False)
-    raise typer.Exit(code)
-
-
-def _load(study_file: str, overrides: list[str] | None = None):
+def _load(study_file: str, overrides: list[str] | None = None) -> tuple[Path, Study]:
     path = resolve_path(study_file)
     try:
         return path, load_study(path, overrides)
     except StudyError as e:
-        _fail(str(e))
+        fail(str(e))
+
+
+def _tracking_uri(cli: str | None, study_path: Path | None) -> str:
+    try:
+        return resolve_tracking_uri(cli, study_path)
+    except StoreError as e:
+        fail(str(e))
 
 
 @app.command()
@@ -43,9 +59,10 @@ def sweep(
     study_file: str = typer.Argument(..., help="study YAML file, or NAME for studies/NAME.yaml"),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="start at most N new trial runs"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials at once (default: what the cluster fits)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local Ray)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
+                                                                  "(default: start a local Ray)"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///sweeps/NAME/optuna.db)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a setting: dotted.path=value (repeatable)"),
     fresh: bool = typer.Option(False, "--fresh", help="start a new study record; the old one stays readable"),
     inline: bool = typer.Option(False, "--inline", help="run the trials one at a time in this process, without Ray "
@@ -53,30 +70,49 @@ def sweep(
     pack: Optional[str] = typer.Option(None, "--pack", help="packed trials: auto|off|N (overrides resources.pack)"),
 ) -> None:
     """Run a study's trials on Ray, recording every epoch in MLflow; re-running resumes."""
-    from vaebench.progress import Progress
-    from vaebench.sweep import SweepError, SweepOptions, run_sweep
-
     path, study = _load(study_file, set_)
     if pack is not None:
         _set_pack(study, pack)
-    opts = SweepOptions(resolve_tracking_uri(tracking_uri), storage, address, workers, max_trials, fresh, inline)
+    uri = _tracking_uri(tracking_uri, path)
     try:
-        summary = run_sweep(study, path.read_text(), opts, Progress(enabled=True, console=err))
+        check_writable(uri)
+        check_server(uri)
+        if storage is not None:
+            storage = check_storage(storage)
+        elif study.search.kind != "grid":
+            storage = default_storage(path, study.name)
+        if study.search.kind != "grid":
+            check_writable(storage, "Optuna storage")
+        check_device(study, local=address is None, where=str(path))
+        if address is not None:
+            check_address(address)  # bounded: Ray's own connect retries for minutes
+    except (StoreError, CheckError) as e:
+        fail(str(e))
+    say(f"store: {uri}" + (f"; Optuna storage: {storage}" if study.search.kind != "grid" else ""))
+
+    from vaebench.progress import Progress
+    from vaebench.sweep import SweepError, SweepOptions, run_sweep
+
+    if study.search.kind != "grid":
+        ensure_folder(storage)  # SQLite creates the file, not its folder
+    opts = SweepOptions(tracking_uri=uri, storage=storage, address=address, workers=workers, max_trials=max_trials,
+                        fresh=fresh, inline=inline)
+    try:
+        summary = run_sweep(study, path.read_text(encoding="utf-8"), opts, Progress(enabled=True, console=err))
     except SweepError as e:
-        _fail(str(e))
+        fail(str(e))
     for note in summary.notes:
-        err.print(f"note: {note}", highlight=False, markup=False)
+        say(f"note: {note}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
-    err.print(f"{study.name}: {counts}" + (f" ({summary.skipped} already done, not rerun)" if summary.skipped else ""),
-              highlight=False)
+    say(f"{study.name}: {counts}" + (f" ({summary.skipped} already done, not rerun)" if summary.skipped else ""))
     for name, line in summary.failed:
-        err.print(f"  failed: {name}: {line}", highlight=False, markup=False)
+        say(f"  failed: {name}: {line}")
     if summary.store_error:
-        _fail(f"{summary.store_error}; the sweep stopped (runs in flight were ended as killed where the store "
-              "still took writes); run the same command again to resume once the store works", 1)
+        fail(f"{summary.store_error}; the sweep stopped (runs in flight were ended as killed where the store "
+             "still took writes); run the same command again to resume once the store works", 1)
     if summary.interrupted:
         again = "the same command without --fresh" if fresh else "the same command"
-        err.print(f"interrupted: in-flight trials were ended as killed; run {again} to resume this record", highlight=False)
+        say(f"interrupted: in-flight trials were ended as killed; run {again} to resume this record")
     raise typer.Exit(summary.exit_code)
 
 
@@ -86,77 +122,188 @@ def _set_pack(study, value: str) -> None:
     try:
         study.resources.pack = value  # validated on assignment
     except ValueError:
-        _fail(f"--pack {value!r}: allowed: {PACK_ALLOWED}")
+        fail(f"--pack {value!r}: allowed: {PACK_ALLOWED}")
 
 
 @app.command()
 def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAME"),
              set_: Optional[list[str]] = typer.Option(None, "--set", help="override: dotted.path=value"),
+             tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
              pack: Optional[str] = typer.Option(None, "--pack", help="auto|off|N (overrides resources.pack)")) -> None:
-    """Check a study file; print its factors, the number of trials it implies and how they are packed."""
+    """Check a study file, its data files and device; print its factors, the number of trials it implies
+    and how they would be packed."""
     path, study = _load(study_file, set_)
     if pack is not None:
         _set_pack(study, pack)
+    uri = _tracking_uri(tracking_uri, path)
+    try:
+        check_device(study, local=True, where=str(path))
+    except CheckError as e:
+        fail(str(e))
     table = Table(title=f"{study.name}: {path}")
     table.add_column("factor")
     table.add_column("levels / range")
     for k, v in study.space.items():
         table.add_row(k, str(v) if not isinstance(v, list) else ", ".join(map(str, v)))
     out.print(table)
-    seeds = len(study.seeds)
+    seeds, n = len(study.seeds), study.n_trials()  # what `sweep` runs, counted without building a trial
     if study.search.kind == "grid":
-        n = len(expand(study))
-        out.print(f"grid: {n // seeds} points x {seeds} seeds = {n} trials, {study.train.epochs} epochs each")
+        out.print(f"grid: {study.n_points():,} points x {seeds} seeds = {n:,} trials, {study.train.epochs} epochs each")
     else:
         out.print(f"{study.search.kind} search: budget {study.search.budget} points x {seeds} seeds "
-                  f"= {study.search.budget * seeds} trials; objectives {study.search.objectives}; pruner {study.search.pruner}")
+                  f"= {n:,} trials; objectives {study.search.objectives}; pruner {study.search.pruner}")
     from vaebench.pack import packing_summary
 
     out.print(packing_summary(study), highlight=False)
+    say(f"store: {uri}" + (" (not created yet)" if store_missing(uri) else ""))
 
 
 @app.command()
-def status(study: str = typer.Argument(..., help="study YAML file or study NAME"),
-           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP)) -> None:
-    """Trials of the current study record by state, and the best so far."""
-    name = study
-    path = resolve_path(study)
+def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML file or study NAME"),
+           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP)) -> None:
+    """Trials of the current study record by state, whether it is complete, and the best point."""
+    from vaebench.progress import best_point
+    from vaebench.tracking import FINAL_STATES, STATE, Record
+
+    name, st, path = study, None, resolve_path(study)
     if path.is_file():
-        name = _load(study)[1].name
-    uri = resolve_tracking_uri(tracking_uri)
-    if store_missing(uri):
-        _fail(f"no tracking store at {uri} (the file does not exist); give --tracking-uri or set MLFLOW_TRACKING_URI")
+        st = _load(study)[1]
+        name = st.name
+    uri = _tracking_uri(tracking_uri, path if path.is_file() else None)
+    try:
+        check_readable(uri)
+        check_server(uri)
+    except (StoreError, CheckError) as e:
+        fail(str(e))
+    say(f"store: {uri}")
     record = Record(uri, name)
     parent = record.parent_run()
     if parent is None:
-        _fail(f"no study record named {name!r} in {record.uri}")
+        fail(f"no study record named {name!r} in {record.uri}")
+    st = st or _study_of_record(record, parent.info.run_id)
     runs = record.trial_runs(parent.info.run_id)
     counts = Counter(r.data.tags.get(STATE, "unknown") for r in runs)
-    out.print(f"[bold]{name}[/]  record {parent.info.run_id}  status {parent.info.status}  ({record.uri})")
-    out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet")
-    done = [r for r in runs if r.data.tags.get(STATE) == "completed" and "val/elbo" in r.data.metrics]
-    if done:
-        best = max(done, key=lambda r: r.data.metrics["val/elbo"])
-        out.print(f"best val/elbo {best.data.metrics['val/elbo']:.4f}: {best.info.run_name}")
+    ended = sum(counts[s] for s in FINAL_STATES)
+    total = st.n_trials() if st is not None else None
+    if total is None:
+        word = parent.info.status.lower()
+    elif ended >= total:
+        word = f"complete ({ended} of {total})"
+    else:
+        word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
+            parent.info.status, "")
+    out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}", highlight=False, soft_wrap=True)
+    out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
+    done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
+    flagged = [r for r in done if "conv/still_moving" in r.data.metrics]
+    if flagged:
+        moving = sum(r.data.metrics["conv/still_moving"] == 1 for r in flagged)
+        out.print(f"still moving at the last epoch: {moving} of {len(flagged)} completed trials (conv/still_moving)",
+                  highlight=False)
+    metric, direction = next(iter(st.search.objectives.items())) if st is not None else ("val/elbo", "max")
+    best = best_point(((r.data.tags.get("vaebench.point_key", r.info.run_id), "completed", r.data.metrics)
+                       for r in done), metric, direction)
+    if best is not None:
+        r = next(r for r in done if r.data.tags.get("vaebench.point_key", r.info.run_id) == best.point)
+        out.print(f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}", highlight=False, markup=False,
+                  soft_wrap=True)
+
+
+def _study_of_record(record, parent_id: str) -> Study | None:
+    """The study definition the driver logged with the record (study.yaml), or None."""
+    import os
+    import tempfile
+
+    import yaml
+
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bar in status's output
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = record.client.download_artifacts(parent_id, "study.yaml", tmp)
+            return Study.model_validate(yaml.safe_load(Path(p).read_text()))
+    except Exception:  # an old or foreign record: status without the planned total
+        return None
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 @app.command()
-def ui(tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-       port: int = typer.Option(5000, "--port"), host: str = typer.Option("127.0.0.1", "--host")) -> None:
-    """The MLflow UI on the same store as the sweeps."""
-    uri = resolve_tracking_uri(tracking_uri)
+def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose project's store to open "
+                                                        "(default: the store under the current folder)"),
+       tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+       port: int = typer.Option(5000, "--port", min=1, max=65535), host: str = typer.Option("127.0.0.1", "--host"),
+       dry_run: bool = typer.Option(False, "--dry-run", help="print the MLflow command instead of running it")) -> None:
+    """The MLflow UI on the same store as the sweeps; a missing store is refused, never created."""
+    path = resolve_path(study) if study else None
+    if path is not None and not path.is_file():
+        fail(f"{path}: no such study file")
+    uri = _tracking_uri(tracking_uri, path)
+    if uri.startswith(("http://", "https://")):
+        fail(f"the store is the MLflow server {uri}: open it in a browser (`vaebench ui` serves a database store)")
+    try:
+        check_readable(uri)
+    except StoreError as e:
+        fail(str(e))
+    say(f"store: {uri}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()]
+    if dry_run:
+        print(" ".join(cmd))  # plain: a command line is never wrapped
+        return
     raise typer.Exit(subprocess.call(cmd))
 
 
-from vaebench.report.command import report  # noqa: E402  (commands defined beside their modules)
-from vaebench.reproduce import reproduce  # noqa: E402
+@app.command()
+def reproduce(
+    name: str = typer.Argument(..., help=f"the reproduction to run: {', '.join(sorted(REPRODUCTIONS))}"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
+                                                                  "(default: start a local Ray)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials at once (default: what the cluster fits)"),
+    fresh: bool = typer.Option(False, "--fresh", help="rerun from scratch in a new study record instead of reusing it"),
+) -> None:
+    """Run a study whose outcome is known and check it: PASS or FAIL per check; exit 0 iff all pass."""
+    from vaebench import reproduce as repro
+
+    if name not in repro.REPRODUCTIONS:  # before importing Ray and MLflow: an unknown name answers at once
+        fail(str(repro.UnknownReproduction(name)))
+    study_file = repro.study_path(name)
+    uri = _tracking_uri(tracking_uri, study_file)
+    try:
+        check_writable(uri)
+        check_server(uri)
+        if address is not None:
+            check_address(address)
+    except (StoreError, CheckError) as e:
+        fail(str(e))
+    say(f"store: {uri}")
+
+    from vaebench.progress import Progress
+    from vaebench.results import ReportError
+    from vaebench.sweep import SweepError
+
+    try:
+        checks = repro.run_reproduction(name, uri, address, workers, rerun=fresh,
+                                        progress=Progress(enabled=True, console=err))
+    except (StudyError, SweepError) as e:
+        fail(str(e))
+    except ReportError as e:
+        fail(str(e), 1)
+    except KeyboardInterrupt as e:
+        fail(str(e) or "interrupted", 130)
+    out.print(Text(repro.REPRODUCTIONS[name].shows, style="dim"))
+    repro.print_checks(f"reproduce {name} ({study_file}; {uri})", checks, out)
+    raise typer.Exit(0 if checks and all(c.passed for c in checks) else 1)
+
+
+from vaebench.report.command import report  # noqa: E402  (the report command lives beside the report code)
 
 app.command("report")(report)
-app.command("reproduce")(reproduce)
-
 
 def main() -> None:
     app()

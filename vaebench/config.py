@@ -94,7 +94,7 @@ class ModelConfig(Section):
     sigma: float = Field(1.0, gt=0)  # gaussian: the fixed observation std
 
     @model_validator(mode="after")
-    def _linear_is_gaussian(self) -> "ModelConfig":
+    def _linear_is_gaussian(self) -> ModelConfig:
         if self.kind == "linear" and self.likelihood == "bernoulli":
             raise ValueError("model.kind 'linear' needs likelihood 'gaussian' or 'gaussian_learned'")
         return self
@@ -147,9 +147,18 @@ AnnealConfig = Annotated[
 
 
 class ObjectiveConfig(Section):
-    """loss = distortion + beta * a_t * regulariser (REFERENCE.md, Objective)."""
+    """loss = distortion + beta * a_t * regulariser (REFERENCE.md, Objective).
 
+    ``kind: beta_tcvae`` (Chen et al. 2018; REFERENCE.md, beta-TCVAE) splits the KL into index-code
+    MI, total correlation and dimension-wise KL: loss = distortion + a_t (alpha MI + beta TC +
+    gamma DWKL), the aggregate posterior estimated by minibatch-weighted (``mws``) or stratified
+    (``mss``) sampling. Free bits and capacity apply to the KL of beta_vae only."""
+
+    kind: Literal["beta_vae", "beta_tcvae"] = "beta_vae"
     beta: float = Field(1.0, ge=0)
+    alpha: float = Field(1.0, ge=0)  # beta_tcvae: weight of the index-code MI
+    gamma: float = Field(1.0, ge=0)  # beta_tcvae: weight of the dimension-wise KL
+    tc_estimator: Literal["mws", "mss"] = "mws"
     anneal: AnnealConfig = NoAnneal()
     free_bits: float = Field(0.0, ge=0)  # lambda, nats per latent dim
     free_bits_mode: Literal["per_dim", "total"] = "per_dim"
@@ -161,9 +170,12 @@ class ObjectiveConfig(Section):
         return {"kind": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _capacity_excludes_free_bits(self) -> "ObjectiveConfig":
+    def _capacity_excludes_free_bits(self) -> ObjectiveConfig:
         if self.anneal.kind == "capacity" and self.free_bits > 0:
             raise ValueError("objective.free_bits must be 0 with anneal 'capacity' (it sets its own target KL)")
+        if self.kind == "beta_tcvae" and (self.free_bits > 0 or self.anneal.kind == "capacity"):
+            raise ValueError("objective.kind 'beta_tcvae' takes neither free_bits nor anneal 'capacity' "
+                             "(they act on the plain KL); use kind 'beta_vae' for them")
         return self
 
 
@@ -198,6 +210,17 @@ class MetricsConfig(Section):
     collapse_delta: float = Field(0.01, ge=0, lt=1)
     eval_batch_size: int = Field(1024, ge=1)
     every: int = Field(1, ge=1)  # evaluate every N epochs (and always at the last)
+    # ground-truth-factor metrics (vaebench.disentanglement), recorded as val/dis/NAME; data with known
+    # factors only (dsprites). dci records dci_disentanglement, dci_completeness, dci_informativeness.
+    disentanglement: list[Literal["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]] = []
+    disentanglement_every: int | None = Field(None, ge=1)  # None: at the last epoch only
+    disentanglement_preset: Literal["default", "publish"] = "default"  # sample sizes; publish = disentanglement_lib
+    disentanglement_seed: int = 0  # the metrics' own sampling; the same for every trial
+
+    @field_validator("disentanglement")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
 
 # ---------------------------------------------------------------------------- trial
@@ -214,14 +237,51 @@ class TrialConfig(Section):
     seed: int = 0  # model init, minibatch order, reparameterisation noise
     data_seed: int = 0  # data generation and the train/val split, shared by all seeds
 
+    @model_validator(mode="after")
+    def _factors_known(self) -> TrialConfig:
+        from vaebench.data import FACTOR_KINDS
+
+        if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS:
+            raise ValueError(f"metrics.disentanglement needs data whose generative factors are known "
+                             f"(data.kind: {', '.join(FACTOR_KINDS)}); data.kind {self.data.kind!r} has none, "
+                             f"so leave metrics.disentanglement empty")
+        return self
+
     def flat(self) -> dict[str, Any]:
-        """The config as {dotted.path: value}, the form MLflow params take."""
+        """The config as {dotted.path: value}, every setting (the config hash's input)."""
         return flatten(self.model_dump(mode="json"))
 
+    def params(self) -> dict[str, Any]:
+        """The settings that apply to this trial, as {dotted.path: value}: what a run logs as its
+        params. ``flat()`` less the other model kinds' settings (``model.hidden`` is the MLP's,
+        ``model.channels`` the conv's) and ``model.sigma`` unless the likelihood is the fixed-sigma
+        Gaussian. The config hash still covers every setting (``config_hash``)."""
+        out = self.flat()
+        m = self.model
+        unused = {"mlp": ["model.channels"], "conv": ["model.hidden"], "linear": ["model.hidden", "model.channels"]}
+        for key in unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"]):
+            out.pop(key, None)
+        return out
+
     def config_hash(self) -> str:
-        """Stable hash of the full config (seed included): a trial's identity on resume."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the full config (seed included): a trial's identity on resume. Settings added
+        after records existed are left out while at their defaults, so those records' trials keep
+        their hashes (and are not rerun by a resume or a reproduction)."""
+        d = self.model_dump(mode="json")
+        for (section, key), default in LATER_DEFAULTS.items():
+            if d[section].get(key) == default:
+                del d[section][key]
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: settings added after the first records (beta-TCVAE, disentanglement metrics) with their defaults
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("objective", "kind"): "beta_vae", ("objective", "alpha"): 1.0, ("objective", "gamma"): 1.0,
+    ("objective", "tc_estimator"): "mws", ("metrics", "disentanglement"): [],
+    ("metrics", "disentanglement_every"): None, ("metrics", "disentanglement_preset"): "default",
+    ("metrics", "disentanglement_seed"): 0,
+}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

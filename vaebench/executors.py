@@ -12,18 +12,24 @@ from scratch (the driver discards the partial run and opens a new one).
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import secrets
+import shutil
+import sys
+import tempfile
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from vaebench.trial import run_trial
 
 MAX_RETRIES = 2  # a trial whose worker dies is rerun this many times, then failed
 PRELOAD_VAR = "RAY_preload_python_modules"  # Ray (experimental): modules its workers import at start
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,10 @@ class InlineExecutor:
 
 
 def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """Start a local Ray (all cores, no dashboard, loopback only) or join ``address``;
+    """Start a local Ray (all cores, no dashboard, token authentication) or join ``address``;
     check that one trial's resources fit on some node. Raises ExecutorError."""
+    if not address:
+        local_ray_auth()  # before ray is imported: Ray reads its authentication settings once, on import
     import ray
 
     try:
@@ -137,7 +145,7 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
             os.environ[PRELOAD_VAR] = ",".join(filter(None, [saved, run_trial.__module__]))
             try:
                 ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                         logging_level="ERROR", log_to_driver=False, **loopback_options())
+                         logging_level="ERROR", log_to_driver=False)
             finally:
                 if saved is None:
                     os.environ.pop(PRELOAD_VAR, None)
@@ -157,9 +165,24 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
         raise ExecutorError(f"resources.cpus_per_trial is {cpus_per_trial} but the largest Ray node has {most:g} CPUs")
 
 
-def loopback_options() -> dict[str, Any]:
-    """ray.init options that keep a local Ray on 127.0.0.1 (filled in below, see README)."""
-    return {}
+def local_ray_auth() -> None:
+    """A local Ray requires a token of its own (Ray's documented token authentication,
+    RAY_AUTH_MODE=token): Ray 2.60 binds its GCS, raylet and worker ports on every interface
+    whatever ray.init is given (its public options choose no bind address), so a client from
+    another machine can reach the ports but cannot join without this token. The token lives in
+    a 0600 file removed when the driver exits; workers inherit the variables from the raylet.
+    A user who set RAY_AUTH_MODE keeps their own setting; in a process that imported ray
+    before (a notebook, a test session) it cannot be switched on and the local Ray runs as Ray's
+    default."""
+    if os.environ.get("RAY_AUTH_MODE") or "ray" in sys.modules:
+        return
+    folder = tempfile.mkdtemp(prefix="vaebench-ray-")
+    token = Path(folder) / "token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 def cluster_workers(cpus_per_trial: float, gpus_per_trial: float) -> int:

@@ -16,8 +16,8 @@ training RNG stream (a run with metrics every epoch trains exactly like one with
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -37,7 +37,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -51,6 +51,8 @@ from vaebench.config import (
     ObjectiveConfig,
     TrialConfig,
 )
+from vaebench.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.convergence import convergence
 from vaebench.data import Dataset, load_data
 from vaebench.metrics import evaluate
 from vaebench.models import VAE, build_model
@@ -68,6 +70,7 @@ SUPPORTED: dict[str, Any] = {
     "data": "*", "data_seed": "*", "seed": "*",
     "model.kind": ("mlp", "conv", "linear"), "model.latent_dim": "*", "model.hidden": "*", "model.channels": "*",
     "model.likelihood": ("bernoulli", "gaussian", "gaussian_learned"), "model.sigma": "*",
+    "objective.kind": ("beta_vae",), "objective.alpha": "*", "objective.gamma": "*", "objective.tc_estimator": "*",
     "objective.beta": "*", "objective.free_bits": "*", "objective.free_bits_mode": ("per_dim", "total"),
     "objective.anneal.kind": ("none", "linear", "sigmoid", "cyclical", "capacity"),
     "objective.anneal.start": "*", "objective.anneal.warmup_steps": "*", "objective.anneal.k": "*",
@@ -79,6 +82,9 @@ SUPPORTED: dict[str, Any] = {
     "metrics.active_threshold": "*", "metrics.mi_batch_size": "*", "metrics.iw_samples": "*",
     "metrics.iw_examples": "*", "metrics.collapse_epsilon": "*", "metrics.collapse_delta": "*",
     "metrics.eval_batch_size": "*", "metrics.every": "*",
+    # the ground-truth-factor metrics (vaebench.disentanglement) are not computed in packs: off only
+    "metrics.disentanglement": ([],), "metrics.disentanglement_every": "*", "metrics.disentanglement_preset": "*",
+    "metrics.disentanglement_seed": "*",
 }
 # settings that may differ between the members of one pack (per-member tensors or generators)
 PER_MEMBER = ("seed", "objective.", "train.lr", "train.weight_decay", "train.grad_clip", "train.threads")
@@ -380,7 +386,10 @@ class PackedObjective:
 
     def __init__(self, objectives: list[ObjectiveConfig], T: int, device: torch.device):
         self.objectives, self.T, self.device = list(objectives), T, device
-        f = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)
+
+        def f(vals: list[float]) -> torch.Tensor:
+            return torch.tensor(vals, dtype=torch.float32, device=device)
+
         self.is_capacity = torch.tensor([isinstance(o.anneal, CapacityAnneal) for o in objectives], device=device)
         self.gamma = f([o.anneal.gamma if isinstance(o.anneal, CapacityAnneal) else 0.0 for o in objectives])
         self.lam = f([o.free_bits for o in objectives])
@@ -499,6 +508,7 @@ class Member:
     cfg: TrialConfig
     order: torch.Generator  # minibatch order, as train() seeds it
     noise: torch.Generator  # reparameterisation noise, as train() seeds it
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: {k: [] for k in CONVERGENCE_KEYS})
 
 
 def _failed(i: int, tb: str) -> dict[str, Any]:
@@ -656,11 +666,15 @@ class PackTrainer:
                 eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
                 metrics.update({f"val/{n}": v for n, v in evaluate(self.solo, self.x_val, m.cfg.metrics,
                                                                    eval_noise).items()})
+                for key in CONVERGENCE_KEYS:
+                    m.history[key].append((epoch, metrics[key]))
+            if last:  # still moving at the end? (vaebench.convergence, as train() records it)
+                metrics.update(convergence(m.history, self.epochs))
             state = "completed" if last else "running"
             out.append({"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": state, "member": m.index})
             if last:
                 out.append({"kind": "end", "state": "completed", "epoch": epoch, "member": m.index,
-                            "artifacts": artifacts(self.solo, self.data)})
+                            "artifacts": artifacts(self.solo, self.data, m.cfg.metrics)})
             else:
                 keep.append(k)
         self.ended |= {m.index for k, m in enumerate(self.live) if k not in keep}
@@ -695,5 +709,7 @@ def packing_summary(study: Any) -> str:
             return head + f"none, settings packs do not support: {', '.join(reasons)}"
         size = pack if isinstance(pack, int) else "auto-sized"
         return head + f"the trials of each round of asks, in packs of {size} members of one shape"
+    if study.n_trials() > 20_000:  # not built here (a sweep plans each round of trials as it asks for them)
+        return head + f"{study.n_trials():,} trials, planned round by round as the sweep runs"
     configs = [spec.config for spec in expand(study)]
     return head + describe_plan(configs, plan_packs(configs, pack, slots=slots))

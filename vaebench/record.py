@@ -20,26 +20,35 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
 from vaebench.tracking import (
-    FINAL_STATES, MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, MLFLOW_STATUS, ROLE, STATE, SUPERSEDED, artifact_root,
+    FINAL_STATES,
+    MAX_METRICS_PER_CALL,
+    MAX_PARAMS_PER_CALL,
+    MLFLOW_STATUS,
+    ROLE,
+    STATE,
+    SUPERSEDED,
+    artifact_root,
     param_value,
 )
 
-FLUSH_SECONDS = 5.0  # buffered epoch metrics reach the store at least this often
+FLUSH_SECONDS = 5.0  # buffered epoch metrics reach the store at least this often (VAEBENCH_FLUSH_SECONDS overrides)
 # A tracking server that stays down fails a request after at most ~45 s: 4 attempts of at most
 # 10 s each, with backoffs 1 + 2 + 4 s (+ up to 1 s jitter each). The user's own values win.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -93,6 +102,16 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def root_cause(e: BaseException) -> str:
+    """'OperationalError: no such table: metrics': the innermost exception of a chain, its first line."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
 def holder_text(info: dict[str, Any]) -> str:
     return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, since {info.get('since', '?')}"
 
@@ -100,24 +119,49 @@ def holder_text(info: dict[str, Any]) -> str:
 class Record:
     """Reads and writes one study's runs through MlflowClient."""
 
-    def __init__(self, uri: str, study: str):
+    def __init__(self, uri: str, study: str, create: bool = True):
+        """``create=False``: a SQLite store that does not exist yet is made only by create_store
+        (the sweep checks everything it can before it writes anything)."""
         self.uri, self.study = uri, study
+        self.failed = False  # a write failed: the lease is left to go stale rather than wait on a dead server
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json
+        # MLflow logs a failing SQL statement with all its parameters before raising; the driver
+        # reports the failure itself, in one line (StoreError)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
-        with self._store("open"):
-            db = sqlite_path(uri)
-            if db is not None:
-                db.parent.mkdir(parents=True, exist_ok=True)
-                if not db.exists():
-                    new_sqlite_store(db)
-            self.client = MlflowClient(tracking_uri=uri)
         self._experiment_id: str | None = None
+        self._client: MlflowClient | None = None
         self._buffer: dict[str, list[Metric]] = {}  # run id -> metrics not yet sent
         self._last_flush = time.monotonic()
+        self.flush_seconds = float(os.environ.get("VAEBENCH_FLUSH_SECONDS", FLUSH_SECONDS))
         self._lock_file: Any = None
         self._lease: dict[str, Any] | None = None
+        if create:
+            self.create_store()
+            _ = self.client
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on first use: MlflowClient opens (and for SQLite creates) the store at once."""
+        if self._client is None:
+            with self._store("open"):
+                self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def create_store(self) -> None:
+        db = sqlite_path(self.uri)
+        if db is not None and not db.exists():
+            with self._store("create the store"):
+                db.parent.mkdir(parents=True, exist_ok=True)
+                new_sqlite_store(db)
+
+    @property
+    def exists(self) -> bool:
+        """False for a SQLite store whose file is not there (yet)."""
+        db = sqlite_path(self.uri)
+        return db is None or db.is_file()
 
     @contextmanager
     def _store(self, what: str) -> Iterator[None]:
@@ -127,14 +171,14 @@ class Record:
         except (StoreError, LockError):
             raise
         except Exception as e:
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StoreError(f"the tracking store {self.uri} failed ({what}): {type(e).__name__}: {cause}") from e
+            self.failed = True
+            raise StoreError(f"the tracking store {self.uri} failed ({what}): {root_cause(e)}") from e
 
     # ------------------------------------------------------------------ reading
 
     @property
     def experiment_id(self) -> str | None:
-        if self._experiment_id is None:
+        if self._experiment_id is None and self.exists:
             with self._store("read the experiment"):
                 exp = self.client.get_experiment_by_name(self.study)
             self._experiment_id = exp.experiment_id if exp is not None else None
@@ -183,12 +227,13 @@ class Record:
         a lease in the experiment tag ``vaebench.lock``, renewed at every flush, stale after
         LEASE_SECONDS."""
         me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "since": datetime.now(UTC).isoformat(timespec="seconds")}
         db = sqlite_path(self.uri)
         if db is not None:
             path = db.with_name(f"{db.name}.{self.study}.lock")
             with self._store(f"open the lock file {path}"):
-                f = open(path, "a+")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+")  # noqa: SIM115 (held open for the whole sweep: the flock lives with it)
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -241,8 +286,12 @@ class Record:
     def unlock(self) -> None:
         if self._lock_file is not None:  # emptied: a lock file with a holder in it was left by a dead driver
             self._lock_file.truncate(0)
+            if not self.exists:  # the sweep stopped before it made the store: it leaves nothing behind
+                Path(self._lock_file.name).unlink(missing_ok=True)
             self._lock_file.close()
             self._lock_file = None
+        if self._lease is not None and self.failed:
+            self._lease = None
         if self._lease is not None:
             self._lease = None
             try:
@@ -258,9 +307,10 @@ class Record:
                 self.study, artifact_location=artifact_root(self.uri, self.study))
         return self._experiment_id
 
-    def start_study(self, description: str, study_yaml: str, tags: dict[str, str], defn: dict[str, Any]) -> Run:
-        """Create the experiment if needed and a new parent run holding ``defn``; older parents
-        are superseded."""
+    def start_study(self, description: str, study_yaml: str, tags: dict[str, str],
+                    defn: dict[str, Any] | None = None) -> Run:
+        """Create the experiment if needed and a new parent run holding ``defn`` (the sweep always
+        gives one); older parents are superseded."""
         with self._store("start the study record"):
             self._ensure_experiment()
             old = self.parent_run()
@@ -272,9 +322,10 @@ class Record:
             self.set_definition(run.info.run_id, defn, study_yaml, tags)
             return run
 
-    def set_definition(self, run_id: str, defn: dict[str, Any], study_yaml: str, tags: dict[str, str]) -> None:
+    def set_definition(self, run_id: str, defn: dict[str, Any] | None, study_yaml: str, tags: dict[str, str]) -> None:
         with self._store("write the study definition"):
-            self.client.log_dict(run_id, defn, DEFINITION_FILE)
+            if defn is not None:
+                self.client.log_dict(run_id, defn, DEFINITION_FILE)
             self.client.log_text(run_id, study_yaml, "study.yaml")
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
@@ -314,7 +365,7 @@ class Record:
 
     def flush_due(self) -> None:
         """Flush when FLUSH_SECONDS have passed since the last flush (and renew a server lease)."""
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
             with self._store("renew the lock"):
                 self._renew_lease()
@@ -333,12 +384,17 @@ class Record:
             self.client.log_batch(run_id, tags=[RunTag(STATE, state)] + [RunTag(k, v) for k, v in (tags or {}).items()])
             self.client.set_terminated(run_id, MLFLOW_STATUS[state])
 
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str | None = None) -> None:
+        with self._store("log artifacts"):
+            for f in files:
+                self.client.log_artifact(run_id, str(f), artifact_path)
+
     def close_final(self, run: Run) -> None:
         """A run tagged final but left RUNNING (its driver died between the tag and closing it)."""
         with self._store("close a trial run"):
             self.client.set_terminated(run.info.run_id, MLFLOW_STATUS[run.data.tags[STATE]])
 
-    def end_study(self, run_id: str, status: str) -> None:
+    def end_study(self, run_id: str, status: str = "FINISHED") -> None:
         with self._store("end the study record"):
             self.client.set_terminated(run_id, status)
 

@@ -20,16 +20,25 @@ import gc
 import json
 import math
 import re
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Run
 
-from vaebench.tracking import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, STATE, Record, resolve_tracking_uri, store_missing
+from vaebench.tracking import (
+    HASH,
+    OPTUNA_STUDY,
+    OPTUNA_TRIAL,
+    POINT,
+    STATE,
+    Record,
+    resolve_tracking_uri,
+    store_missing,
+)
 
 #: columns of ``trials_frame`` that describe the run rather than its config or metrics
 META_COLUMNS = ["run_id", "run_name", "state", "seed", "point_key", "config_hash", "optuna_trial",
@@ -107,26 +116,73 @@ def _factors_from_points(runs: list[TrialRun]) -> list[str]:
 
 # ----------------------------------------------------------------------------- reading the store
 #
-# A database store (SQLite, PostgreSQL, MySQL: MLflow's SqlAlchemyStore) is read with a few
-# SQL queries over MLflow's own tables (runs, tags, params, latest_metrics, metrics): for
-# 1,000 trials that is a fraction of a second, where building MLflow's Run entities through
-# search_runs takes ten seconds or more. Any other store (a tracking server) is read through
-# MlflowClient. Both give the same TrialRun values.
+# Runs, tags, params and final metrics are read through MlflowClient (search_runs: ~2.7 s for
+# 1,000 trials, benchmarks/RESULTS.md). Histories are where the public API is too slow: one
+# get_metric_history request per run and key (35,000 for 1,000 trials of 35 metrics), so on a
+# database store they come from one SQL query per 500 runs (``SqlHistories``, 6.7 s for 1.75
+# million rows), which checks MLflow's schema first and falls back to the public API on any error.
 
 
-def _sql_store(client: Any) -> Any | None:
-    """The SqlAlchemyStore behind an MlflowClient, or None for other stores."""
-    store = getattr(client, "_tracking_client", None)
-    store = getattr(store, "store", None)
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-    except ImportError:  # pragma: no cover
-        return None
-    return store if isinstance(store, SqlAlchemyStore) else None
+def _read_trials(rec: Record, parent_id: str) -> list[TrialRun]:
+    """Every live trial run of the record, oldest first, with the last epoch each logged."""
+    runs = [TrialRun(r.info.run_id, r.info.run_name, r.info.start_time, r.info.end_time, dict(r.data.tags),
+                     dict(r.data.params), dict(r.data.metrics), 0) for r in rec.trial_runs(parent_id)]
+    if runs:
+        steps = _fetch_histories(rec.uri, [r.run_id for r in runs], list(EPOCH_KEYS))
+        last = steps.groupby("run_id", observed=True)["epoch"].max().to_dict() if len(steps) else {}
+        for r in runs:
+            r.last_step = int(last.get(r.run_id, 0))
+    return runs
 
 
-def _metric_value(value: float, is_nan: Any) -> float:
-    return math.nan if is_nan else float(value)
+EPOCH_KEYS = ("train/epoch_seconds", "train/loss", "val/elbo")  # logged at every epoch a trial ran
+
+
+class SqlHistories:
+    """The one direct read of MLflow's tables: metric histories from a database store
+    (SQLite, PostgreSQL, MySQL, MS SQL) with plain SQLAlchemy, no MLflow internals. ``open``
+    refuses (raises) any URI that is not a database, or whose ``metrics`` table lacks the
+    columns read; callers fall back to ``MlflowClient.get_metric_history``."""
+
+    COLUMNS = ("run_uuid", "key", "step", "value", "is_nan", "timestamp")
+    SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+    def __init__(self, engine: Any, table: Any):
+        self.engine, self.table = engine, table
+
+    @classmethod
+    def open(cls, uri: str) -> SqlHistories:
+        import sqlalchemy as sa
+
+        if uri.split(":", 1)[0].split("+", 1)[0] not in cls.SCHEMES:
+            raise ValueError(f"{uri}: not a database store")
+        engine = sa.create_engine(uri)
+        try:
+            table = sa.Table("metrics", sa.MetaData(), autoload_with=engine)
+            missing = [c for c in cls.COLUMNS if c not in table.c]
+            if missing:
+                raise ValueError(f"MLflow's metrics table has no column {', '.join(missing)}")
+        except Exception:
+            engine.dispose()
+            raise
+        return cls(engine, table)
+
+    def rows(self, run_ids: list[str], keys: list[str]) -> list[tuple]:
+        """(run_id, key, step, value, is_nan, timestamp) of ``keys`` for ``run_ids``, unordered
+        (numpy sorts faster than the database)."""
+        import sqlalchemy as sa
+
+        m = self.table.c
+        out: list[tuple] = []
+        try:
+            with self.engine.connect() as conn:
+                for i in range(0, len(run_ids), 500):
+                    result = conn.execute(sa.select(m.run_uuid, m.key, m.step, m.value, m.is_nan, m.timestamp)
+                                          .where(m.key.in_(keys), m.run_uuid.in_(run_ids[i:i + 500])))
+                    out += _rows(result)
+        finally:
+            self.engine.dispose()
+        return out
 
 
 def _rows(result: Any) -> list[tuple]:
@@ -140,48 +196,6 @@ def _rows(result: Any) -> list[tuple]:
         return cursor.fetchall()
     finally:
         result.close()
-
-
-def _read_trials(rec: Record, parent_id: str) -> list[TrialRun]:
-    """Every live trial run of the record, oldest first."""
-    store = _sql_store(rec.client)
-    if store is None:
-        return [_from_entity(r) for r in rec.trial_runs(parent_id)]
-    import sqlalchemy as sa
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
-
-    runs_t, tags_t = SqlRun.__table__, SqlTag.__table__
-    parent_tag = tags_t.alias("parent_tag")
-    ids = (sa.select(runs_t.c.run_uuid)
-           .join(parent_tag, parent_tag.c.run_uuid == runs_t.c.run_uuid)
-           .where(runs_t.c.experiment_id == int(rec.experiment_id), runs_t.c.lifecycle_stage == "active",
-                  parent_tag.c.key == "mlflow.parentRunId", parent_tag.c.value == parent_id))
-    with store.engine.connect() as conn:
-        base = _rows(conn.execute(
-            sa.select(runs_t.c.run_uuid, runs_t.c.name, runs_t.c.start_time, runs_t.c.end_time)
-            .where(runs_t.c.run_uuid.in_(ids)).order_by(runs_t.c.start_time, runs_t.c.run_uuid)))
-        out = {rid: TrialRun(rid, name, start, end, {}, {}, {}, 0) for rid, name, start, end in base}
-        for rid, key, value in _rows(conn.execute(sa.select(tags_t.c.run_uuid, tags_t.c.key, tags_t.c.value)
-                                                  .where(tags_t.c.run_uuid.in_(ids)))):
-            out[rid].tags[key] = value
-        p = SqlParam.__table__
-        for rid, key, value in _rows(conn.execute(sa.select(p.c.run_uuid, p.c.key, p.c.value)
-                                                  .where(p.c.run_uuid.in_(ids)))):
-            out[rid].params[key] = value
-        m = SqlLatestMetric.__table__
-        for rid, key, value, is_nan, step in _rows(conn.execute(
-                sa.select(m.c.run_uuid, m.c.key, m.c.value, m.c.is_nan, m.c.step).where(m.c.run_uuid.in_(ids)))):
-            r = out[rid]
-            r.metrics[key] = _metric_value(value, is_nan)
-            r.last_step = max(r.last_step, int(step))
-    return list(out.values())
-
-
-def _from_entity(run: Run) -> TrialRun:
-    objs = getattr(run.data, "_metric_objs", None) or []
-    return TrialRun(run.info.run_id, run.info.run_name, run.info.start_time, run.info.end_time,
-                    dict(run.data.tags), dict(run.data.params), dict(run.data.metrics),
-                    max((int(m.step) for m in objs), default=0))
 
 
 # ----------------------------------------------------------------------------- typing back
@@ -406,15 +420,33 @@ def histories_frame(study: str, tracking_uri: str | None = None, metrics: Iterab
 
 def _fetch_histories(uri: str, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
     """The histories of ``keys`` for ``run_ids`` as run_id (categorical), epoch, metric
-    (categorical), value. A database store answers one query per 500 runs for all the keys;
-    other stores one MlflowClient call per run and key, 16 at a time. A step logged twice
-    (never by the driver) keeps its latest value."""
+    (categorical), value. A database store answers one SQL query per 500 runs for all the keys
+    (``SqlHistories``); any other store, or any error there, one MlflowClient call per run and
+    key, 16 at a time. A step logged twice (never by the driver) keeps its latest value."""
+    with _no_gc():  # millions of row tuples: the cyclic GC would rescan them again and again
+        return _frame_from_rows(_history_rows(uri, run_ids, keys), keys)
+
+
+def _history_rows(uri: str, run_ids: list[str], keys: list[str]) -> list[tuple]:
+    if not keys or not run_ids:
+        return []
+    try:
+        return SqlHistories.open(uri).rows(run_ids, keys)
+    except Exception:  # not a database, another schema, a driver missing: the public API
+        pass
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    store = _sql_store(client)
-    with _no_gc():  # millions of row tuples: the cyclic GC would rescan them again and again
-        return _fetch_histories_into_frame(client, store, run_ids, keys)
+
+    def one(job: tuple[str, str]) -> list[tuple]:
+        rid, key = job
+        return [(rid, key, x.step, x.value, math.isnan(x.value), x.timestamp) for x in client.get_metric_history(rid, key)]
+
+    rows: list[tuple] = []
+    with ThreadPoolExecutor(16) as pool:
+        for part in pool.map(one, [(r, k) for r in run_ids for k in keys]):
+            rows += part
+    return rows
 
 
 @contextmanager
@@ -428,28 +460,7 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _fetch_histories_into_frame(client: Any, store: Any, run_ids: list[str], keys: list[str]) -> pd.DataFrame:
-    rows: list[tuple] = []  # (run_id, metric, step, value, is_nan, timestamp)
-    if not keys or not run_ids:
-        pass
-    elif store is not None:
-        import sqlalchemy as sa
-        from mlflow.store.tracking.dbmodels.models import SqlMetric
-
-        m = SqlMetric.__table__
-        with store.engine.connect() as conn:
-            for i in range(0, len(run_ids), 500):
-                rows += _rows(conn.execute(  # unordered: numpy sorts faster than the database
-                    sa.select(m.c.run_uuid, m.c.key, m.c.step, m.c.value, m.c.is_nan, m.c.timestamp)
-                    .where(m.c.key.in_(keys), m.c.run_uuid.in_(run_ids[i:i + 500]))))
-    else:
-        def one(job: tuple[str, str]) -> list[tuple]:
-            rid, key = job
-            return [(rid, key, x.step, x.value, False, x.timestamp) for x in client.get_metric_history(rid, key)]
-
-        with ThreadPoolExecutor(16) as pool:
-            for part in pool.map(one, [(r, k) for r in run_ids for k in keys]):
-                rows += part
+def _frame_from_rows(rows: list[tuple], keys: list[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({"run_id": pd.Categorical([]), "epoch": np.array([], dtype="int64"),
                              "metric": pd.Categorical([]), "value": np.array([], dtype="float64")})

@@ -23,17 +23,18 @@ trials already in the study, so a resumed study does not replay its opening poin
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from vaebench.study import Range, Study, TrialSpec
 
 INTERRUPTED = "vaebench.interrupted"  # Optuna study user attr: numbers of points cut off by an interrupt
 RESUMES = "vaebench.resumes"  # Optuna trial user attr: the interrupted point this trial asks again
 FINAL_STATES = ("completed", "diverged", "pruned")
+OPTUNA_TRIAL = "vaebench.optuna_trial"  # the run tag naming a trial's Optuna trial (vaebench.tracking)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class SearchStoreError(RuntimeError):
 class Search(Protocol):
     total: int  # trials of the whole study (for progress)
     refused: list[tuple[str, str]]  # (point, reason): points the config refused, never run
+    adopted: dict[str, dict[str, str]]  # key -> tags for its final run (taken over by a point asked again)
 
     def suggest(self, n: int) -> list[Planned]: ...
 
@@ -81,13 +83,14 @@ class GridSearch:
 
     def __init__(self, study: Study, finals: dict[str, tuple[str, dict[str, float]]]):
         self.study, self.finals = study, finals
-        self.total = math.prod(len(v) for v in study.space.values()) * len(study.seeds)
+        self.total = study.n_trials()  # counted by arithmetic
         self.refused: list[tuple[str, str]] = []
+        self.adopted: dict[str, dict[str, str]] = {}
         self._seen = set(finals)
         self._trials = self._iterate()
 
     def _iterate(self) -> Iterator[Planned]:
-        for index, point in enumerate(self.study.grid()):
+        for index, point in enumerate(self.study.iter_grid()):  # lazily: a grid is never held in memory
             for seed in self.study.seeds:
                 spec = TrialSpec(point, seed, self.study.trial_config(point, seed))
                 if spec.config_hash not in self._seen:
@@ -133,8 +136,9 @@ class OptunaSearch:
         self.study, self.storage, self.finals = study, storage, finals
         s = study.search
         self.objectives = list(s.objectives)
-        self.total = s.budget * len(study.seeds)
+        self.total = study.n_trials()
         self.refused: list[tuple[str, str]] = []
+        self.adopted: dict[str, dict[str, str]] = {}
         self.points: dict[int, Point] = {}
         self.by_key: dict[str, set[int]] = {}  # key -> open points that need it
         self.live: set[str] = set()  # keys planned and not final
@@ -234,9 +238,13 @@ class OptunaSearch:
             self.by_key.setdefault(spec.config_hash, set()).add(trial.number)
             # a trial already final, or running for an earlier point the sampler proposed again,
             # is not started twice: this point waits for it
-            if spec.config_hash not in self.finals and spec.config_hash not in self.live:
+            tags = {OPTUNA_TRIAL: str(trial.number)}
+            if spec.config_hash in self.finals:
+                if RESUMES in trial.user_attrs:  # its run, final before the interrupt, now belongs to this trial
+                    self.adopted[spec.config_hash] = tags
+            elif spec.config_hash not in self.live:
                 self.live.add(spec.config_hash)
-                self.queue.append(Planned(spec.config_hash, spec, trial.number, {"vaebench.optuna_trial": str(trial.number)}))
+                self.queue.append(Planned(spec.config_hash, spec, trial.number, tags))
         self._tell_if_done(p)
 
     # ------------------------------------------------------------------ results

@@ -12,6 +12,7 @@ it into trial specs; it runs nothing.
       train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
     seeds: [0, 1, 2]
     search: {kind: grid}                # or random|tpe|nsga2 with budget, objectives, pruner
+    trial_limit: 100000                 # refuse a study implying more trials (the default)
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,24 +32,29 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vaebench.config import (
+    DataConfig,
+    DigitsData,
     MetricsConfig,
     ModelConfig,
     ObjectiveConfig,
     Section,
     TrainConfig,
     TrialConfig,
-    DataConfig,
-    DigitsData,
     flatten,
     set_dotted,
 )
+from vaebench.store import short
+from vaebench.yaml_input import YamlInputError, parse, read_text
 
 STUDY_DIR = Path("studies")
 # metrics a search may optimise (vaebench.metrics / vaebench.train), and val/kl_dim/NN
 OBJECTIVE_METRICS = tuple(f"val/{m}" for m in (
     "elbo", "recon", "kl", "active_units", "mi", "iw_nll", "collapsed_dims", "collapsed_fraction",
-    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
+    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser")) + tuple(
+    f"val/dis/{m}" for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
+                             "dci_informativeness", "sap", "modularity"))
 DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
+TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
 
 
 class StudyError(ValueError):
@@ -63,7 +71,7 @@ class Range(Section):
     step: int | float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -114,7 +122,7 @@ class Search(Section):
     pruner: Literal["none", "median", "hyperband"] = "none"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Search":
+    def _consistent(self) -> Search:
         if not self.objectives:
             raise ValueError("objectives: name at least one metric, e.g. {val/elbo: max}")
         for name in self.objectives:
@@ -150,6 +158,19 @@ class Study(Section):
     space: dict[str, list[Any] | Range]
     seeds: list[int] = Field([0], min_length=1)
     search: Search = Search()
+    # the most trials (points x seeds) the study may imply, counted by arithmetic before any is
+    # built; a guard, not part of what the study trains (a record's definition leaves it out)
+    trial_limit: int = Field(TRIAL_LIMIT, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        # a repeated seed would be the same trial twice (one config hash): refused, for grid and search alike
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1}) if len(set(seeds)) < len(seeds) else []
+        if repeated:
+            raise ValueError(f"seed(s) {', '.join(map(str, repeated[:5]))} repeated; each seed may appear once, "
+                             "e.g. [0, 1, 2]")
+        return seeds
 
     def base(self) -> dict[str, Any]:
         """The base trial config as a plain dict (every default filled in)."""
@@ -165,10 +186,23 @@ class Study(Section):
         d["seed"] = seed
         return TrialConfig.model_validate(d)
 
-    def grid(self) -> list[dict[str, Any]]:
-        """The full factorial of the space's levels, in file order (last factor fastest)."""
+    def iter_grid(self) -> Iterator[dict[str, Any]]:
+        """The full factorial of the space's levels, in file order (last factor fastest), one at a time."""
         keys = list(self.space)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.space[k] for k in keys))]
+        return (dict(zip(keys, combo)) for combo in itertools.product(*(self.space[k] for k in keys)))
+
+    def grid(self) -> list[dict[str, Any]]:
+        return list(self.iter_grid())
+
+    def n_points(self) -> int:
+        """Points the study runs: the product of the level counts for a grid, the budget for a search."""
+        if self.search.kind != "grid":
+            return self.search.budget or 0
+        return math.prod(len(v) for v in self.space.values() if isinstance(v, list))
+
+    def n_trials(self) -> int:
+        """Trials (runs) the study implies: points x seeds. Arithmetic: nothing is built."""
+        return self.n_points() * len(self.seeds)
 
 
 @dataclass(frozen=True)
@@ -193,9 +227,17 @@ def point_key(point: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def iter_trials(study: Study) -> Iterator[TrialSpec]:
+    """Every (point, seed) of a grid study, built one at a time (a grid is counted by
+    ``Study.n_trials`` and need never be held in memory)."""
+    for p in study.iter_grid():
+        for s in study.seeds:
+            yield TrialSpec(p, s, study.trial_config(p, s))
+
+
 def expand(study: Study) -> list[TrialSpec]:
-    """Every (point, seed) of a grid study."""
-    return [TrialSpec(p, s, study.trial_config(p, s)) for p in study.grid() for s in study.seeds]
+    """Every (point, seed) of a grid study, as a list."""
+    return list(iter_trials(study))
 
 
 # ------------------------------------------------------------------------- loading
@@ -209,34 +251,123 @@ def resolve_path(ref: str | Path) -> Path:
     return STUDY_DIR / f"{ref}.yaml"
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
-    """Read, override (``--set a.b=value``) and validate a study file. Raises StudyError."""
+def load_study(path: str | Path, overrides: list[str] | None = None, open_data: bool = True) -> Study:
+    """Read, override (``--set a.b=value``) and validate a study file. Raises StudyError.
+
+    Bounded (vaebench.yaml_input): at most 1 MB of UTF-8, no duplicate keys, aliases
+    that stay small; a study implying more than ``trial_limit`` trials is refused
+    by arithmetic. With ``open_data``, every data file the study names is read as a trial
+    would read it, so a corrupt or misshapen file fails here, not in every trial."""
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"{path}: no such study file")
-    text = path.read_text()
+        raise StudyError(f"{path}: no such study file" if not path.exists() else f"{path}: not a file")
     try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
+        raw, root = parse(read_text(path))
+    except YamlInputError as e:
+        msg = str(e)
+        raise StudyError(msg if msg.startswith(str(path)) else f"{path}{msg}") from None
     except yaml.YAMLError as e:
-        raise StudyError(f"{path}: not valid YAML: {e}") from None
+        raise StudyError(f"{path}: not valid YAML: {_cut_text(str(e))}") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: a study is a mapping of fields (name, data, model, space, ...), got {type(raw).__name__}")
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise StudyError(f"--set {item!r}: expected dotted.path=value")
-        try:
-            set_dotted(raw, key.strip(), yaml.safe_load(value))
-        except KeyError:
-            raise StudyError(f"--set {item!r}: {key} does not name a setting") from None
+        _override(raw, item)
     try:
         study = Study.model_validate(raw)
     except ValidationError as e:
         raise StudyError(_format_errors(path, root, e)) from None
+    _check_size(path, root, study)
+    _check_factors(path, root, study)
     _check_space(path, root, study)
     _check_data_files(path, root, study)
+    if open_data:
+        _open_data(path, root, study)
     return study
+
+
+def _override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``--set dotted.path=value``; the value is YAML, bounded as a file is."""
+    key, sep, value = item.partition("=")
+    where = f"--set {short(item)}"
+    if not sep or not key.strip():
+        raise StudyError(f"{where}: expected dotted.path=value, e.g. train.epochs=5")
+    if len(value.encode("utf-8", "surrogateescape")) > 100_000:
+        raise StudyError(f"{where}: the value is longer than 100,000 bytes")
+    try:
+        parsed, _ = parse(value)
+    except YamlInputError as e:
+        raise StudyError(f"{where}: {str(e).lstrip(' :')}") from None
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise StudyError(f"{where}: the value is not valid YAML ({problem}); quote strings, write lists as "
+                         "[1, 2] and mappings as {kind: linear}") from None
+    key = key.strip()
+    try:
+        if key.startswith("space.") and isinstance(raw.get("space", {}), dict):
+            raw.setdefault("space", {})[key.removeprefix("space.")] = parsed  # a factor's key is itself dotted
+        else:
+            set_dotted(raw, key, parsed)
+    except (KeyError, AttributeError, TypeError):
+        raise StudyError(f"{where}: {short(key)} does not name a setting") from None
+
+
+def _cut_text(text: str, limit: int = 600) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _check_size(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """A study implying more trials than trial_limit is refused before any is built."""
+    n, limit = study.n_trials(), study.trial_limit
+    if n > limit:
+        what = (" x ".join(f"{len(v)} {k}" for k, v in study.space.items() if isinstance(v, list))
+                if study.search.kind == "grid" else f"budget {study.search.budget}")
+        raise StudyError(f"{path}{_line(root, ('space',))}: the study implies {n:,} trials ({what} x "
+                         f"{len(study.seeds)} seeds), more than trial_limit ({limit:,}); use fewer levels "
+                         "or seeds, or raise trial_limit (a top-level field, or --set trial_limit=N)")
+
+
+def _data_configs(study: Study) -> list[tuple[str, Any]]:
+    """(field, data config) of every data set the study's trials can use: the base, and each
+    combination of the space's data levels (deduplicated)."""
+    keys = [k for k, v in study.space.items() if k.split(".")[0] == "data" and isinstance(v, list)]
+    if not keys:
+        files = [f for f in DATA_FILE_FIELDS if getattr(study.data, f, None) is not None]
+        return [(" / ".join(f"data.{f}" for f in files) or "data", study.data)]
+    out: dict[str, tuple[str, Any]] = {}
+    for combo in itertools.product(*(study.space[k] for k in keys)):
+        cfg = study.trial_config(dict(zip(keys, combo)), study.seeds[0]).data
+        blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        out.setdefault(blob, ("space." + " / space.".join(keys), cfg))
+    return list(out.values())
+
+
+def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """Read every file-based data set (idx, npz) as a trial would: a file that cannot be
+    read, has the wrong shape or dtype fails here with the file and the field."""
+    from vaebench.data import DataError, load_data
+
+    for field, cfg in _data_configs(study):
+        if cfg.kind not in ("idx", "npz"):
+            continue  # bundled or generated: nothing on disk to check
+        try:
+            load_data(cfg, study.data_seed)
+        except DataError as e:
+            line = _line(root, tuple(field.split(" ")[0].split(".", 1)))
+            raise StudyError(f"{path}{line}: {field}: {_cut_text(str(e))}") from None
+        except (OSError, ValueError, MemoryError) as e:
+            raise StudyError(f"{path}: {field}: cannot read the data ({type(e).__name__}: {_cut_text(str(e))})") from None
+
+
+def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """Disentanglement metrics need data whose generative factors are known."""
+    from vaebench.data import FACTOR_KINDS
+
+    if study.metrics.disentanglement and study.data.kind not in FACTOR_KINDS:
+        raise StudyError(
+            f"{path}{_line(root, ('metrics', 'disentanglement'))}: metrics.disentanglement: "
+            f"{', '.join(study.metrics.disentanglement)} need data with known generative factors, and data.kind "
+            f"{study.data.kind!r} has none; allowed with data.kind: {', '.join(FACTOR_KINDS)} (otherwise leave "
+            f"metrics.disentanglement empty)")
 
 
 def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:
@@ -247,13 +378,13 @@ def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:
         if value is None:
             continue
         if not Path(value).is_file():
-            raise StudyError(f"{path}{_line(root, ('data', field))}: data.{field}: no such file: {value}")
+            raise StudyError(f"{path}{_line(root, ('data', field))}: data.{field}: no such file: {_cut_text(value, 300)}")
         setattr(study.data, field, str(Path(value).resolve()))
     for key, levels in study.space.items():
         if key.split(".")[0] == "data" and key.rsplit(".", 1)[-1] in DATA_FILE_FIELDS and isinstance(levels, list):
             for i, level in enumerate(levels):
                 if not Path(str(level)).is_file():
-                    raise StudyError(f"{path}{_line(root, ('space', key))}: space.{key}: no such file: {level}")
+                    raise StudyError(f"{path}{_line(root, ('space', key))}: space.{key}: no such file: {short(level, 300)}")
                 levels[i] = str(Path(str(level)).resolve())
 
 
@@ -263,36 +394,41 @@ def _check_space(path: Path, root: yaml.Node | None, study: Study) -> None:
     settings = flatten(study.base())
     settings_prefixes = {".".join(k.split(".")[:i]) for k in settings for i in range(1, k.count(".") + 2)}
     for key, levels in study.space.items():
-        where = f"{path}{_line(root, ('space', key))}: space.{key}"
+        where = f"{path}{_line(root, ('space', key))}: space.{_cut_text(key, 120)}"
         if key == "seed":
             raise StudyError(f"{where}: seeds are given by the top-level 'seeds' list, not in space")
         if key not in settings_prefixes:
             near = sorted(k for k in settings if k.split(".")[0] == key.split(".")[0]) or sorted(settings)
-            raise StudyError(f"{where}: names no setting. Settings under that section: {', '.join(near)}")
+            raise StudyError(f"{where}: names no setting. Settings under that section: {', '.join(near[:40])}")
         if isinstance(levels, Range):
             if study.search.kind == "grid":
                 raise StudyError(f"{where}: a range (low/high) needs search kind random|tpe|nsga2; a grid takes a list of levels")
             levels = [levels.low, levels.high]  # both ends must be allowed values of the setting
         if not levels:
             raise StudyError(f"{where}: has no levels; give a non-empty list")
+        seen: dict[str, Any] = {}
         for level in levels:  # each level must give a valid trial config on its own
             try:
-                study.trial_config({key: level}, study.seeds[0])
+                h = study.trial_config({key: level}, study.seeds[0]).config_hash()
             except ValidationError as e:
                 msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-                raise StudyError(f"{where}: level {level!r} is not allowed: {msgs}") from None
+                raise StudyError(f"{where}: level {short(level)} is not allowed: {msgs}") from None
+            if h in seen and isinstance(study.space[key], list):  # 1 and 1.0, none and {kind: none}
+                raise StudyError(f"{where}: levels {short(seen[h])} and {short(level)} give the same setting; "
+                                 "each level may appear once")
+            seen.setdefault(h, level)
 
 
 def _format_errors(path: Path, root: yaml.Node | None, e: ValidationError) -> str:
     lines = [f"{path}: {e.error_count()} problem(s):"]
-    for err in e.errors():
+    for err in e.errors(include_input=True, include_url=False)[:20]:
         loc = tuple(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        field = ".".join(loc) or "(top level)"
-        msg = err["msg"]
+        field = _cut_text(".".join(loc), 120) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not a setting of this section)"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
-            msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
+            msg = f"got {short(err['input'])}; allowed: {err['ctx']['expected']}"
         lines.append(f"  {field}{_line(root, loc)}: {msg}")
     return "\n".join(lines)
 

@@ -86,7 +86,7 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
     """Run or resume ``study``; returns the summary (``exit_code`` 0, 1 or 130). Raises
     SweepError (exit 2) when it cannot start; then nothing was written."""
     try:
-        record = Record(opts.tracking_uri, study.name)
+        record = Record(opts.tracking_uri, study.name, create=False)
         note = record.lock()
     except LockError as e:
         raise SweepError(str(e)) from None
@@ -114,6 +114,10 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
                     executor = PackedExecutor(workers, res.cpus_per_trial, res.gpus_per_trial,
                                               prefix=f"vaebench:{study.name}", pack=pack)
         try:
+            try:
+                record.create_store()
+            except StoreError as e:
+                return Summary(store_error=str(e))
             driver = Driver(study, study_text, opts, progress or Progress(enabled=False), record, executor)
             if note:
                 driver.summary.notes.append(note)
@@ -137,7 +141,7 @@ def check_definition(record: Record, study: Study, fresh: bool) -> tuple[Any, di
         old = record.definition(parent)
         diff = changes(old, defn) if old is not None else []
         if diff:
-            lines = "\n".join(f"  {f}: {json.dumps(o)} -> {json.dumps(n)}" for f, o, n in diff)
+            lines = "\n".join(f"  {f}: {brief(o)} -> {brief(n)}" for f, o, n in diff)
             raise SweepError(
                 f"study {study.name!r} differs from the definition of its record in {record.uri} "
                 f"(a record holds one definition; adding levels, seeds or budget extends it):\n{lines}\n"
@@ -154,6 +158,7 @@ class Driver:
         self.summary = Summary()
         self.live: dict[str, Live] = {}  # key (config hash) -> trial in flight
         self.finals: dict[str, tuple[str, dict[str, float]]] = {}  # key -> (state, final metrics)
+        self.final_runs: dict[str, str] = {}  # key -> run id of its final run
         self.launched = 0
         self.stop_signal: int | None = None
         self.parent_id = ""
@@ -173,9 +178,12 @@ class Driver:
                 parent.data.tags[OPTUNA_STUDY] = optuna_name
         else:
             self.record.reopen_study(parent.info.run_id)
-            if self.record.definition(parent) != defn:  # extended (or a record older than definitions)
+            old = self.record.definition(parent)
+            if old != defn:  # extended (check_definition refused anything else), or a record older than definitions
                 self.record.set_definition(parent.info.run_id, defn, self.study_text, tags)
-                self.summary.notes.append("the record's definition was extended to the study's (levels, seeds or budget added)")
+                self.summary.notes.append(
+                    "the record's definition was extended to the study's (levels, seeds or budget added)" if old else
+                    "the record was made before vaebench kept study definitions; it now keeps this study's")
         self.parent_id = parent.info.run_id
         self._load_existing()
         if self.study.search.kind == "grid":
@@ -191,6 +199,7 @@ class Driver:
                 if run.info.status == "RUNNING":  # the driver died between the state tag and closing the run
                     self.record.close_final(run)
                 self.finals[h] = (state, dict(run.data.metrics))
+                self.final_runs[h] = run.info.run_id
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:
@@ -205,7 +214,6 @@ class Driver:
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         search: Search | None = None
-        ended = False
         try:
             search = self._open(parent, defn)
             self.progress.start(self.study.name, search.total, self.summary.counts)
@@ -215,7 +223,7 @@ class Driver:
                     room = min(room, self.opts.max_trials - self.launched)
                 if room > 0:
                     self._launch(search.suggest(room))
-                self._note_refused(search)
+                self._drain(search)
                 if not self.live:
                     break
                 for event in self.executor.poll(1.0):
@@ -228,14 +236,15 @@ class Driver:
             search.interrupt()  # --max-trials may leave a point with seeds not started: it is asked again on resume
             self.record.flush()
             self.record.end_study(self.parent_id, "KILLED" if self.summary.interrupted else "FINISHED")
-            ended = True
         except (StoreError, SearchStoreError) as e:
             self.summary.store_error = str(e)
+            self._abandon(search)
+        except Exception:  # a bug: nothing left RUNNING where the store still takes writes, and the
+            self._abandon(search)  # parent never marked FINISHED; the traceback goes on to the user
+            raise
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
-            if not ended:  # a crash or a store failure: nothing left RUNNING where the store still takes writes,
-                self._abandon(search)  # and the parent is never marked FINISHED
             self.progress.stop(self.summary.counts)
         return self.summary
 
@@ -257,7 +266,11 @@ class Driver:
                 "vaebench.attempt": str(attempt), DEFINITION_TAG: self.definition_hash, **p.tags}
         return self.record.start_trial(self.parent_id, run_name(spec), {**spec.config.flat(), "seed": spec.seed}, tags)
 
-    def _note_refused(self, search: Search) -> None:
+    def _drain(self, search: Search) -> None:
+        """What the search has for the record besides trials to start: tags for kept runs, refused points."""
+        while search.adopted:
+            key, tags = search.adopted.popitem()
+            self.record.set_tags(self.final_runs[key], tags)
         while search.refused:
             self.summary.failed.append(search.refused.pop(0))
             self.summary.counts["failed"] += 1
@@ -297,6 +310,7 @@ class Driver:
         self.record.end_trial(t.run_id, state, tags, artifacts)
         del self.live[t.planned.key]
         self.finals[t.planned.key] = (state, dict(t.metrics))
+        self.final_runs[t.planned.key] = t.run_id
         self.summary.counts[state] += 1
         search.on_trial_complete(t.planned.key, state, dict(t.metrics))
 
@@ -335,6 +349,12 @@ class Driver:
                 search.interrupt()
         except Exception:  # the Optuna storage is down too: the next sweep settles RUNNING trials
             pass
+
+
+def brief(value: Any, limit: int = 200) -> str:
+    """A value as JSON, cut at ``limit`` characters (messages never print an unbounded input)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def run_name(spec: TrialSpec) -> str:

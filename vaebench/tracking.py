@@ -4,18 +4,17 @@
 Layout: one experiment per study (named after it); a parent run per study record
 (tag ``vaebench.role=study``); one child run per trial and seed (``vaebench.role=trial``,
 ``mlflow.parentRunId``), tagged with ``vaebench.trial_state`` and ``vaebench.config_hash``;
-params are the trial's config flattened with dotted names; metrics are logged per epoch
-with step = epoch, in one batch per epoch (each SQLite call costs ~13 ms).
+params are the trial's config flattened with dotted names; metrics per epoch with
+step = epoch. vaebench.record writes it (and defines Record, importable from here too).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TRACKING_URI = "sqlite:///sweeps/mlflow.db"
+from vaebench.store import resolve_tracking_uri, store_missing  # noqa: F401  (where the store is found)
 
 ROLE, STATE, HASH, POINT = "vaebench.role", "vaebench.trial_state", "vaebench.config_hash", "vaebench.point"
 SUPERSEDED, OPTUNA_STUDY, OPTUNA_TRIAL = "vaebench.superseded", "vaebench.optuna_study", "vaebench.optuna_trial"
@@ -26,16 +25,6 @@ MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "FIN
                  "failed": "FAILED", "killed": "KILLED"}
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limits
 MAX_METRICS_PER_CALL = 1000
-
-
-def resolve_tracking_uri(cli: str | None = None) -> str:
-    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then SQLite under sweeps/."""
-    return cli or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def store_missing(uri: str) -> bool:
-    """A SQLite store whose file does not exist: readers must say so, not create it."""
-    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def artifact_root(uri: str, study: str) -> str | None:
@@ -54,7 +43,7 @@ def param_value(v: Any) -> str:
 def __getattr__(name: str):
     # Record and new_sqlite_store live in vaebench.record (the only module that writes MLflow);
     # imported lazily because vaebench.record imports the names above
-    if name in ("Record", "new_sqlite_store", "StoreError", "LockError"):
+    if name in ("Record", "new_sqlite_store"):
         from vaebench import record
         return getattr(record, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 
 from vaebench.config import TrialConfig
+from vaebench.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.convergence import convergence
 from vaebench.data import Dataset, load_data
+from vaebench.disentanglement import evaluate_trial
 from vaebench.metrics import evaluate
 from vaebench.models import VAE, build_model, reparameterise
-from vaebench.objectives import kl_per_dim, kl_weight, regulariser
+from vaebench.objectives import kl_weight, objective
 
-TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")
+TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")  # train/NAME; beta_tcvae adds mi, tc, dwkl
 
 
 @dataclass
@@ -68,7 +72,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
 
     The objective is REFERENCE.md's ``distortion + beta * a_t * regulariser`` with one
     reparameterised sample per example; validation metrics (``vaebench.metrics``) are
-    computed every ``metrics.every`` epochs and at the last. Same config on CPU, same
+    computed every ``metrics.every`` epochs and at the last; the last epoch's metrics also hold
+    ``conv/*``, whether the trial was still moving (``vaebench.convergence``). Same config on CPU, same
     numbers: model init, minibatch order and noise all derive from ``cfg.seed``.
     """
     configure_torch(cfg.train.threads)
@@ -85,31 +90,29 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     n, bs, epochs = x_train.shape[0], cfg.train.batch_size, cfg.train.epochs
     T = epochs * math.ceil(n / bs)  # total optimiser steps, for the schedules
     t = 0
+    history: dict[str, list[tuple[int, float]]] = {k: [] for k in CONVERGENCE_KEYS}  # for convergence()
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        terms, sizes = [], []  # per-step values kept on device and reduced once: no per-step sync
+        steps, sizes = [], []  # per-step values kept on device and reduced once: no per-step sync
         for idx in torch.randperm(n, generator=order).split(bs):
             x = x_train[idx.to(device)]
             mu, logvar = model.encode(x)
             z = reparameterise(mu, logvar, noise)
-            recon = -model.log_likelihood(x, model.decode(z)).mean()
-            kl = kl_per_dim(mu, logvar)
-            reg = regulariser(kl, cfg.objective, t, T)
-            loss = recon + kl_weight(cfg.objective, t, T) * reg
+            terms = objective(model.log_likelihood(x, model.decode(z)), mu, logvar, z, cfg.objective, t, T, n)
 
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             if cfg.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
-            terms += (loss.detach(), recon.detach(), kl.detach().sum(1).mean(), reg.detach())
+            steps.append(torch.stack([v.detach() for v in terms.values()]))
             sizes.append(len(idx))
             t += 1
 
-        per_step = torch.stack(terms).view(-1, len(TRAIN_TERMS))  # [steps, terms], batch means
+        per_step = torch.stack(steps)  # [steps, terms], batch means
         weights = torch.tensor(sizes, dtype=per_step.dtype, device=device)[:, None] / n  # last batch may be short
         means = (per_step * weights).sum(0).tolist()
-        metrics = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
+        metrics = {f"train/{k}": v for k, v in zip(terms, means)}
         # the weight of the last step taken, i.e. the one in force at the end of the epoch
         metrics["train/kl_weight"] = kl_weight(cfg.objective, t - 1, T)
         metrics["train/epoch_seconds"] = time.perf_counter() - started
@@ -120,4 +123,11 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
             # the same evaluation noise for every trial (common random numbers across seeds)
             eval_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
             metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise).items()})
+            for k in CONVERGENCE_KEYS:
+                history[k].append((epoch, metrics[k]))
+        dis_every = cfg.metrics.disentanglement_every
+        if cfg.metrics.disentanglement and (epoch == epochs or (dis_every and epoch % dis_every == 0)):
+            metrics.update({f"val/dis/{k}": v for k, v in evaluate_trial(model, cfg).items()})
+        if epoch == epochs:  # still moving at the end? (conv/* metrics, recorded with the last epoch's)
+            metrics.update(convergence(history, epochs))
         yield EpochReport(epoch, metrics, "completed" if epoch == epochs else "running", model)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import os
 import traceback
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-from vaebench.config import TrialConfig
+from vaebench.config import MetricsConfig, TrialConfig
 from vaebench.data import Dataset, load_data
 from vaebench.models import VAE
 from vaebench.train import configure_torch, train
@@ -35,28 +36,37 @@ def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
         assert report is not None
         end: dict[str, Any] = {"kind": "end", "state": report.state, "epoch": report.epoch}
         if report.state == "completed":
-            end["artifacts"] = artifacts(report.model, data)
+            end["artifacts"] = artifacts(report.model, data, cfg.metrics)
         yield end
     except Exception:
         yield {"kind": "end", "state": "failed", "traceback": traceback.format_exc()}
 
 
-def artifacts(model: VAE, data: Dataset) -> dict[str, bytes]:
-    """The final checkpoint, and for image data a grid of reconstructions and samples."""
+def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -> dict[str, bytes]:
+    """The final checkpoint, and for image data a grid of reconstructions and samples and the latent
+    traversals (vaebench.traversals; collapsed dims by ``metrics``' epsilon and delta)."""
+    from vaebench.traversals import traversals_png
+
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     out = {"checkpoint.pt": buf.getvalue()}
     if len(data.meta.shape) == 3:
+        m = metrics or MetricsConfig()
         out["reconstructions.png"] = image_grid(model, data)
+        out["traversals.png"] = traversals_png(model, data.val, epsilon=m.collapse_epsilon, delta=m.collapse_delta)
     return out
 
 
+ROW_LABELS = ("data", "reconstruction", "prior sample")
+
+
 @torch.no_grad()
-def image_grid(model: VAE, data: Dataset, n: int = 8, scale: int = 4) -> bytes:
+def image_grid(model: VAE, data: Dataset, n: int = 8, cell: int = 64) -> bytes:
     """PNG: a row of validation images, a row of their reconstructions (posterior means, decoded
-    means) and a row of prior samples, with 1-pixel gaps; small images are upscaled ``scale``x.
+    means) and a row of prior samples, each row labelled on the left; images are upscaled
+    (nearest neighbour) to about ``cell`` pixels so that 8x8 digits are visible.
     PIL rather than matplotlib: it imports in milliseconds on the worker."""
-    from PIL import Image
+    from PIL import Image, ImageDraw, ImageFont
 
     model.eval()
     device = next(model.parameters()).device
@@ -66,13 +76,21 @@ def image_grid(model: VAE, data: Dataset, n: int = 8, scale: int = 4) -> bytes:
     samples = model.likelihood.mean(model.decode(torch.randn(n, model.latent_dim, generator=g, device=device)))
     rows = torch.stack([x, recon, samples])[:, :, 0].clamp(0, 1).cpu()  # [3, n, H, W]
     H, W = rows.shape[-2:]
-    grid = torch.ones(3 * (H + 1) + 1, n * (W + 1) + 1)
+    scale = max(1, round(cell / max(H, W)))
+    h, w, gap = H * scale, W * scale, 4
+    try:
+        font = ImageFont.load_default(size=14)
+    except (TypeError, OSError):  # an old Pillow or no FreeType: the small bitmap font
+        font = ImageFont.load_default()
+    label_w = 16 + max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font)) for t in ROW_LABELS)
+    img = Image.new("L", (label_w + rows.shape[1] * (w + gap) + gap, 3 * (h + gap) + gap), 255)
+    draw = ImageDraw.Draw(img)
     for r in range(3):
+        top = gap + r * (h + gap)
+        draw.text((8, top + h // 2), ROW_LABELS[r], fill=0, font=font, anchor="lm")
         for c in range(rows.shape[1]):
-            grid[1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = rows[r, c]
-    img = Image.fromarray((grid.numpy() * 255).astype("uint8"), mode="L")
-    if H < 32:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+            tile = Image.fromarray((rows[r, c].numpy() * 255).astype("uint8"), mode="L").resize((w, h), Image.NEAREST)
+            img.paste(tile, (label_w + gap + c * (w + gap), top))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

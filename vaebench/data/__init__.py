@@ -15,7 +15,7 @@ does not import scikit-learn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ import torch
 if TYPE_CHECKING:
     from vaebench.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
 
-__all__ = ["DataError", "DataMeta", "Dataset", "load_data", "split_indices"]
+__all__ = ["DataError", "DataMeta", "Dataset", "GroundTruth", "ground_truth", "load_data", "split_indices",
+           "FACTOR_KINDS"]
 
 
 class DataError(ValueError):
@@ -102,3 +103,37 @@ def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, see
 
         return load_npz(cfg, seed)
     raise ValueError(f"unknown data kind {kind!r}")
+
+
+# ------------------------------------------------------------------ ground-truth factors
+
+#: data kinds whose generative factors are known (the disentanglement metrics need them)
+FACTOR_KINDS = ("dsprites",)
+
+
+class GroundTruth(Protocol):
+    """A dataset that knows its generative factors (as disentanglement_lib's GroundTruthData).
+
+    Factors are integer indices: factor k takes the values 0 .. ``factor_sizes[k] - 1``.
+    The disentanglement metrics draw their own factor combinations (they need pairs that
+    share one factor, which a fixed validation split does not provide) and render them.
+    """
+
+    factor_names: tuple[str, ...]
+    factor_sizes: tuple[int, ...]
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` independent uniform factor combinations, int64 ``[n, K]`` (with replacement)."""
+
+    def observations(self, factors: np.ndarray) -> torch.Tensor:
+        """The observations of the given factor rows, float32 ``[n, *event]``; row i depends only on
+        factors[i] (deterministic), so a representation of them is order-independent."""
+
+
+def ground_truth(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData) -> GroundTruth | None:
+    """The ground-truth factor interface of the data ``cfg`` describes, None when its factors are unknown."""
+    if cfg.kind == "dsprites":
+        from vaebench.data.dsprites import DSpritesFactors
+
+        return DSpritesFactors(tuple(cfg.shapes))
+    return None

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from vaebench.config import DSpritesData
 
 __all__ = [
+    "DSpritesFactors",
     "FACTOR_NAMES",
     "FACTOR_SIZES",
     "IMAGE_SIZE",
@@ -192,6 +193,29 @@ def render(factors: np.ndarray) -> np.ndarray:
 def _as_images(masks: np.ndarray) -> torch.Tensor:
     """bool ``[N, 64, 64]`` -> float32 0/1 ``[N, 1, 64, 64]``."""
     return torch.from_numpy(masks).to(torch.float32).unsqueeze(1)
+
+
+class DSpritesFactors:
+    """Procedural dSprites as a ground-truth dataset (``vaebench.data.GroundTruth``).
+
+    Restricted to ``shapes`` as the training data is: the shape factor's indices 0 .. S-1 map to
+    those shapes (sorted by code); the other factors take their full grids. Colour is fixed (white),
+    so it is no factor. Sampling is uniform and with replacement, as in disentanglement_lib.
+    """
+
+    factor_names = FACTOR_NAMES
+
+    def __init__(self, shapes: Sequence[str] = SHAPE_NAMES):
+        self.shape_codes = _shape_indices(shapes)
+        self.factor_sizes = (len(self.shape_codes), *FACTOR_SIZES[1:])
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.stack([rng.integers(0, s, size=n) for s in self.factor_sizes], axis=1).astype(np.int64)
+
+    def observations(self, factors: np.ndarray) -> torch.Tensor:
+        f = np.array(factors, dtype=np.int64)
+        f[:, 0] = self.shape_codes[f[:, 0]]
+        return _as_images(render(f))
 
 
 def load_dsprites(cfg: DSpritesData, seed: int) -> Dataset:

@@ -5,6 +5,7 @@ logged to MLflow, 2 bad input (unknown study, empty record, unknown factor or fo
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,9 +14,32 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from vaebench.tracking import DEFAULT_TRACKING_URI
+from vaebench.checks import CheckError, check_server
+from vaebench.console import fail
+from vaebench.store import (
+    STORAGE_HELP,
+    TRACKING_HELP,
+    StoreError,
+    check_readable,
+    check_storage,
+    default_storage,
+    project_root,
+    resolve_tracking_uri,
+    short,
+)
 
-TRACKING_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
+# a study name that is one plain folder name: no separator, no leading dot (so not '..'), bounded
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+
+
+def report_folder(name: str, root: Path) -> Path:
+    """root/reports/NAME for a study name that is a plain folder name. The name comes from
+    the command line or the store (any MLflow experiment name), so an absolute path, a
+    separator or '..' could point anywhere: refused (StoreError) rather than followed."""
+    if not _FOLDER_NAME.match(name):
+        raise StoreError(f"study name {short(name)} is not a plain folder name (letters, digits, _ . -, not starting "
+                         "with a dot), so it cannot name a folder under reports/; give --out FOLDER")
+    return root / "reports" / name
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -24,35 +48,32 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def report(
-    study: str = typer.Argument(..., help="study YAML file, NAME for studies/NAME.yaml, or the name of a study "
+    study: str = typer.Argument(..., metavar="STUDY", help="study YAML file, NAME for studies/NAME.yaml, or the name of a study "
                                           "in the tracking store"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default reports/NAME)"),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="output folder (default PROJECT/reports/NAME, PROJECT being "
+                                                           "the folder above the study's studies/ folder, else the "
+                                                           "current folder)"),
     group_by: Optional[list[str]] = typer.Option(
-        None, "--group-by", help="factor of the ablation table's rows, by path or short name (objective.beta or "
+        None, "--group-by", metavar="FACTOR", help="factor of the ablation table's rows, by path or short name (objective.beta or "
                                  "beta); repeatable or comma-separated (default: every factor of the study)"),
     baseline: Optional[list[str]] = typer.Option(
-        None, "--baseline", help="dotted.path=value: the baseline level of a grouping factor; cells show their "
-                                 "difference to the baseline row (repeatable)"),
-    format: str = typer.Option("md,html,tex,csv", "--format", help="outputs, comma-separated: md (report.md), "
+        None, "--baseline", metavar="PATH=VALUE", help="dotted.path=value: the baseline level of a grouping factor; cells show their "
+                                 "difference to the baseline row with its 95% confidence interval over seeds "
+                                 "(repeatable)"),
+    format: str = typer.Option("md,html,tex,csv", "--format", metavar="FORMATS", help="outputs, comma-separated: md (report.md), "
                                                                    "html (index.html), tex, csv"),
     collapse_axes: Optional[str] = typer.Option(
-        None, "--collapse-axes", help="one or two factors X,Y of the collapse map (default beta,free_bits)"),
-    curves_by: Optional[str] = typer.Option(None, "--curves-by",
-                                            help="factor of the training curves' lines (default beta)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL of a search study "
-                                                                  "(default sqlite:///sweeps/NAME/optuna.db)"),
+        None, "--collapse-axes", metavar="X[,Y]", help="one or two factors X,Y of the collapse map (default beta,free_bits)"),
+    curves_by: Optional[str] = typer.Option(None, "--curves-by", metavar="FACTOR",
+                                            help="factor of the training curves' lines (default beta); their columns are the "
+                                                 "latent sizes (or the next factor)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help=STORAGE_HELP),
     log: bool = typer.Option(True, "--log/--no-log", help="also log the report as artifacts (report/) of the "
                                                           "study's parent run in MLflow"),
 ) -> None:
     """Render a study's figures and ablation tables from its MLflow record into reports/NAME/."""
     err = Console(stderr=True, highlight=False)
-
-    def fail(message: str, code: int = 2) -> None:
-        err.print("[bold red]error:[/] ", end="")
-        err.print(message, markup=False)
-        raise typer.Exit(code)
-
     from vaebench.results import ReportError, load_record, trials_frame
     from vaebench.study import StudyError, load_study, resolve_path
 
@@ -61,7 +82,7 @@ def report(
     objectives: list[str] | None = None
     if path.is_file():
         try:
-            st = load_study(path)
+            st = load_study(path, open_data=False)  # a report reads the record, not the data
         except StudyError as e:
             fail(str(e))
         name = st.name
@@ -70,8 +91,18 @@ def report(
         fail(f"{study}: no such study file")
     else:
         name = study
+    project = path if path.is_file() else None
     try:
-        record = load_record(name, tracking_uri)
+        uri = resolve_tracking_uri(tracking_uri, project)
+        check_readable(uri)
+        check_server(uri)
+        storage = check_storage(storage) if storage is not None else default_storage(project, name)
+        target = out or report_folder(name, project_root(project))
+    except (StoreError, CheckError) as e:
+        fail(str(e))
+    err.print(f"store: {uri}", markup=False)
+    try:
+        record = load_record(name, uri)
     except ReportError as e:
         hint = "" if path.is_file() else f" (and no study file {path})"
         fail(f"unknown study {name!r}{hint}: {e}" if "no study record" in str(e) or "no tracking store" in str(e)
@@ -85,7 +116,6 @@ def report(
     from vaebench.report.render import render_report
 
     trials = trials_frame(name, record=record)
-    target = out or Path("reports") / name
     try:
         rep = render_report(trials, target, group_by=_split(group_by) or None, baseline=baseline or [],
                             formats=_split([format]), collapse_axes=_split([collapse_axes]) if collapse_axes else None,

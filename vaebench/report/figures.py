@@ -13,7 +13,9 @@ are not comparable with a finished one's.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ import seaborn as sns
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 from vaebench.results import level_label, short_names
 
@@ -208,49 +211,144 @@ def rate_distortion(trials: pd.DataFrame, hue: str | None = None, style: str | N
         ax.legend(handles, labels, title=title or None, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
         ax.set_xlabel("rate R = KL(q(z|x) ‖ p(z)) (nats)")
         ax.set_ylabel("distortion D = −E[log p(x|z)] (nats)")
-        ax.set_title(f"Rate–distortion plane ({_count(len(data), 'completed trial')})")
+        hidden = [f for f in varied(trials) if f not in (hue, style)]
+        title = f"Rate–distortion plane ({_count(len(data), 'completed trial')})" + (
+            f"\none point per trial; not told apart: {', '.join(name_of(trials, f) for f in hidden)}" if hidden else "")
+        ax.set_title(title, fontsize=9)
+    plotted = data.assign(run_ids=data["run_id"].map(lambda r: (r,)), n=1)
+    return attach(fig, plotted, [f for f in (hue, style) if f], hidden, title)
+
+
+# --------------------------------------------------------------------------- what a figure shows
+
+
+@dataclass
+class Plotted:
+    """What a figure drew, for tests and readers: ``data`` has one row per plotted mark (a
+    line's point, a cell), with ``run_ids`` (the trials behind it), ``n`` and, for bands, ``lo``
+    and ``hi``; ``shown`` are the factors the figure distinguishes (axis, hue, style, facet,
+    row); ``pooled`` the factors with several levels that it averages over or does not tell
+    apart, named in ``title``."""
+
+    data: pd.DataFrame
+    shown: list[str]
+    pooled: list[str]
+    title: str
+
+
+def attach(fig: Figure, data: pd.DataFrame, shown: Sequence[str], pooled: Sequence[str], title: str) -> Figure:
+    fig.vaebench = Plotted(data, list(shown), list(pooled), title)
     return fig
+
+
+def varied(trials: pd.DataFrame, factors: Sequence[str] | None = None) -> list[str]:
+    """The study's factors with more than one level in ``trials``."""
+    factors = list(trials.attrs.get("factors", [])) if factors is None else list(factors)
+    return [f for f in factors if f in trials and len(levels(trials[f])) > 1]
+
+
+def pooled_phrase(trials: pd.DataFrame, pooled: Sequence[str], verb: str = "pooled over") -> str:
+    return f"{verb} {', '.join(name_of(trials, f) for f in pooled)}" if pooled else ""
+
+
+def seed_summary(data: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """Mean of ``value`` per combination of the ``by`` columns, with the band: the min and max
+    over the group's trials (its seeds), NaN for a single trial. A min-max band stays inside
+    the metric's range (no negative KL or active-unit count) and makes no normality claim."""
+    keys, order = point_keys(data, list(by))
+    g = data.groupby(keys.map({k: i for i, k in enumerate(order)}))
+    out = pd.DataFrame({"key": [order[i] for i in g.groups], "mean": g[value].mean().to_numpy(),
+                        "lo": g[value].min().to_numpy(), "hi": g[value].max().to_numpy(),
+                        "n": g[value].count().to_numpy(), "run_ids": g["run_id"].agg(tuple).to_numpy()
+                        if "run_id" in data else [()] * len(g.groups)})
+    for i, f in enumerate(by):
+        out[f] = [k[i] for k in out["key"]]
+    single = out["n"] < 2
+    out.loc[single, ["lo", "hi"]] = math.nan
+    return out.drop(columns="key")
+
+
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 # --------------------------------------------------------------------------- active units
 
 
-def active_units(trials: pd.DataFrame, beta: str, lines: str | None = None) -> Figure:
-    """Active units (Burda et al. 2015) against beta, one line per level of ``lines``
-    (the latent size), mean over the trials of each point with a band of +-1 std."""
+def active_units(trials: pd.DataFrame, beta: str, lines: str | None = None, style: str | None = None,
+                 col: str | None = None) -> Figure:
+    """Active units (Burda et al. 2015) against beta at the final epoch: colour = ``lines``
+    (the latent size), line style = ``style`` (annealing), one panel per level of ``col``
+    (free bits). Each line is the mean over the seeds of one configuration, its band the
+    seeds' min-max; any other factor with several levels is pooled and named in the title."""
     data = completed(trials).dropna(subset=["val/active_units"]).copy()
     if data.empty:
         raise FigureSkipped("no completed trial has val/active_units")
-    data["beta"] = data[beta].astype(float)
-    kw: dict[str, Any] = {}
-    if lines:
-        lines_name = name_of(trials, lines)
-        data[lines_name], order = _categorical(data, lines)
-        kw.update(hue=lines_name, hue_order=order, palette=sns.color_palette("viridis", len(order)))
+    shown = [f for f in (beta, lines, style, col) if f]
+    pooled = [f for f in varied(trials) if f not in shown]
+    data[beta] = data[beta].astype(float)
+    ticks = levels(data[beta])
+    sampled = len(ticks) > 12  # a search over beta: one point per trial
+    summary = seed_summary(data, [f for f in (col, lines, style) if f] + [beta], "val/active_units") \
+        if not sampled else data.assign(mean=data["val/active_units"], lo=math.nan, hi=math.nan, n=1,
+                                        run_ids=data["run_id"].map(lambda r: (r,)))
+    cols = levels(data[col]) if col else [None]
+    hues = levels(data[lines]) if lines else [None]
+    styles = levels(data[style]) if style else [None]
+    colours = dict(zip(map(hashable, hues), sns.color_palette("viridis", len(hues)) if lines else ["C0"]))
+    top = float(data["model.latent_dim"].max()) if "model.latent_dim" in data else float(data["val/active_units"].max())
+    title = "Active units against beta" + (f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}"
+                                           if pooled else "")
     with _style():
-        fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
-        ax = fig.add_subplot()
-        ticks = levels(data["beta"])
-        if len(ticks) <= 12:  # a grid of beta: mean line, band over seeds
-            sns.lineplot(data=data, x="beta", y="val/active_units", ax=ax, marker="o", errorbar="sd",
-                         err_kws={"alpha": 0.2}, **kw)
-        else:  # sampled beta (a search): one point per trial
-            sns.scatterplot(data=data, x="beta", y="val/active_units", ax=ax, s=22, alpha=0.8, **kw)
-        if _log_scale(ticks):
-            ax.set_xscale("log")
-        if len(ticks) <= 12:
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-            ax.minorticks_off()
-        top = float(data["model.latent_dim"].max()) if "model.latent_dim" in data else \
-            float(data["val/active_units"].max())
-        ax.set_ylim(-0.03 * max(top, 1), max(top, 1) * 1.05)  # a line at 0 stays visible
-        ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel(f"{name_of(trials, beta)} (KL weight)")
-        ax.set_ylabel("active units (Var$_x$ E[z|x] > threshold)")
-        ax.set_title("Active units against beta (mean ± 1 std over seeds)")
-        if ax.get_legend() is not None:
-            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    return fig
+        fig = Figure(figsize=(WIDTH, 3.4), layout="constrained")
+        axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
+        for ax, c in zip(axes, cols):
+            part = summary if col is None else summary[summary[col].map(hashable) == hashable(c)]
+            for h in hues:
+                for k, st in enumerate(styles):
+                    line = part
+                    if lines:
+                        line = line[line[lines].map(hashable) == hashable(h)]
+                    if style:
+                        line = line[line[style].map(hashable) == hashable(st)]
+                    line = line.sort_values(beta)
+                    if line.empty:
+                        continue
+                    kw = dict(color=colours[hashable(h)], ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=4, lw=1.4)
+                    if sampled:
+                        ax.scatter(line[beta], line["mean"], s=16, color=kw["color"], marker=kw["marker"], alpha=0.8)
+                    else:
+                        ax.plot(line[beta], line["mean"], **kw)
+                        band = line.dropna(subset=["lo"])
+                        if not band.empty:
+                            ax.fill_between(band[beta], band["lo"], band["hi"], color=kw["color"], alpha=0.12, lw=0)
+            if _log_scale(ticks):
+                ax.set_xscale("log")
+            if not sampled:
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.minorticks_off()
+            ax.set_ylim(-0.03 * max(top, 1), max(top, 1) * 1.05)  # a line at 0 stays visible
+            ax.yaxis.get_major_locator().set_params(integer=True)
+            ax.set_xlabel(f"{name_of(trials, beta)} (KL weight)")
+            if col:
+                ax.set_title(f"{name_of(trials, col)} = {fmt_level(c)}", fontsize=9)
+        thr = data["metrics.active_threshold"].iloc[0] if "metrics.active_threshold" in data else 0.01
+        axes[0].set_ylabel(f"active units (Var$_x$ E[z|x] > {thr:g})")
+        handles, labels = [], []
+        if lines:
+            handles += [Line2D([], [], color=colours[hashable(h)], lw=1.6) for h in hues]
+            labels += [f"{name_of(trials, lines)} = {fmt_level(h)}" for h in hues]
+        if style:
+            handles += [Line2D([], [], color="0.3", ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=4)
+                        for k in range(len(styles))]
+            labels += [f"{name_of(trials, style)} = {fmt_level(st)}" for st in styles]
+        if not sampled and summary["n"].max() >= 2:
+            handles.append(Patch(color="0.5", alpha=0.25))
+            labels.append("seeds' min–max")
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
+        fig.suptitle(title, fontsize=10)
+    return attach(fig, summary, shown, pooled, title)
 
 
 # --------------------------------------------------------------------------- KL per dim
@@ -261,47 +359,85 @@ def config_label(key: tuple, names: Sequence[str] | None = None) -> str:
     return ", ".join(f"{n}={fmt_level(v)}" if n else fmt_level(v) for n, v in zip(names or [""] * len(key), key))
 
 
-def kl_per_dim(trials: pd.DataFrame, factors: Sequence[str], epsilon: float = 0.01,
+def collapsed_ranks(trials: pd.DataFrame, dims: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each trial's per-dim KL sorted in decreasing order (NaN for dims it lacks, last) and a
+    matching 0/1 matrix of collapsed dims: its ``val/collapsed_dims`` lowest-KL dims. The count
+    is the (epsilon, delta) rule's (Lucas et al. 2019, as in the table); the heatmap shows
+    ranks, not dim identities, so the count says which cells are collapsed."""
+    kl = -np.sort(-trials[list(dims)].to_numpy(dtype=float), axis=1)  # NaN sort last
+    present = (~np.isnan(kl)).sum(1)
+    count = trials["val/collapsed_dims"].to_numpy(dtype=float)
+    ranks = np.arange(kl.shape[1])[None, :]
+    collapsed = ((ranks >= (present - count)[:, None]) & (ranks < present[:, None])).astype(float)
+    collapsed[np.isnan(kl)] = np.nan
+    return kl, collapsed
+
+
+def kl_per_dim(trials: pd.DataFrame, factors: Sequence[str], epsilon: float = 0.01, delta: float = 0.01,
                max_rows: int = MAX_HEATMAP_ROWS) -> Figure:
     """Mean KL of each latent dim (val/kl_dim/NN), one row per configuration (a point of
-    the ``factors``), dims sorted by KL within each trial and averaged rank by rank over
-    its seeds; dims below ``epsilon`` nats (collapsed) are grey. With more configurations
-    than ``max_rows``, the ones with the best mean val/elbo are shown."""
+    the ``factors``), dims sorted by KL within each trial and averaged rank by rank over its
+    seeds. Collapsed dims, by the table's (epsilon, delta) rule, are grey where every seed's
+    dim of that rank is collapsed and hatched where only some seeds' are. With more
+    configurations than ``max_rows``, the ones with the best mean val/elbo are shown."""
     dims = sorted(c for c in trials.columns if c.startswith("val/kl_dim/"))
-    data = completed(trials).dropna(subset=dims[:1]) if dims else trials.iloc[0:0]
+    data = completed(trials).dropna(subset=dims[:1] + ["val/collapsed_dims"]) \
+        if dims and "val/collapsed_dims" in trials else trials.iloc[0:0]
     if data.empty:
-        raise FigureSkipped("no completed trial has per-dim KL (val/kl_dim/NN)")
+        raise FigureSkipped("no completed trial has per-dim KL (val/kl_dim/NN) and val/collapsed_dims")
+    factors = list(factors)
     keys, order = point_keys(data, factors)
     labels = {k: config_label(k) if factors else "all trials" for k in order}
-    sorted_kl = -np.sort(-data[dims].to_numpy(dtype=float), axis=1)  # NaN (absent dims) sort last
-    ranked = pd.DataFrame(sorted_kl, index=data.index, columns=range(1, len(dims) + 1))
+    kl, coll = collapsed_ranks(data, dims)
     config = keys.map(lambda k: labels[k])  # (a dict would be read as a mapping of tuples)
-    mat = ranked.groupby(config, sort=False).mean().reindex([labels[k] for k in order])
+    ranks = range(1, len(dims) + 1)
+    mat = pd.DataFrame(kl, index=data.index, columns=ranks).groupby(config, sort=False).mean()
+    frac = pd.DataFrame(coll, index=data.index, columns=ranks).groupby(config, sort=False).mean()
+    mat, frac = (m.reindex([labels[k] for k in order]) for m in (mat, frac))
     n_seeds = config.value_counts()
     note = ""
     if len(mat) > max_rows:
         best = data["val/elbo"].groupby(config).mean().nlargest(max_rows).index
-        mat = mat.loc[[c for c in mat.index if c in set(best)]]
+        keep = [c for c in mat.index if c in set(best)]
+        mat, frac = mat.loc[keep], frac.loc[keep]
         note = f" — the {max_rows} configurations with the best ELBO"
-    mat = mat.loc[:, mat.notna().any()]
-    mat.index = [f"{c}  (n={n_seeds[c]})" for c in mat.index]
-    vmax = max(float(np.nanmax(mat.to_numpy())), epsilon * 10)
-    cmap = sns.color_palette("rocket_r", as_cmap=True).with_extremes(under="0.85", bad="white")
+    keep_cols = mat.notna().any()
+    mat, frac = mat.loc[:, keep_cols], frac.loc[:, keep_cols]
+    shown_rows = list(mat.index)
+    mat.index = frac.index = [f"{c}  (n={n_seeds[c]})" for c in mat.index]
+    positive = mat.to_numpy()[np.isfinite(mat.to_numpy()) & (mat.to_numpy() > 0) & (frac.to_numpy() < 1)]
+    vmin = max(float(positive.min()) if positive.size else epsilon, 1e-4)
+    vmax = max(float(np.nanmax(mat.to_numpy())), vmin * 10)
+    cmap = sns.color_palette("rocket_r", as_cmap=True).with_extremes(bad="white")
     rows, cols = mat.shape
+    title = f"KL per latent dim{note}"
     with _style():
-        fig = Figure(figsize=(WIDTH, min(1.6 + 0.24 * rows, 14)), layout="constrained")
+        fig = Figure(figsize=(WIDTH, min(1.8 + 0.24 * rows, 14)), layout="constrained")
         ax = fig.add_subplot()
-        sns.heatmap(mat, ax=ax, cmap=cmap, norm=LogNorm(vmin=epsilon, vmax=vmax),
+        sns.heatmap(mat.where(frac < 1), ax=ax, cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax, clip=True),
                     linewidths=0.3 if rows * cols <= 600 else 0, linecolor="white",
-                    annot=rows * cols <= 160, fmt=".2g", annot_kws={"fontsize": 6},
+                    annot=mat.where(frac < 1) if rows * cols <= 160 else False, fmt=".2g", annot_kws={"fontsize": 6},
                     yticklabels=rows <= MAX_HEATMAP_ROWS,
-                    cbar_kws={"label": "mean KL of the dim (nats)", "extend": "min", "shrink": 0.8})
+                    cbar_kws={"label": "mean KL of the dim (nats)", "shrink": 0.8})
+        for i in range(rows):  # collapsed in every seed: grey; in some seeds: hatched
+            for j in range(cols):
+                f = frac.iat[i, j]
+                if f >= 1:
+                    ax.add_patch(Rectangle((j, i), 1, 1, facecolor="0.82", edgecolor="white", lw=0.3))
+                elif f > 0:
+                    ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="////", edgecolor="0.45", lw=0))
         ax.grid(False)
-        ax.set_xlabel(f"latent dim, sorted by KL (grey: < {epsilon:g} nats, collapsed)")
+        ax.set_xlabel(f"latent dim, sorted by KL · grey: collapsed in every seed, hatched: in some "
+                      f"((ε, δ) = ({epsilon:g}, {delta:g}))", fontsize=8)
         ax.set_ylabel(", ".join(name_of(trials, f) for f in factors) + "  (n: seeds)" if factors else "")
-        ax.set_title(f"KL per latent dim{note}")
+        ax.set_title(title)
         ax.tick_params(axis="y", labelsize=7 if rows <= 30 else 5)
-    return fig
+    plotted = pd.DataFrame({"config": [config.loc[i] for i in data.index], "run_id": data["run_id"].to_numpy(),
+                            "collapsed_cells": np.nansum(coll, axis=1), "val/collapsed_dims": data["val/collapsed_dims"]
+                            .to_numpy(), "shown": [config.loc[i] in set(shown_rows) for i in data.index]})
+    plotted["run_ids"] = plotted["run_id"].map(lambda r: (r,))
+    plotted["n"] = 1
+    return attach(fig, plotted, factors, [f for f in varied(trials) if f not in factors], title)
 
 
 # --------------------------------------------------------------------------- collapse map
@@ -318,9 +454,11 @@ def _binned(series: pd.Series, bins: int = 6) -> pd.Series:
     return cut.map(lambda iv: f"{iv.left:.3g}–{iv.right:.3g}").astype(object)
 
 
-def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None) -> Figure:
-    """Mean fraction of collapsed latent dims (Lucas et al. 2019) over factor ``x`` (columns)
-    and ``y`` (rows), averaged over the seeds and every other factor."""
+def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None, epsilon: float = 0.01,
+                 delta: float = 0.01) -> Figure:
+    """Mean fraction of collapsed latent dims (Lucas et al. 2019, (epsilon, delta)) over factor
+    ``x`` (columns) and ``y`` (rows), averaged over the seeds and every other factor, which the
+    title names."""
     data = completed(trials).dropna(subset=["val/collapsed_fraction"]).copy()
     if data.empty:
         raise FigureSkipped("no completed trial has val/collapsed_fraction")
@@ -341,6 +479,9 @@ def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None) -> Figure:
     if yn is None:
         mat.index = ["all"]
     rows, cols = mat.shape
+    pooled = [f for f in varied(trials) if f not in (x, y)]
+    title = (f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds"
+             + (f"\n{pooled_phrase(trials, pooled)}" if pooled else ""))
     with _style():
         size = (max(4.5, min(WIDTH, 2.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
         fig = Figure(figsize=size, layout="constrained")
@@ -352,64 +493,104 @@ def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None) -> Figure:
             ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
         ax.set_xlabel(xn)
         ax.set_ylabel(yn or "")
-        # two lines: the figure is only as wide as its cells, and a one-line title overflowed it
-        ax.set_title("Posterior collapse\n(mean over seeds" + (" and other factors)" if len(trials.attrs.get(
-            "factors", [])) > (2 if yn else 1) else ")"))
+        # several lines: the figure is only as wide as its cells, and a one-line title overflowed it
+        ax.set_title(title, fontsize=9)
         long = max((len(str(c)) for c in mat.columns), default=0) > 7
         ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
         ax.tick_params(axis="y", rotation=0)
-    return fig
+    cells = data.groupby([yn, xn] if yn else [xn])["run_id"].agg(tuple).rename("run_ids").reset_index()
+    cells["n"] = cells["run_ids"].map(len)
+    return attach(fig, cells, [f for f in (x, y) if f], pooled, title)
 
 
 # --------------------------------------------------------------------------- curves
 
 
-def training_curves(histories: pd.DataFrame, by: str | None, metrics: dict[str, str] | None = None) -> Figure:
-    """val/elbo, val/kl and active units against epoch, one line per level of factor ``by``
-    (mean over its completed trials, band +-1 std); ``histories`` is a histories_frame."""
+def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = None,
+                    metrics: dict[str, str] | None = None, style: str | None = None) -> Figure:
+    """val/elbo, val/kl and active units (rows) against epoch, one column per level of factor
+    ``col`` (the latent size), one colour per level of factor ``by`` (beta) and one line style
+    per level of ``style`` (free bits); each line is the mean over the
+    completed trials of the line. When each line is one configuration, its band is the seeds'
+    min-max; when the line pools other factors (named in the title) it has no band, since
+    its spread would mix settings with seeds. ``histories`` is a histories_frame."""
     metrics = metrics or CURVE_METRICS
-    data = histories[(histories["state"] == "completed") & histories["metric"].isin(list(metrics))]
+    data = histories[(histories["state"] == "completed") & histories["metric"].isin(list(metrics))].copy()
     present = [m for m in metrics if (data["metric"] == m).any()]
     if not present:
         raise FigureSkipped(f"no completed trial logged {', '.join(metrics)}")
-    if by:
-        by_name = name_of(histories, by)
-        if len(levels(data[by])) > 10 and pd.api.types.is_numeric_dtype(data[by]):  # a search range: bins
-            level = _binned(data[by])
-            order = sorted(level.dropna().unique(), key=lambda s: float(s.split("–")[0]))
-        else:
-            level, order = _categorical(data, by)
+    col = col if col and col != by else None
+    style = style if style and style not in (by, col) else None
+    shown = [f for f in (by, col, style) if f]
+    pooled = [f for f in varied(histories) if f not in shown]
+    if by and len(levels(data[by])) > 10 and pd.api.types.is_numeric_dtype(data[by]):  # a search range: bins
+        data["_line"] = _binned(data[by])
+        order = sorted(data["_line"].dropna().unique(), key=lambda s: float(s.split("–")[0]))
+        pooled = pooled + [by]  # a bin holds several levels
+    elif by:
+        data["_line"], order = _categorical(data, by)
     else:
-        level, order = pd.Series("all", index=data.index), ["all"]
-    # mean and std over the trials of each level at each epoch (as seaborn's errorbar="sd")
-    agg = data["value"].groupby([data["metric"], level.rename("level"), data["epoch"]]).agg(["mean", "std"])
-    colours = sns.color_palette("viridis", len(order)) if by else ["C0"]
+        data["_line"], order = "all", ["all"]
+    if col:
+        data["_col"], col_order = _categorical(data, col)
+    else:
+        data["_col"], col_order = "", [""]
+    if style:
+        data["_style"], style_order = _categorical(data, style)
+    else:
+        data["_style"], style_order = "", [""]
+    data["value"] = data["value"].astype(float)
+    summary = seed_summary(data.rename(columns={"value": "_v"}), ["metric", "_col", "_line", "_style", "epoch"], "_v")
+    if pooled:
+        summary[["lo", "hi"]] = math.nan
+    colours = dict(zip(order, sns.color_palette("viridis", len(order)) if by else ["C0"]))
+    title = ("Training curves" + (f": colour {name_of(histories, by)}" if by else "")
+             + (f", line style {name_of(histories, style)}" if style else "")
+             + (f", columns {name_of(histories, col)}" if col else "")
+             + ("\nmean over seeds" + (f", {pooled_phrase(histories, pooled)} (no band)" if pooled
+                                        else ", band: seeds' min–max")))
     with _style():
-        fig = Figure(figsize=(WIDTH, 3.1), layout="constrained")
-        axes = fig.subplots(1, len(present), sharex=True, squeeze=False)[0]
-        handles = []
-        for ax, m in zip(axes, present):
-            for lev, colour in zip(order, colours):
-                if (m, lev) not in agg.index.droplevel(2):
-                    continue
-                a = agg.loc[(m, lev)]
-                x, mean, std = a.index.to_numpy(), a["mean"].to_numpy(), a["std"].fillna(0).to_numpy()
-                line, = ax.plot(x, mean, color=colour, lw=1.5, label=lev)
-                ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
-                if ax is axes[0]:
-                    handles.append(line)
-            if m == "val/active_units":  # a count: integer ticks from 0
-                ax.set_ylim(0, max(1.0, float(agg.loc[m]["mean"].max() + agg.loc[m]["std"].fillna(0).max())) * 1.08)
-                ax.yaxis.get_major_locator().set_params(integer=True)
-            ax.set_ylabel(metrics[m])
-            ax.set_xlabel("epoch")
-            ax.set_title(m)
-            ax.xaxis.get_major_locator().set_params(integer=True)
+        fig = Figure(figsize=(WIDTH, 1.2 + 1.75 * len(present)), layout="constrained")
+        axes = fig.subplots(len(present), len(col_order), sharex=True, sharey="row", squeeze=False)
+        for r, m in enumerate(present):
+            for c, cv in enumerate(col_order):
+                ax = axes[r, c]
+                part = summary[(summary["metric"] == m) & (summary["_col"] == cv)]
+                for lev in order:
+                    for k, sv in enumerate(style_order):
+                        a = part[(part["_line"] == lev) & (part["_style"] == sv)].sort_values("epoch")
+                        if a.empty:
+                            continue
+                        ax.plot(a["epoch"], a["mean"], color=colours[lev], lw=1.4, ls=LINESTYLES[k % 4])
+                        b = a.dropna(subset=["lo"])
+                        if not b.empty:
+                            ax.fill_between(b["epoch"], b["lo"], b["hi"], color=colours[lev], alpha=0.15, lw=0)
+                if m == "val/active_units":  # a count: integer ticks from 0 (the row shares its y axis)
+                    top = summary.loc[summary["metric"] == m, ["mean", "hi"]].max().max()
+                    ax.set_ylim(0, max(1.0, float(top)) * 1.08)
+                    ax.yaxis.get_major_locator().set_params(integer=True)
+                if c == 0:
+                    ax.set_ylabel(metrics[m], fontsize=8)
+                if r == 0 and col:
+                    ax.set_title(f"{name_of(histories, col)} = {cv}", fontsize=9)
+                if r == len(present) - 1:
+                    ax.set_xlabel("epoch")
+                ax.xaxis.get_major_locator().set_params(integer=True)
+                ax.tick_params(labelsize=7)
+        handles, labels = [], []
         if by:
-            width = max((len(h.get_label()) for h in handles), default=1) + 6  # characters per entry
-            fig.legend(handles, [h.get_label() for h in handles], title=by_name, loc="outside lower center",
-                       ncol=max(1, min(len(handles), 72 // width)), frameon=False)
-    return fig
+            handles += [Line2D([], [], color=colours[lev], lw=1.6) for lev in order]
+            labels += [f"{name_of(histories, by)} = {lev}" for lev in order]
+        if style:
+            handles += [Line2D([], [], color="0.3", lw=1.4, ls=LINESTYLES[k % 4]) for k in range(len(style_order))]
+            labels += [f"{name_of(histories, style)} = {sv}" for sv in style_order]
+        if handles:
+            width = max(len(lab) for lab in labels) + 6  # characters per entry
+            fig.legend(handles, labels, loc="outside lower center",
+                       ncol=max(1, min(len(labels), 90 // width)), frameon=False, fontsize=8)
+        fig.suptitle(title, fontsize=9)
+    summary = summary.rename(columns={"_line": by or "line", "_col": col or "column", "_style": style or "style"})
+    return attach(fig, summary, shown, pooled, title)
 
 
 # --------------------------------------------------------------------------- Optuna

@@ -16,12 +16,14 @@ import html
 import io
 import json
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
+from vaebench.report import disentanglement as D
 from vaebench.report import figures as F
 from vaebench.report import tables as T
 from vaebench.results import ReportError, histories_frame, resolve_factor
@@ -39,6 +41,7 @@ class Figure:
     caption: str
     png: bytes | None = None
     note: str | None = None  # why it was not drawn
+    plotted: Any = field(default=None, repr=False)  # figures.Plotted: what was drawn, for tests and readers
 
 
 @dataclass
@@ -64,7 +67,8 @@ def _png(fig: Any) -> bytes:
 
 def _draw(key: str, title: str, caption: str, make: Callable[[], Any]) -> Figure:
     try:
-        return Figure(key, title, caption, png=_png(make()))
+        fig = make()
+        return Figure(key, title, caption, png=_png(fig), plotted=getattr(fig, "vaebench", None))
     except F.FigureSkipped as e:
         return Figure(key, title, caption, note=f"Not drawn: {e}.")
     except Exception as e:  # a report never dies for one figure; the note says what broke
@@ -86,6 +90,22 @@ def _optuna_study(trials: pd.DataFrame, storage: str | None):
         return optuna.load_study(study_name=name, storage=storage)
     except Exception as e:
         raise F.FigureSkipped(f"cannot load Optuna study {name!r} from {storage}: {e}") from None
+
+
+def _setting(trials: pd.DataFrame, column: str, default: float) -> float:
+    """A metrics setting of the study's trials (the same in every trial unless it is a factor)."""
+    if column in trials and trials[column].notna().any():
+        return float(trials[column].dropna().iloc[0])
+    return default
+
+
+def _moving_note(trials: pd.DataFrame) -> str:
+    done = trials[trials["state"] == "completed"]
+    if T.MOVING not in done:
+        return ""
+    n = int((done[T.MOVING] == 1).sum())
+    return f" {n} of {len(done)} completed trials were still moving at their last epoch (†, see the table)." if n \
+        else ""
 
 
 def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: str | None = None,
@@ -112,27 +132,38 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
            if nsga2 else "") + ex_note,
         lambda: F.rate_distortion(trials, hue=hue, style=style, pareto=nsga2)))
 
+    varied = F.varied(trials)
+    moving = _moving_note(trials)
+
     def au():
         if beta is None:
             raise F.FigureSkipped("the study does not vary objective.beta")
-        return F.active_units(trials, beta, latent or (LATENT if LATENT in trials else None))
-    others = [f for f in factors if f not in (beta, latent)]
+        return F.active_units(trials, beta, latent or (LATENT if LATENT in trials else None),
+                              style=anneal, col=fb)
+    others = [f for f in varied if f not in (beta, latent, anneal, fb)]
+    thr = _setting(trials, "metrics.active_threshold", 0.01)
     out.append(_draw(
         "active_units", "Active units against beta",
-        "Active units (Burda et al. 2015: dim j is active iff Var_x E[z_j|x] > 0.01) at the final epoch, "
-        + ("one line per latent size, " if latent else "")
-        + ("" if latent or LATENT not in trials else "at the study's one latent size, ")
-        + "mean over seeds with a band of ±1 std" + (f", pooled over {', '.join(F.name_of(trials, f) for f in others)}"
-                                                      if others else "") + "." + ex_note, au))
+        f"Active units (Burda et al. 2015: dim j is active iff Var_x E[z_j|x] > {thr:g}) at the final epoch"
+        + (", colour: latent size" if latent else "")
+        + ("" if latent or LATENT not in trials else ", at the study's one latent size")
+        + (f", line style: {F.name_of(trials, anneal)}" if anneal else "")
+        + (f", one panel per {F.name_of(trials, fb)}" if fb else "")
+        + ". Each line is one configuration: the mean over its seeds, with the seeds' min–max as a band (none for "
+        "one seed)" + (f"; pooled over {', '.join(F.name_of(trials, f) for f in others)}" if others else "")
+        + "." + ex_note + moving, au))
 
-    eps = float(trials["metrics.collapse_epsilon"].dropna().iloc[0]) if "metrics.collapse_epsilon" in trials \
-        and trials["metrics.collapse_epsilon"].notna().any() else 0.01
+    eps = _setting(trials, "metrics.collapse_epsilon", 0.01)
+    dlt = _setting(trials, "metrics.collapse_delta", 0.01)
+    rule = (f"collapsed by the (ε, δ) rule of Lucas et al. 2019 (dim j collapsed iff KL_j(x) < ε = {eps:g} nats for "
+            f"at least 1 − δ = {1 - dlt:g} of the validation examples), the rule of the table's collapsed column")
     out.append(_draw(
         "kl_per_dim", "KL per latent dim",
         "Mean KL of each latent dim (val/kl_dim/NN, nats, log colour scale) for each configuration; within a "
-        "trial the dims are sorted by KL, then averaged rank by rank over its seeds (n). Grey: below "
-        f"{eps:g} nats, a collapsed dim; white: the configuration has fewer dims." + ex_note,
-        lambda: F.kl_per_dim(trials, list(group_by), epsilon=eps)))
+        "trial the dims are sorted by KL, then averaged rank by rank over its seeds (n). Grey: the dims "
+        f"{rule}, in every seed (a trial's val/collapsed_dims lowest-KL dims); hatched: in some of the seeds; "
+        "white: the configuration has fewer dims." + ex_note,
+        lambda: F.kl_per_dim(trials, varied, epsilon=eps, delta=dlt)))
 
     if collapse_axes:
         cx, cy = collapse_axes[0], (collapse_axes[1] if len(collapse_axes) > 1 else None)
@@ -140,27 +171,37 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
         pair = [f for f in (beta, fb) if f]
         pair += [f for f in group_by if f not in pair][:2 - len(pair)]
         cx, cy = (pair + [None])[:2]
+    map_pooled = [f for f in varied if f not in (cx, cy)]
     out.append(_draw(
         "collapse_map", "Collapse map",
-        "Fraction of latent dims collapsed (Lucas et al. 2019: KL_j(x) < ε for all but a δ fraction of "
-        "examples) at the final epoch, mean over seeds" + (" and the other factors" if len(factors) > (2 if cy else 1)
-                                                          else "") + "; blank: no completed trial." + ex_note,
-        lambda: F.collapse_map(trials, cx, cy)))
+        f"Fraction of latent dims {rule}, at the final epoch: mean over seeds"
+        + (f" and over {', '.join(F.name_of(trials, f) for f in map_pooled)}" if map_pooled else "")
+        + "; blank: no completed trial." + ex_note,
+        lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt)))
 
     by = curves_by or (beta if beta in group_by else None) or (group_by[0] if group_by else None)
+    curve_col = latent if latent and latent != by else next((f for f in varied if f != by), None)
+    curve_style = next((f for f in (fb, anneal) if f and f not in (by, curve_col)), None)
 
     def curves():
         h = histories
         if h is None:
             h = histories_frame(trials.attrs["study"], metrics=list(F.CURVE_METRICS),
                                 trials=trials[trials["state"] == "completed"])
-        return F.training_curves(h, by)
+        return F.training_curves(h, by, col=curve_col, style=curve_style)
+    curve_pooled = [f for f in varied if f not in (by, curve_col, curve_style)]
     out.append(_draw(
         "training_curves", "Training curves",
         "Held-out ELBO, KL (nats) and active units after each epoch"
-        + (f", one line per level of {F.name_of(trials, by)}" if by else "")
-        + ": mean over the completed trials of that level, band ±1 std.", curves))
+        + (f", one colour per level of {F.name_of(trials, by)}" if by else "")
+        + (f", one line style per level of {F.name_of(trials, curve_style)}" if curve_style else "")
+        + (f", one column per level of {F.name_of(trials, curve_col)}" if curve_col else "")
+        + ": the mean over the completed trials of the line"
+        + (f", pooled over {', '.join(F.name_of(trials, f) for f in curve_pooled)} (no band: it would mix those "
+           "settings with the seeds)." if curve_pooled else ", band: the seeds' min–max (none for one seed).")
+        + moving, curves))
 
+    out += [_draw(*spec) for spec in D.figure_specs(trials)]  # val/dis metrics, traversals (if recorded)
     if trials.attrs.get("search", "grid") != "grid":
         names = list(objective_names or [])
 
@@ -178,26 +219,35 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
 # ------------------------------------------------------------------------- the folder
 
 CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 .meta{color:#555;font-size:.9em}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em .8em}
-figure{margin:1em 0}figure img{max-width:100%;height:auto}figcaption{color:#444;font-size:.9em;margin-top:.3em}
-table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{padding:.25em .6em;border-bottom:1px solid #e5e5e5;
-text-align:left;white-space:nowrap}th{border-bottom:2px solid #999}td.num,th.num{text-align:right;
-font-variant-numeric:tabular-nums}tr.baseline{background:#f3f7ff}.scroll{overflow-x:auto}
+figure{margin:1em 0}figure img{max-width:min(100%,980px);height:auto}figcaption{color:#444;font-size:.9em;margin-top:.3em}
+table{border-collapse:collapse;font-size:.8em;margin:.6em 0}th,td{padding:.25em .5em;border-bottom:1px solid #e5e5e5;
+text-align:left;white-space:nowrap;background:#fff}th{border-bottom:2px solid #999;white-space:normal}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.baseline td{background:#f3f7ff}
+.scroll{overflow-x:auto;max-width:100%}.scroll table{margin:0}
+.scroll th:first-child,.scroll td:first-child{position:sticky;left:0;z-index:1;box-shadow:1px 0 0 #ccc}
+tr.block td{border-top:2px solid #bbb}
 pre{white-space:pre-wrap;background:#f7f7f7;padding:.6em}
 """
 
 CONVENTIONS = [
     "Numbers are nats per example on the validation split, at each trial's final epoch "
     "(ELBO with beta = 1 and no free bits, whatever the training objective).",
-    "Cells: mean ± sample std (N−1) over the completed trials (seeds) of the row, with their count in "
+    "Cells: mean ± sample std (N−1) over the completed trials of the row, with their count n in "
     "parentheses; one trial has no std. Diverged, pruned, failed and killed trials are counted in "
     "completed/trials but never averaged.",
-    "Bold: the best mean of the column. Higher is better for ELBO, active units and MI (↑); lower for "
-    "recon, IW-NLL and collapsed fraction (↓); KL (the rate) has no better direction and is not marked; "
-    "a column whose rows are all equal has no mark.",
+    "Bold: the best mean of the column, only where it beats the runner-up beyond the seed-to-seed noise (the 95% "
+    "confidence interval of their difference excludes 0: paired by seed where both rows have the same seeds, "
+    "Welch otherwise). Higher is better for ELBO, active units and MI (↑); lower for recon, IW-NLL and collapsed "
+    "fraction (↓); KL (the rate) has no better direction and is not marked.",
+    "collapsed: the fraction of latent dims collapsed by the (ε, δ) rule of Lucas et al. 2019 (KL_j(x) < ε for at "
+    "least 1 − δ of the validation examples; ε and δ as in the figures' captions).",
+    "†k: k of the row's completed trials were still moving at their last epoch (conv/still_moving: over the last "
+    "20% of the epochs the held-out ELBO changed by more than 0.5% beyond its noise, or the active units by one or "
+    "more). Their numbers compare training lengths as well as settings.",
 ]
 
 
@@ -248,7 +298,9 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     else:
         base = T.parse_baseline(list(baseline or []), trials, group_by)
 
-    table = T.ablation_table(trials, group_by, base)
+    table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
+    marginal_factors = F.varied(trials)
+    marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
     figs = [] if not {"md", "html"} & set(formats) else make_figures(
         trials, group_by, curves_by=curves_by, collapse_axes=collapse_axes, histories=histories,
         optuna_storage=optuna_storage, objective_names=objective_names)
@@ -269,14 +321,19 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     counts = T.state_counts(trials)
     if "csv" in formats:
         write("ablation.csv", T.to_csv(table))
+        if marginal is not None:
+            write("marginal.csv", marginal.assign(level=marginal["level"].map(F.fmt_level)).to_csv(
+                index=False, float_format="%.17g"))
         write("trials.csv", _trials_csv(trials))
     if "tex" in formats:
         write("ablation.tex", T.to_latex(table))
+        if marginal is not None:
+            write("marginal.tex", T.marginal_latex(marginal))
     if "md" in formats:
         write("ablation.md", T.to_markdown(table))
-        write("report.md", _markdown(trials, table, counts, figs, formats))
+        write("report.md", _markdown(trials, table, counts, figs, formats, marginal))
     if "html" in formats:
-        write("index.html", _html(trials, table, counts, figs, formats))
+        write("index.html", _html(trials, table, counts, figs, formats, marginal))
     return report
 
 
@@ -294,12 +351,12 @@ def _header_facts(trials: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     facts = [f"record: parent run {a.get('parent_run_id')} in {a.get('tracking_uri')}",
              f"search: {a.get('search')}; seeds: {', '.join(map(str, a.get('seeds', [])))}; "
              f"{len(trials)} trial runs",
-             f"generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} by vaebench report"]
+             f"generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by vaebench report"]
     return facts
 
 
 def _markdown(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs: list[Figure],
-              formats: Sequence[str]) -> str:
+              formats: Sequence[str], marginal: pd.DataFrame | None = None) -> str:
     a = trials.attrs
     lines = [f"# Study `{a.get('study')}`", ""]
     if a.get("description"):
@@ -314,29 +371,63 @@ def _markdown(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, f
             lines += [f"![{fig.title}]({fig.key}.png)", "", f"*{fig.caption}*", ""]
         else:
             lines += [f"> {fig.note}", ""]
+    conv = _convergence_text(trials)
+    if conv:
+        lines += ["## Convergence", "", conv, ""]
     lines += ["## Ablation table", "", _table_intro(table), "", T.to_markdown(table)]
     lines += [f"- {c}" for c in CONVENTIONS] + [""]
-    files = [f for f, fmt in (("ablation.tex", "tex"), ("ablation.csv", "csv"), ("trials.csv", "csv"))
-             if fmt in formats]
+    if marginal is not None:
+        lines += ["## Marginal table", "", T.marginal_caption(marginal), "", T.marginal_markdown(marginal)]
+    files = [f for f, fmt in (("ablation.tex", "tex"), ("marginal.tex", "tex"), ("ablation.csv", "csv"),
+                              ("marginal.csv", "csv"), ("trials.csv", "csv")) if fmt in formats]
     if files:
         lines += ["Also in this folder: " + ", ".join(f"`{f}`" for f in files)
-                  + " (the table in LaTeX with booktabs, at full precision, and every trial).", ""]
+                  + " (the tables in LaTeX with booktabs and at full precision, and every trial).", ""]
     return "\n".join(lines)
 
 
 def _table_intro(table: pd.DataFrame) -> str:
     names = ", ".join(F.name_of(table, f) for f in table.attrs["group_by"])
-    text = f"Rows: the levels of {names}."
+    text = f"Rows: the levels of {names}. Cells: mean ± std ({T.n_meaning(table)})."
     base = table.attrs.get("baseline")
     if base:
         text += (" Δ: the difference of a cell's mean to the baseline row ("
                  + ", ".join(f"{F.name_of(table, f)}={F.fmt_level(v)}" for f, v in base.items())
-                 + ") with the same levels of the other factors.")
+                 + ") with the same levels of the other factors, and its 95% confidence interval over seeds [lo, hi]: "
+                 "paired by seed when both rows hold the same seeds (a seed fixes the initialisation and the minibatch "
+                 "order, and the evaluation noise is shared), Welch's unequal-variance interval otherwise; * where "
+                 "the interval excludes 0.")
+    return text
+
+
+def _convergence_text(trials: pd.DataFrame) -> str | None:
+    """The report's paragraph on trials still moving at their last epoch (None: not recorded)."""
+    done = trials[trials["state"] == "completed"]
+    if T.MOVING not in done or done[T.MOVING].isna().all():
+        return None
+    moving = done[done[T.MOVING] == 1]
+    text = (f"{len(moving)} of {len(done)} completed trials were still moving at their last epoch "
+            "(conv/still_moving: over the last 20% of the epochs, val/elbo changed by more than 0.5% and by more "
+            "than three standard errors of a fitted line, or val/active_units changed by one or more).")
+    if len(moving):
+        factors = F.varied(trials)
+        keys, order = F.point_keys(moving, factors)
+        counts = keys.value_counts()
+        text += " Their rows carry a † in the table: their numbers compare training lengths as much as settings. "
+        if len(order) <= 6:
+            text += "Configurations: " + "; ".join(
+                f"{F.config_label(k, [F.name_of(trials, f) for f in factors])} ({counts[k]})" for k in order) + "."
+        else:  # many: by factor level, as a share of that level's completed trials
+            text += "Still moving, by level: " + "; ".join(
+                F.name_of(trials, f) + " " + ", ".join(
+                    f"{F.fmt_level(v)}: {int((moving[f].map(F.hashable) == F.hashable(v)).sum())}/"
+                    f"{int((done[f].map(F.hashable) == F.hashable(v)).sum())}" for v in F.levels(done[f]))
+                for f in factors) + "."
     return text
 
 
 def _html(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs: list[Figure],
-          formats: Sequence[str]) -> str:
+          formats: Sequence[str], marginal: pd.DataFrame | None = None) -> str:
     a = trials.attrs
     e = html.escape
     body = [f"<h1>Study <code>{e(str(a.get('study')))}</code></h1>"]
@@ -352,7 +443,7 @@ def _html(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs:
                 + f"<tr><td><b>total</b></td><td class='num'><b>{len(trials)}</b></td></tr></tbody></table>")
     body.append("<h2>Contents</h2><ul>" + "".join(
         f"<li><a href='#{f.key}'>{e(f.title)}</a></li>" for f in figs) + "<li><a href='#ablation'>Ablation table</a>"
-        "</li></ul>")
+        "</li>" + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "") + "</ul>")
     for fig in figs:
         body.append(f"<h2 id='{fig.key}'>{e(fig.title)}</h2>")
         if fig.png is not None:
@@ -361,9 +452,15 @@ def _html(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs:
                         f"<figcaption>{e(fig.caption)}</figcaption></figure>")
         else:
             body.append(f"<p class='note'>{e(fig.note or '')}</p>")
+    conv = _convergence_text(trials)
+    if conv:
+        body.append(f"<h2 id='convergence'>Convergence</h2><p>{e(conv)}</p>")
     body.append(f"<h2 id='ablation'>Ablation table</h2><p>{e(_table_intro(table))}</p>")
     body.append("<div class='scroll'>" + T.to_html(table) + "</div>")
     body.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in CONVENTIONS) + "</ul>")
+    if marginal is not None:
+        body.append(f"<h2 id='marginal'>Marginal table</h2><p>{e(T.marginal_caption(marginal))}</p>")
+        body.append("<div class='scroll'>" + T.marginal_html(marginal) + "</div>")
     if "tex" in formats:
         body.append("<h3>LaTeX (booktabs)</h3><pre>" + e(T.to_latex(table)) + "</pre>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

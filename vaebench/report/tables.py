@@ -9,23 +9,32 @@ Conventions (documented in the report itself):
 - std is the sample standard deviation (N-1); with one trial it is undefined and not shown;
 - the best mean of a column is marked (bold) in the direction of ``METRICS``: ELBO, active
   units and MI higher, reconstruction, IW-NLL and collapsed fraction lower; KL has no better
-  direction (it is the rate, traded against distortion) and is never marked; ties are all
-  marked, and a column whose values are all equal has no mark;
+  direction (it is the rate, traded against distortion) and is never marked; the mark needs
+  the best row to differ from the runner-up beyond the seed-to-seed noise (its 95% interval,
+  ``significance.difference``, excludes zero), so ties and noise get no mark;
 - with a baseline, each cell also shows the difference of its mean to the mean of the
-  baseline row that has the same levels of the other grouping factors.
+  baseline row that has the same levels of the other grouping factors, with its 95%
+  confidence interval over seeds (paired by seed where the seeds pair up, Welch otherwise)
+  and a * when the interval excludes zero;
+- a row that pools trials over factors not in ``group_by`` says so (``attrs["pooled"]``): its
+  n counts trials, not seeds;
+- a † counts the row's completed trials still moving at their last epoch (``conv/still_moving``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from vaebench.report.figures import fmt_level, hashable as _hashable, levels, name_of, point_keys
-from vaebench.results import ReportError, STATE_ORDER, resolve_factor
+from vaebench.report.figures import fmt_level, levels, name_of, point_keys
+from vaebench.report.figures import hashable as _hashable
+from vaebench.report.significance import difference
+from vaebench.results import STATE_ORDER, ReportError, resolve_factor
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class TableMetric:
     decimals: int
     unit: str = ""
 
+
+MOVING = "conv/still_moving"
 
 METRICS = [
     TableMetric("val/elbo", "ELBO", "max", 2, "nats"),
@@ -129,13 +140,19 @@ def ablation_table(trials: pd.DataFrame, group_by: Sequence[str], baseline: dict
             row[f"{m.key} n"] = n
         rows.append(row)
     table = pd.DataFrame(rows)
+    values = _cell_values(trials, code, done, present)  # {(row, metric): {seed: value} or [values]}
+    moving = trials[MOVING].where(done).eq(1) if MOVING in trials else pd.Series(False, index=trials.index)
+    table["still_moving"] = [int(moving[code == i].sum()) for i in range(len(keys))]
     for m in metrics:
         if m.better is None:
             continue
         col = table[f"{m.key} mean"]
-        best = col.max() if m.better == "max" else col.min()
-        # marked when it tells something: two or more values, not all equal
-        table[f"{m.key} best"] = (col == best) & col.notna() & (col.dropna().nunique() > 1)
+        table[f"{m.key} best"] = False
+        ranked = col.dropna().sort_values(ascending=m.better == "min")
+        if len(ranked) >= 2:  # the best, if it beats the runner-up beyond the noise
+            first, second = ranked.index[0], ranked.index[1]
+            d = difference(values.get((first, m.key), []), values.get((second, m.key), []))
+            table.loc[first, f"{m.key} best"] = d.significant
     if baseline:
         others = [f for f in group_by if f not in baseline]
         is_base = pd.Series(True, index=table.index)
@@ -149,17 +166,39 @@ def ablation_table(trials: pd.DataFrame, group_by: Sequence[str], baseline: dict
         base_rows = {k: i for i, (k, b) in enumerate(zip(other_key, is_base)) if b}
         base_of = [base_rows.get(k) for k in other_key]
         for m in metrics:
-            means = table[f"{m.key} mean"].to_numpy()
-            table[f"{m.key} delta"] = [means[i] - means[b] if b is not None else math.nan
-                                       for i, b in enumerate(base_of)]
-    ordered = group_by + ["trials", "completed", "excluded"] + (["baseline"] if baseline else [])
+            diffs = [difference(values.get((i, m.key), []), values.get((b, m.key), [])) if b is not None and i != b
+                     else None for i, b in enumerate(base_of)]
+            table[f"{m.key} delta"] = [d.delta if d else 0.0 if i == b else math.nan  # a baseline row: 0
+                                       for d, i, b in zip(diffs, range(len(diffs)), base_of)]
+            table[f"{m.key} delta_lo"] = [d.lo if d else math.nan for d in diffs]
+            table[f"{m.key} delta_hi"] = [d.hi if d else math.nan for d in diffs]
+            table[f"{m.key} delta_test"] = [d.test if d else "" for d in diffs]
+            table[f"{m.key} delta_sig"] = [bool(d and d.significant) for d in diffs]
+    ordered = group_by + ["trials", "completed", "excluded", "still_moving"] + (["baseline"] if baseline else [])
     for m in metrics:
-        ordered += [c for c in (f"{m.key} mean", f"{m.key} std", f"{m.key} n", f"{m.key} delta", f"{m.key} best")
+        ordered += [c for c in (f"{m.key} mean", f"{m.key} std", f"{m.key} n", f"{m.key} delta", f"{m.key} delta_lo",
+                                f"{m.key} delta_hi", f"{m.key} delta_test", f"{m.key} delta_sig", f"{m.key} best")
                     if c in table]
     table = table[ordered]
     table.attrs.update(trials.attrs)
-    table.attrs.update(group_by=group_by, baseline=dict(baseline or {}), metrics=[m.key for m in metrics])
+    factors = trials.attrs.get("factors", group_by)
+    pooled = [f for f in factors if f not in group_by and f in trials and len(levels(trials[f])) > 1]
+    table.attrs.update(group_by=group_by, baseline=dict(baseline or {}), metrics=[m.key for m in metrics],
+                       pooled=pooled, convergence=MOVING in trials)
     return table
+
+
+def _cell_values(trials: pd.DataFrame, code: pd.Series, done: pd.Series, present: Sequence[str]) -> dict:
+    """Each cell's values for the tests: {seed: value} when the row's trials have distinct
+    seeds (they pair with another row's), else a plain list (a row pooled over other factors)."""
+    out: dict = {}
+    seeds = trials["seed"] if "seed" in trials else pd.Series(range(len(trials)), index=trials.index)
+    for i, idx in trials.index[done].groupby(code[done]).items():
+        s = seeds.loc[idx]
+        for key in present:
+            v = trials.loc[idx, key].astype(float)
+            out[(i, key)] = dict(zip(s, v)) if s.is_unique and s.notna().all() else v.tolist()
+    return out
 
 
 def state_counts(trials: pd.DataFrame) -> pd.DataFrame:
@@ -173,8 +212,10 @@ def state_counts(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metrics_of(table: pd.DataFrame) -> list[TableMetric]:
+    from vaebench.report.disentanglement import TABLE_METRICS as DIS  # val/dis columns, when recorded
+
     keys = table.attrs.get("metrics") or [m.key for m in METRICS]
-    return [m for m in METRICS if m.key in keys]
+    return [m for m in METRICS + DIS if m.key in keys]
 
 
 def _num(x: float, d: int, signed: bool = False) -> str:
@@ -182,8 +223,10 @@ def _num(x: float, d: int, signed: bool = False) -> str:
     return s.replace("-0." + "0" * d, "0." + "0" * d) if d else s
 
 
-def cell(row: dict[str, Any], m: TableMetric, *, count: bool = True, tex: bool = False) -> str:
-    """'-88.12 ± 0.31 (3)', '-88.12 (1)', '–' (no value); with a delta ' Δ +1.20'."""
+def cell(row: dict[str, Any], m: TableMetric, *, count: bool = True, tex: bool = False, br: str = " ",
+         star: str = "*") -> str:
+    """'-88.12 ± 0.31 (3)', '-88.12 (1)', '–' (no value); with a delta
+    '<br>Δ +1.20 [+0.50, +1.90]*' (its 95% interval; ``star`` when it excludes zero)."""
     mean, std, n = row[f"{m.key} mean"], row[f"{m.key} std"], int(row[f"{m.key} n"])
     if n == 0 or pd.isna(mean):
         return "--" if tex else "–"
@@ -195,7 +238,10 @@ def cell(row: dict[str, Any], m: TableMetric, *, count: bool = True, tex: bool =
         text += f" ({n})"
     if f"{m.key} delta" in row and not pd.isna(row[f"{m.key} delta"]) and not row.get("baseline", False):
         d = _num(row[f"{m.key} delta"], m.decimals, signed=True)
-        text += f" $\\Delta\\,{d}$" if tex else f" Δ {d}"
+        lo, hi = row.get(f"{m.key} delta_lo", math.nan), row.get(f"{m.key} delta_hi", math.nan)
+        ci = "" if pd.isna(lo) else f" [{_num(lo, m.decimals, signed=True)}, {_num(hi, m.decimals, signed=True)}]"
+        mark = star if row.get(f"{m.key} delta_sig", False) else ""
+        text += br + (f"$\\Delta\\,{d}${ci}{'$^{*}$' if mark else ''}" if tex else f"Δ {d}{ci}{mark}")
     return text
 
 
@@ -214,7 +260,17 @@ def _level_cells(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
 
 
 def _trials_cell(row: dict[str, Any]) -> str:
-    return f"{row['completed']}/{row['trials']}" + (f" ({row['excluded']})" if row["excluded"] else "")
+    return (f"{row['completed']}/{row['trials']}" + (f" ({row['excluded']})" if row["excluded"] else "")
+            + (f" †{row['still_moving']}" if row.get("still_moving") else ""))
+
+
+def n_meaning(table: pd.DataFrame) -> str:
+    """What a cell's (n) counts: its seeds, or its trials when the row pools other factors."""
+    pooled = table.attrs.get("pooled") or []
+    if not pooled:
+        return "n: the row's completed seeds"
+    return ("n: the row's completed trials, pooled over its seeds and every level of "
+            + ", ".join(name_of(table, f) for f in pooled) + " (not a seed-only spread)")
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -226,7 +282,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     for row in table.to_dict("records"):
         cells = _level_cells(table, row) + [_trials_cell(row)]
         for m in ms:
-            c = cell(row, m)
+            c = cell(row, m, br="<br>", star="\\*")
             cells.append(f"**{c}**" if row.get(f"{m.key} best", False) else c)
         lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -243,7 +299,7 @@ def to_html(table: pd.DataFrame) -> str:
     for row in table.to_dict("records"):
         cells = [f"<td>{escape(c)}</td>" for c in _level_cells(table, row) + [_trials_cell(row)]]
         for m in ms:
-            c = escape(cell(row, m))
+            c = escape(cell(row, m, br="\n")).replace("\n", "<br>")
             cells.append(f"<td class='num best'><b>{c}</b></td>" if row.get(f"{m.key} best", False)
                          else f"<td class='num'>{c}</td>")
         out.append("<tr" + (" class='baseline'" if row.get("baseline", False) else "") + ">" + "".join(cells) + "</tr>")
@@ -273,18 +329,26 @@ def to_latex(table: pd.DataFrame, caption: str | None = None, label: str | None 
              " & ".join(head) + r" \\", r"\midrule"]
     for row in table.to_dict("records"):
         cells = [tex_escape(c) for c in _level_cells(table, row)]
-        cells.append(str(row["completed"]) + (r"$^\dagger$" if row["excluded"] else ""))
+        cells.append(str(row["completed"]) + (r"$^\ddagger$" if row["excluded"] else "")
+                     + (f"\\,($^\\dagger${row['still_moving']})" if row.get("still_moving") else ""))
         for m in ms:
             c = cell(row, m, count=int(row[f"{m.key} n"]) != int(row["completed"]), tex=True)
             cells.append(r"{\boldmath " + c + "}" if row.get(f"{m.key} best", False) else c)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     excluded = table["excluded"].astype(bool).any()
+    pooled = table.attrs.get("pooled") or []
+    over = ("the $n$ completed seeds of each row" if not pooled else "the $n$ completed trials of each row (its seeds "
+            "and every level of " + ", ".join(tex_escape(name_of(table, f)) for f in pooled) + ", pooled)")
     cap = caption or (
-        f"Ablation of {tex_escape(study)}: mean $\\pm$ std (N$-$1) over the $n$ completed seeds of each row; "
-        "best mean per column in bold (KL: no better direction)."
-        + (r" $^\dagger$Some trials of the row did not complete and are excluded." if excluded else "")
-        + (" $\\Delta$: difference to the baseline row." if table.attrs.get("baseline") else ""))
+        f"Ablation of {tex_escape(study)}: mean $\\pm$ std (N$-$1) over {over}; "
+        "a column's best mean in bold where it beats the runner-up beyond the seed-to-seed noise (95\\% interval "
+        "of the difference excludes 0; KL: no better direction)."
+        + (r" $^\ddagger$Some trials of the row did not complete and are excluded." if excluded else "")
+        + (r" ($^\dagger k$): $k$ trials still moving at their last epoch." if table["still_moving"].any() else "")
+        + (" $\\Delta$: difference to the baseline row with its 95\\% confidence interval over seeds (paired by "
+           "seed where the seeds pair up, else Welch); $^{*}$: the interval excludes 0." if table.attrs.get("baseline")
+           else ""))
     lines += [r"\caption{" + cap + "}", r"\label{" + (label or f"tab:{study}-ablation") + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -295,3 +359,85 @@ def to_csv(table: pd.DataFrame) -> str:
     for f in table.attrs["group_by"]:
         out[f] = out[f].map(fmt_level)
     return out.to_csv(index=False, float_format="%.17g")
+
+
+# ------------------------------------------------------------------------- marginal table
+
+
+def marginal_table(trials: pd.DataFrame, factors: Sequence[str] | None = None,
+                   metrics: Sequence[TableMetric] = METRICS) -> pd.DataFrame:
+    """One block of rows per factor: that factor's levels, every other factor and the seeds
+    pooled (a paper's compact main-text table; the full ablation table is the appendix).
+    Columns as ``ablation_table``'s plus ``factor``; no best marks (a pooled spread mixes
+    settings with seeds, so no test applies)."""
+    factors = list(factors or trials.attrs.get("factors", []))
+    parts = []
+    for f in factors:
+        t = ablation_table(trials, [f], metrics=metrics).rename(columns={f: "level"})
+        t.insert(0, "factor", f)
+        parts.append(t)
+    if not parts:
+        raise ReportError("the marginal table needs at least one factor")
+    out = pd.concat(parts, ignore_index=True)
+    out = out[[c for c in out.columns if not c.endswith(" best")]]
+    out.attrs.update(trials.attrs)
+    out.attrs.update(metrics=[m.key for m in metrics], marginal=factors)
+    return out
+
+
+def marginal_caption(table: pd.DataFrame) -> str:
+    return ("Marginal means: each row is one level of one factor, mean ± std (N−1) (n) over every completed trial "
+            "with that level, pooled over the seeds and all levels of the other factors (a spread of settings as much "
+            "as of seeds: compare rows within a block, and see the ablation table for the cells).")
+
+
+def marginal_markdown(table: pd.DataFrame) -> str:
+    ms = _metrics_of(table)
+    head = ["factor", "level", "completed/trials"] + [_header(m) for m in ms]
+    lines = ["| " + " | ".join(head) + " |", "|:--|:--|:--|" + "|".join(["--:"] * len(ms)) + "|"]
+    last = None
+    for row in table.to_dict("records"):
+        name = name_of(table, row["factor"]) if row["factor"] != last else ""
+        last = row["factor"]
+        cells = [name, fmt_level(row["level"]), _trials_cell(row)] + [cell(row, m) for m in ms]
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def marginal_html(table: pd.DataFrame) -> str:
+    from html import escape
+
+    ms = _metrics_of(table)
+    out = ["<table class='ablation marginal'><thead><tr><th>factor</th><th>level</th><th>completed/trials</th>"
+           + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms) + "</tr></thead><tbody>"]
+    last = None
+    for row in table.to_dict("records"):
+        first = row["factor"] != last
+        last = row["factor"]
+        cells = [name_of(table, row["factor"]) if first else "", fmt_level(row["level"]), _trials_cell(row)]
+        out.append(("<tr class='block'>" if first else "<tr>") + "".join(f"<td>{escape(c)}</td>" for c in cells)
+                   + "".join(f"<td class='num'>{escape(cell(row, m))}</td>" for m in ms) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def marginal_latex(table: pd.DataFrame) -> str:
+    ms = _metrics_of(table)
+    study = table.attrs.get("study", "study")
+    lines = [f"% vaebench marginal table of study {tex_escape(study)}; needs \\usepackage{{booktabs}}",
+             r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llr" + "r" * len(ms) + "}", r"\toprule",
+             " & ".join(["factor", "level", "$n$"] + [_header(m, tex=True) for m in ms]) + r" \\"]
+    last = None
+    for row in table.to_dict("records"):
+        if row["factor"] != last:
+            lines.append(r"\midrule")
+        cells = [tex_escape(name_of(table, row["factor"])) if row["factor"] != last else "",
+                 tex_escape(str(fmt_level(row["level"]))), str(row["completed"])]
+        last = row["factor"]
+        cells += [cell(row, m, count=int(row[f"{m.key} n"]) != int(row["completed"]), tex=True) for m in ms]
+        lines.append(" & ".join(cells) + r" \\")
+    cap = ("Marginal means of " + tex_escape(study) + r": mean $\pm$ std (N$-$1) over the $n$ completed trials of each "
+           "level, pooled over the seeds and every level of the other factors.")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + cap + "}",
+              r"\label{tab:" + study + "-marginal}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
