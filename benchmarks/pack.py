@@ -42,14 +42,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import torch
+import torch  # noqa: E402  (after the sys.path line)
 
-from vaebench.config import TrialConfig
-from vaebench.data import load_data
-from vaebench.metrics import evaluate
-from vaebench.models import build_model
-from vaebench.pack import PackedVAE, PackTrainer
-from vaebench.train import configure_torch, train
+from vaebench.config import TrialConfig  # noqa: E402  (after the sys.path line)
+from vaebench.data import load_data  # noqa: E402  (after the sys.path line)
+from vaebench.metrics import evaluate  # noqa: E402  (after the sys.path line)
+from vaebench.models import build_model  # noqa: E402  (after the sys.path line)
+from vaebench.pack import PackedVAE, PackTrainer  # noqa: E402  (after the sys.path line)
+from vaebench.train import configure_torch, train  # noqa: E402  (after the sys.path line)
 
 BETAS, ANNEALS, FREE_BITS = [0.5, 2.0, 8.0], ["none", "linear", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}], [0.0, 0.25]
 

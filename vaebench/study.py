@@ -98,7 +98,7 @@ class Resources(Section):
         return parse_pack(v)
 
 
-def effective_pack(study: "Study") -> Literal["auto", "off"] | int:
+def effective_pack(study: Study) -> Literal["auto", "off"] | int:
     """resources.pack as a sweep applies it: "auto" is off for a search with a pruner. A pack's
     members advance in lockstep, so a pruner would find no finished trial to compare with
     until the pack ends; an explicit N packs anyway."""

@@ -23,7 +23,14 @@ from typing import Any
 
 from vaebench.definition import DEFINITION_TAG, changes, definition, fixed_hash
 from vaebench.executors import (
-    Executor, ExecutorError, InlineExecutor, Job, PackedExecutor, RayExecutor, cluster_workers, connect_ray,
+    Executor,
+    ExecutorError,
+    InlineExecutor,
+    Job,
+    PackedExecutor,
+    RayExecutor,
+    cluster_workers,
+    connect_ray,
 )
 from vaebench.progress import Progress
 from vaebench.record import LockError, Record, StoreError
