@@ -248,7 +248,33 @@ def bench_agreement(epochs: int | None, threads: int, device: str) -> dict:
             "solo_s": solo_s, "threads": threads}
 
 
-def render(args, rows, evals, convs, started: float, agreement: dict | None = None) -> str:
+def bench_sweep(epochs: int | None) -> dict:
+    """`vaebench sweep studies/collapse.yaml` end to end (local Ray, SQLite MLflow, evaluation, artifacts),
+    --pack off then --pack auto, each into a fresh store in a temporary folder. Runs the CLI in a
+    subprocess: needs ray and mlflow (the only part of this script that does)."""
+    import subprocess
+    import tempfile
+
+    out = {"epochs": epochs or 200}
+    for pack in ("off", "auto"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "vaebench.cli", "sweep", str(HERE.parent / "studies" / "collapse.yaml"),
+                   "--tracking-uri", f"sqlite:///{tmp}/m.db", "--pack", pack]
+            if epochs:
+                cmd += ["--set", f"train.epochs={epochs}"]
+            env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+            started = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, check=False)
+            out[pack] = time.perf_counter() - started
+            if proc.returncode != 0:
+                raise RuntimeError(f"sweep --pack {pack} failed: {proc.stderr[-2000:]}")
+        steps = 108 * out["epochs"] * 23
+        print(f"sweep collapse.yaml ({out['epochs']} epochs) --pack {pack}: {out[pack]:.0f} s, "
+              f"{steps / out[pack]:,.0f} model-steps/s", flush=True)
+    return out
+
+
+def render(args, rows, evals, convs, started: float, agreement: dict | None = None, sweep: dict | None = None) -> str:
     lines = [
         "# Packed trials: benchmark",
         "",
@@ -292,6 +318,15 @@ def render(args, rows, evals, convs, started: float, agreement: dict | None = No
                   f"(unpacked) for **{a['within']}/{a['points']}** configurations; |difference| / std: median "
                   f"{a['median_ratio']:.3f}, worst {a['worst']:.3f}. Wall time, evaluation included: packed "
                   f"{a['packed_s']:.0f} s, unpacked {a['solo_s']:.0f} s ({a['solo_s'] / a['packed_s']:.1f}x).")]
+    if sweep:
+        steps = 108 * sweep["epochs"] * 23
+        lines += ["", "## 5. End to end: `vaebench sweep studies/collapse.yaml`", "",
+                  f"{sweep['epochs']} epochs per trial (108 trials x 23 steps per epoch = {steps:,} model-steps), "
+                  "local Ray, a fresh SQLite store, evaluation and artifacts included; wall time of the command.", "",
+                  "| --pack | wall | model-steps/s |", "|---|---|---|",
+                  f"| off | {sweep['off']:.0f} s | {steps / sweep['off']:,.0f} |",
+                  f"| auto | {sweep['auto']:.0f} s | {steps / sweep['auto']:,.0f} |",
+                  "", f"off / auto: **{sweep['off'] / sweep['auto']:.2f}x**."]
     return "\n".join(lines) + "\n"
 
 
@@ -307,6 +342,9 @@ def main() -> None:
     ap.add_argument("--agreement", type=int, nargs="?", const=0, default=None, metavar="EPOCHS",
                     help="also train studies/collapse.yaml packed and unpacked and compare final val/elbo per "
                          "configuration (EPOCHS overrides its 40; needs pyyaml)")
+    ap.add_argument("--sweep", type=int, nargs="?", const=0, default=None, metavar="EPOCHS",
+                    help="also time `vaebench sweep studies/collapse.yaml` with --pack off and auto (EPOCHS overrides "
+                         "its 200; needs ray and mlflow)")
     ap.add_argument("--skip-throughput", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     started = time.perf_counter()
@@ -323,7 +361,8 @@ def main() -> None:
     agreement = bench_agreement(args.agreement or None, threads[0], args.device) if args.agreement is not None else None
     out = args.out or (HERE / ".cache" / "PACK-quick.md" if args.quick else HERE / "PACK.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(args, rows, evals, convs, started, agreement))
+    sweep = bench_sweep(args.sweep or None) if args.sweep is not None else None
+    out.write_text(render(args, rows, evals, convs, started, agreement, sweep))
     print(f"wrote {out}")
 
 
