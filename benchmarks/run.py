@@ -593,8 +593,8 @@ def child_record(a: dict) -> dict:
     import numpy as np
     import yaml
 
+    from vaebench.naming import run_name
     from vaebench.study import Study, expand
-    from vaebench.sweep import run_name
     from vaebench.tracking import HASH, POINT, Record
 
     nb, nf, ns = a["grid"]
@@ -616,7 +616,7 @@ def child_record(a: dict) -> dict:
         tags = {HASH: spec.config_hash, POINT: _json.dumps(spec.point), "vaebench.point_key": spec.point_key,
                 "vaebench.attempt": "0"}
         t = perf()
-        run_id = rec.start_trial(parent.info.run_id, run_name(spec), {**spec.config.flat(), "seed": spec.seed}, tags)
+        run_id = rec.start_trial(parent.info.run_id, run_name(spec, study.space), {**spec.config.params(), "seed": spec.seed}, tags)
         start_s.append(perf() - t)
         beta, fb = spec.config.objective.beta, spec.config.objective.free_bits
         for epoch in range(1, a["epochs"] + 1):

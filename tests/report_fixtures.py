@@ -72,7 +72,7 @@ def write_synthetic_study(uri: str, study: dict[str, Any], *, states: dict[int, 
         if st.search.kind != "grid":
             tags[OPTUNA_TRIAL] = str(i // len(st.seeds))
         name = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in spec.point.items()) + f" s{spec.seed}"
-        run_id = rec.start_trial(parent.info.run_id, name, {**spec.config.flat(), "seed": spec.seed}, tags)
+        run_id = rec.start_trial(parent.info.run_id, name, {**spec.config.params(), "seed": spec.seed}, tags)
         last = {"completed": epochs, "failed": 0, "killed": 1}.get(state, max(1, epochs // 2))
         batch: list[Metric] = []
         history: dict[str, list] = {k: [] for k in CONVERGENCE_KEYS}

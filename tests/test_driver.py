@@ -23,6 +23,8 @@ from mlflow.entities import ViewType
 
 from vaebench.definition import DEFINITION_TAG, changes, definition
 from vaebench.executors import InlineExecutor
+from vaebench.mlflow_view import EXPERIMENT_KIND, TRAINING
+from vaebench.naming import run_name
 from vaebench.record import Record
 from vaebench.search import INTERRUPTED, RESUMES
 from vaebench.study import expand, load_study
@@ -147,12 +149,42 @@ def test_grid_record_and_resume(tmp_path):
     first = check_record(tmp_path, "g", hashes)
     (parent,) = runs(tmp_path, "g", role="study")
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    # the experiment opens in the MLflow UI's training view; runs are named as the UI's column shows
+    # them (distinct in 20 characters) and carry the params of their model kind
+    exp = client.get_experiment_by_name("g")
+    assert exp.tags[EXPERIMENT_KIND] == TRAINING
+    spec_of = {sp.config_hash: sp for sp in expand(load_study(path))}
+    for r in first:
+        spec = spec_of[r.data.tags["vaebench.config_hash"]]
+        assert r.info.run_name == run_name(spec, load_study(path).space) and len(r.info.run_name) <= 20
+        assert set(r.data.params) == set(spec.config.params()) | {"seed"} and "model.channels" not in r.data.params
+    assert len({r.info.run_name for r in first}) == 8
     # the parent keeps the definition in force
     assert json.loads(Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text()) \
         == definition(load_study(path))
     again = sweep(path, tmp_path)
     assert again.exit_code == 0 and again.skipped == 8
     assert {r.info.run_id for r in check_record(tmp_path, "g", hashes)} == {r.info.run_id for r in first}
+
+
+def test_report_reads_only_the_records_definition(tmp_path):
+    """A trial run written under another definition (by hand, or an older vaebench) is left out
+    of the tables, not averaged in as one more seed."""
+    from vaebench.results import trials_frame
+
+    path = study_file(tmp_path)
+    sweep(path, tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert len(trials_frame("g", uri)) == 8
+    (parent,) = runs(tmp_path, "g", role="study")
+    spec = expand(load_study(path))[0]
+    rec = Record(uri, "g")
+    stray = rec.start_trial(parent.info.run_id, "stray", {**spec.config.params(), "seed": spec.seed},
+                            {"vaebench.config_hash": spec.config_hash, "vaebench.point": json.dumps(spec.point),
+                             "vaebench.point_key": spec.point_key, DEFINITION_TAG: "another"})
+    rec.end_trial(stray, "completed")
+    frame = trials_frame("g", uri)
+    assert len(frame) == 8 and stray not in set(frame["run_id"])
 
 
 def test_changed_definition_is_refused_before_any_write(tmp_path):
@@ -407,6 +439,8 @@ def test_search_killed_then_resumed(tmp_path, monkeypatch, where, n):
 
 CHILD = r"""
 import os, sys
+from vaebench.mlflow_view import EXPERIMENT_KIND, TRAINING
+from vaebench.naming import run_name
 from vaebench.record import Record
 from vaebench.study import load_study
 from vaebench.sweep import SweepOptions, run_sweep
@@ -471,6 +505,20 @@ def test_cli_lock_refusal_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "another driver" in proc.stderr and f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
     assert MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("g") is None  # nothing written
+
+
+def test_cli_refused_search_leaves_no_folder(tmp_path):
+    """A search study refused (lock held) exits 2 and leaves neither its record nor the folder of
+    its default Optuna storage (sweeps/NAME) behind."""
+    path = search_file(tmp_path)
+    holder = Record(f"sqlite:///{tmp_path}/m.db", "s")
+    holder.lock()
+    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(path), "--inline", "--tracking-uri",
+                           f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    holder.unlock()
+    assert proc.returncode == 2 and "another driver" in proc.stderr, proc.stderr
+    assert not (tmp_path / "sweeps").exists()
 
 
 # --------------------------------------------------------------------------- store failures

@@ -23,7 +23,7 @@ from vaebench.checks import CheckError, check_address, check_device, check_serve
 from vaebench.cli import app
 from vaebench.report.command import report_folder
 from vaebench.store import (
-    StoreError,
+    StoreAddressError,
     check_storage,
     check_tracking_uri,
     check_writable,
@@ -363,11 +363,11 @@ def test_tracking_uris_accepted_and_made_absolute(tmp_path, monkeypatch):
     for uri in ("http://127.0.0.1:5000", "https://mlflow.example.org/path", "postgresql+psycopg2://u@h/db"):
         assert check_tracking_uri(uri) == uri
     for uri in ("file:///x", "mlruns", "http://", "databricks", "sqlite:///:memory:"):
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreAddressError):
             check_tracking_uri(uri)
     assert check_storage("sqlite:///o.db") == f"sqlite:///{tmp_path}/o.db"
     assert check_storage("mysql://u@h/db") == "mysql://u@h/db"
-    with pytest.raises(StoreError, match="allowed"):
+    with pytest.raises(StoreAddressError, match="allowed"):
         check_storage("redis://h")
 
 
@@ -403,10 +403,10 @@ def test_a_read_only_sweeps_folder(project):
 
 def test_check_writable_refuses_what_it_cannot_create(tmp_path):
     write(tmp_path / "blocker", "a file")
-    with pytest.raises(StoreError, match="is a file, not a folder"):
+    with pytest.raises(StoreAddressError, match="is a file, not a folder"):
         check_writable(f"sqlite:///{tmp_path}/blocker/sweeps/m.db")
     (tmp_path / "m.db").mkdir()
-    with pytest.raises(StoreError, match="is not a file"):
+    with pytest.raises(StoreAddressError, match="is not a file"):
         check_writable(f"sqlite:///{tmp_path}/m.db")
 
 
@@ -493,7 +493,7 @@ def test_every_folder_reaches_the_same_store(project, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "elsewhere")
     result, message = invoke("status", str(study))
     assert result.exit_code == 0, result.output
-    assert f"store: sqlite:///{store}" in message and "tiny record" in message
+    assert f"store: sqlite:///{store}" in message and "tiny partial (0 of 4)" in message
     monkeypatch.chdir(project.parent)  # by name, from the project folder (studies/tiny.yaml)
     result, message = invoke("status", "tiny")
     assert result.exit_code == 0 and f"store: sqlite:///{store}" in message, message
@@ -514,7 +514,7 @@ def test_readers_refuse_a_missing_store(project, args, monkeypatch):
 
 @pytest.mark.parametrize("name", ["/tmp/abs", "../escape", "a/b", "..", ".hidden", "x" * 300, "a\\b"])
 def test_report_folder_refuses_names_that_leave_reports(tmp_path, name):
-    with pytest.raises(StoreError, match="plain folder name"):
+    with pytest.raises(StoreAddressError, match="plain folder name"):
         report_folder(name, tmp_path)
 
 

@@ -125,13 +125,16 @@ def test_sigkill_of_the_driver_mid_pack_then_resume(ray_cluster, tmp_path, monke
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     study = tmp_path / "midpack.yaml"
-    study.write_text(STUDY.replace("name: packed", "name: midpack").replace("epochs: 3", "epochs: 20")
+    study.write_text(STUDY.replace("name: packed", "name: midpack").replace("epochs: 3", "epochs: 40")
                      .replace("train.lr: [1.0e-3, 1.0e+4]     # 1e4: the loss becomes NaN -> diverged; its pack mates go on",
                               "train.lr: [1.0e-3, 2.0e-3]"))
     uri = f"sqlite:///{tmp_path}/m.db"
     args = [sys.executable, "-m", "vaebench.cli", "sweep", str(study), "--address", ray_cluster.address,
             "--tracking-uri", uri]
-    proc = subprocess.Popen(args, env=ray_cluster.env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # metrics flushed every epoch, so that the kill lands early in the packs (epoch 2 of 40), never
+    # between the ends of one pack's members (a member left alone would rerun solo, untagged)
+    proc = subprocess.Popen(args, env={**ray_cluster.env, "VAEBENCH_FLUSH_SECONDS": "0"}, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
 
@@ -160,4 +163,4 @@ def test_sigkill_of_the_driver_mid_pack_then_resume(ray_cluster, tmp_path, monke
     assert not any(r.info.status == "RUNNING" for r in final)
     for r in final:
         assert r.data.tags[PACK_TAG]
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/elbo")] == list(range(1, 21))
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/elbo")] == list(range(1, 41))

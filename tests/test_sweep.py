@@ -105,8 +105,8 @@ def test_grid_sweep_record(grid_record):
     by_hash = {s.config_hash: s for s in specs}
     for r in kids:
         spec = by_hash[r.data.tags["vaebench.config_hash"]]
-        # params: the full config flattened with dotted names, plus the seed
-        expected = {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in spec.config.flat().items()}
+        # params: the config flattened with dotted names (the settings of its model kind), plus the seed
+        expected = {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in spec.config.params().items()}
         expected["seed"] = str(spec.seed)
         assert r.data.params == expected
         assert json.loads(r.data.tags["vaebench.point"]) == spec.point

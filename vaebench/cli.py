@@ -24,12 +24,13 @@ from vaebench.reproduce import REPRODUCTIONS
 from vaebench.store import (
     STORAGE_HELP,
     TRACKING_HELP,
-    StoreError,
+    StoreAddressError,
     check_readable,
     check_storage,
     check_writable,
     default_storage,
     ensure_folder,
+    remove_if_empty,
     resolve_tracking_uri,
     store_missing,
 )
@@ -50,7 +51,7 @@ def _load(study_file: str, overrides: list[str] | None = None) -> tuple[Path, St
 def _tracking_uri(cli: str | None, study_path: Path | None) -> str:
     try:
         return resolve_tracking_uri(cli, study_path)
-    except StoreError as e:
+    except StoreAddressError as e:
         fail(str(e))
 
 
@@ -86,20 +87,20 @@ def sweep(
         check_device(study, local=address is None, where=str(path))
         if address is not None:
             check_address(address)  # bounded: Ray's own connect retries for minutes
-    except (StoreError, CheckError) as e:
+    except (StoreAddressError, CheckError) as e:
         fail(str(e))
     say(f"store: {uri}" + (f"; Optuna storage: {storage}" if study.search.kind != "grid" else ""))
 
     from vaebench.progress import Progress
     from vaebench.sweep import SweepError, SweepOptions, run_sweep
 
-    if study.search.kind != "grid":
-        ensure_folder(storage)  # SQLite creates the file, not its folder
+    made = ensure_folder(storage) if study.search.kind != "grid" else None  # SQLite makes the file, not its folder
     opts = SweepOptions(tracking_uri=uri, storage=storage, address=address, workers=workers, max_trials=max_trials,
                         fresh=fresh, inline=inline)
     try:
         summary = run_sweep(study, path.read_text(encoding="utf-8"), opts, Progress(enabled=True, console=err))
     except SweepError as e:
+        remove_if_empty(made)
         fail(str(e))
     for note in summary.notes:
         say(f"note: {note}")
@@ -173,7 +174,7 @@ def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML fi
     try:
         check_readable(uri)
         check_server(uri)
-    except (StoreError, CheckError) as e:
+    except (StoreAddressError, CheckError) as e:
         fail(str(e))
     say(f"store: {uri}")
     record = Record(uri, name)
@@ -246,7 +247,7 @@ def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose
         fail(f"the store is the MLflow server {uri}: open it in a browser (`vaebench ui` serves a database store)")
     try:
         check_readable(uri)
-    except StoreError as e:
+    except StoreAddressError as e:
         fail(str(e))
     say(f"store: {uri}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
@@ -279,7 +280,7 @@ def reproduce(
         check_server(uri)
         if address is not None:
             check_address(address)
-    except (StoreError, CheckError) as e:
+    except (StoreAddressError, CheckError) as e:
         fail(str(e))
     say(f"store: {uri}")
 

@@ -30,20 +30,31 @@ def _num(v: float) -> str:
 
 def level_text(v: Any, kinds: dict[str, int] | None = None) -> str:
     """A level in a few characters: numbers compact (.25), words cut to 3 letters when longer
-    than 4, a mapping as its kind's 3 letters (and its other values when ``kinds``, the count
+    than 4 (longer where another level of the factor starts alike), a mapping as its kind's 3 letters (and its other values when ``kinds``, the count
     of the factor's levels per kind, says another level has the same kind), a list joined by '-'."""
     if isinstance(v, dict):
         kind = str(v.get("kind", ""))
         if kinds is not None and kinds.get(kind, 0) <= 1:
-            return kind[:3]
+            return _word(kind, kinds)
         rest = [level_text(x) for k, x in sorted(v.items()) if k != "kind"]
-        return kind[:3] + ",".join(rest)
+        return _word(kind, kinds) + ",".join(rest)
     if isinstance(v, (list, tuple)):
         return "-".join(level_text(x) for x in v)
     if isinstance(v, (int, float)):
         return _num(v)
-    s = str(v)
-    return s if len(s) <= 4 else s[:3]
+    return _word(str(v), kinds)
+
+
+def _word(s: str, kinds: dict[str, int] | None) -> str:
+    """A word cut to 3 letters, or to the shortest prefix no other word level of the factor
+    shares (beta_v and beta_t for beta_vae and beta_tcvae)."""
+    if len(s) <= 4:
+        return s
+    others = [k for k in (kinds or {}) if k != s]
+    n = 3
+    while n < len(s) and any(o.startswith(s[:n]) for o in others):
+        n += 1
+    return s[:n]
 
 
 def abbreviations(paths: list[str]) -> dict[str, str]:

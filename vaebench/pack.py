@@ -22,9 +22,10 @@ optimiser kind, device, metric settings) are stacked along a leading member dime
 Members are independent slices everywhere (the loss is a sum of per-member losses), so a
 member whose loss turns NaN harms no other. As in ``train``, divergence is judged at the
 end of an epoch; a diverged, completed or stopped member is then dropped from the stacked
-tensors, so it costs nothing afterwards. Validation metrics run per member through
-``vaebench.metrics.evaluate`` on the solo model (the same numbers and names as a solo
-trial; benchmarks/PACK.md measures what that costs).
+tensors, so it costs nothing afterwards. Validation metrics are batched over the members
+too: ``vaebench.metrics`` runs its one code path on the pack (``SharedInput``: every member
+sees the validation split and the noise a solo trial would), so a member's numbers are its
+solo trial's up to float rounding, with the same names.
 
 Pure compute: imports torch and vaebench's training modules only, never ray, mlflow or
 optuna, so that it runs where only torch is installed (a GPU box).
@@ -54,7 +55,7 @@ from vaebench.config import (
 from vaebench.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.convergence import convergence
 from vaebench.data import Dataset, load_data
-from vaebench.metrics import evaluate
+from vaebench.metrics import evaluate_members
 from vaebench.models import VAE, build_model
 from vaebench.models.vae import ConvDecoder, GaussianHead, LinearEncoder, MLPDecoder
 from vaebench.objectives import capacity, kl_per_dim, kl_weight
@@ -78,7 +79,7 @@ SUPPORTED: dict[str, Any] = {
     "objective.anneal.c_max": "*", "objective.anneal.gamma": "*", "objective.anneal.steps": "*",
     "train.epochs": "*", "train.batch_size": "*", "train.optimizer": ("adam", "adamw", "sgd"), "train.lr": "*",
     "train.weight_decay": "*", "train.grad_clip": "*", "train.device": "*", "train.threads": "*",
-    # the metrics of vaebench.metrics as they are today (evaluate runs per member, see the module doc)
+    # the metrics of vaebench.metrics (batched over the members: SharedInput)
     "metrics.active_threshold": "*", "metrics.mi_batch_size": "*", "metrics.iw_samples": "*",
     "metrics.iw_examples": "*", "metrics.collapse_epsilon": "*", "metrics.collapse_delta": "*",
     "metrics.eval_batch_size": "*", "metrics.every": "*",
@@ -377,6 +378,26 @@ class PackedVAE(nn.Module):
                                   groups=self.members)
 
 
+class SharedInput:
+    """A PackedVAE as ``vaebench.metrics`` takes a model: every member encodes the same x
+    [B, *event] into [M, B, J], and z [..., M, B, J] (leading sample dims allowed) decodes to
+    [..., M, B, *out_event]."""
+
+    def __init__(self, model: PackedVAE):
+        self.model = model
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(x.expand(self.model.members, *x.shape))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        lead, (M, B, J) = z.shape[:-3], z.shape[-3:]
+        out = self.model.decode(z.movedim(-3, 0).reshape(M, -1, J))  # [M, lead * B, *out_event]
+        return out.reshape(M, *lead, B, *out.shape[2:]).movedim(0, len(lead))
+
+    def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self.model.likelihood.log_prob(x, out)
+
+
 # --------------------------------------------------------------------------------------- the objective
 
 
@@ -651,6 +672,11 @@ class PackTrainer:
         per_step = torch.stack(terms)  # [steps, terms, M]
         weights = torch.tensor(sizes, dtype=per_step.dtype, device=dev)[:, None, None] / self.n
         means = (per_step * weights).sum(0).T.tolist()  # [M][terms]
+        last = epoch == self.epochs
+        val: list[dict[str, float]] = [{}] * len(self.live)
+        if epoch % self.live[0].cfg.metrics.every == 0 or last:  # metric settings are the pack's (pack_key)
+            eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
+            val = evaluate_members(SharedInput(model), self.x_val, self.live[0].cfg.metrics, eval_noise)
         out, keep = [], []
         for k, (m, vals) in enumerate(zip(self.live, means)):
             metrics = {f"train/{name}": v for name, v in zip(TRAIN_TERMS, vals)}
@@ -660,12 +686,8 @@ class PackTrainer:
                 out += [{"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": "diverged", "member": m.index},
                         {"kind": "end", "state": "diverged", "epoch": epoch, "member": m.index}]
                 continue
-            last = epoch == self.epochs
-            if epoch % m.cfg.metrics.every == 0 or last:
-                self.solo.load_state_dict(model.member_state(k))
-                eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
-                metrics.update({f"val/{n}": v for n, v in evaluate(self.solo, self.x_val, m.cfg.metrics,
-                                                                   eval_noise).items()})
+            if val[k]:
+                metrics.update({f"val/{n}": v for n, v in val[k].items()})
                 for key in CONVERGENCE_KEYS:
                     m.history[key].append((epoch, metrics[key]))
             if last:  # still moving at the end? (vaebench.convergence, as train() records it)
@@ -673,6 +695,7 @@ class PackTrainer:
             state = "completed" if last else "running"
             out.append({"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": state, "member": m.index})
             if last:
+                self.solo.load_state_dict(model.member_state(k))  # images and the checkpoint: the solo model's
                 out.append({"kind": "end", "state": "completed", "epoch": epoch, "member": m.index,
                             "artifacts": artifacts(self.solo, self.data, m.cfg.metrics)})
             else:

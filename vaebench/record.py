@@ -36,6 +36,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
+from vaebench.mlflow_view import EXPERIMENT_KIND, experiment_tags, show_as_training
 from vaebench.tracking import (
     FINAL_STATES,
     MAX_METRICS_PER_CALL,
@@ -302,9 +303,13 @@ class Record:
     # ------------------------------------------------------------------ writing
 
     def _ensure_experiment(self) -> str:
+        """The study's experiment, created tagged to open in the MLflow UI's training view
+        (an experiment made before that tag gets it here)."""
         if self.experiment_id is None:
             self._experiment_id = self.client.create_experiment(
-                self.study, artifact_location=artifact_root(self.uri, self.study))
+                self.study, artifact_location=artifact_root(self.uri, self.study), tags=experiment_tags())
+        elif self.client.get_experiment(self._experiment_id).tags.get(EXPERIMENT_KIND) is None:
+            show_as_training(self.client, self._experiment_id)
         return self._experiment_id
 
     def start_study(self, description: str, study_yaml: str, tags: dict[str, str],

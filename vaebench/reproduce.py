@@ -513,7 +513,8 @@ def run_reproduction(name: str, tracking_uri: str, address: str | None = None, w
 
     Resuming reuses the current record: trials already final are not rerun, and when every
     trial is final the sweep (and Ray) is skipped altogether. ``rerun=True`` starts a new
-    record (``SweepOptions(fresh=True)``). Raises UnknownReproduction, StudyError, SweepError;
+    record (``SweepOptions(fresh=True)``). Raises UnknownReproduction, StudyError, SweepError,
+    ReportError (also when the store failed during the sweep);
     KeyboardInterrupt when the sweep was interrupted."""
     from vaebench.results import ReportError
     from vaebench.study import load_study
@@ -528,6 +529,8 @@ def run_reproduction(name: str, tracking_uri: str, address: str | None = None, w
             tracking_uri=tracking_uri, address=address, workers=workers, fresh=rerun), progress)
         if summary.interrupted:
             raise KeyboardInterrupt(f"the sweep of {study.name} was interrupted; run again to resume")
+        if summary.store_error:  # the record cannot be trusted to be whole: no checks on it
+            raise ReportError(f"the sweep of {study.name} stopped: {summary.store_error}")
         trials = _read_trials(study.name, tracking_uri)
         if trials is None:
             raise ReportError(f"study {study.name!r} left no trial runs in {tracking_uri}")

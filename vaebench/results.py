@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vaebench.definition import DEFINITION_TAG
 from vaebench.tracking import (
     HASH,
     OPTUNA_STUDY,
@@ -94,7 +95,7 @@ def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
         names = sorted(e.name for e in rec.client.search_experiments() if e.name != "Default")
         raise ReportError(f"no study record named {study!r} in {uri}"
                           + (f"; studies there: {', '.join(names)}" if names else "; the store holds no studies"))
-    runs = _read_trials(rec, parent.info.run_id)
+    runs = current_definition(_read_trials(rec, parent.info.run_id), parent.data.tags.get(DEFINITION_TAG))
     if not runs:
         raise ReportError(f"study {study!r} has no trial runs in {uri} (record {parent.info.run_id}): "
                           f"run `vaebench sweep` first")
@@ -105,6 +106,16 @@ def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
         description=tags.get("mlflow.note.content", ""), factors=factors,
         search=tags.get("vaebench.search", "grid"), seeds=json.loads(tags.get("vaebench.seeds", "[]")),
         optuna_study=tags.get(OPTUNA_STUDY), runs=runs, record=rec)
+
+
+def current_definition(runs: list[TrialRun], parent_definition: str | None) -> list[TrialRun]:
+    """The runs made under the record's definition. The driver never mixes definitions in one
+    record; this keeps a table from averaging another configuration's trials if a record was
+    written otherwise (an older vaebench, a hand-made run). Runs without the tag (records older
+    than definitions) are kept: nothing says they differ."""
+    if parent_definition is None:
+        return runs
+    return [r for r in runs if r.tags.get(DEFINITION_TAG, parent_definition) == parent_definition]
 
 
 def _factors_from_points(runs: list[TrialRun]) -> list[str]:

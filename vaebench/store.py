@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 STUDY_FOLDER = "studies"
@@ -31,8 +32,9 @@ STORAGE_HELP = ("Optuna storage URL of a search study: sqlite:///PATH.db or post
                 "(default sqlite:///PROJECT/sweeps/NAME/optuna.db, beside the tracking store's project)")
 
 
-class StoreError(ValueError):
-    """A tracking URI or storage URL that cannot be used; the message says what is allowed."""
+class StoreAddressError(ValueError):
+    """A tracking URI, storage URL or store location that cannot be used (bad input, exit 2); the
+    message says what is allowed. A store that fails while in use raises vaebench.record.StoreError."""
 
 
 def short(value: object, limit: int = 80) -> str:
@@ -64,7 +66,7 @@ def default_storage(study_path: str | Path | None, study_name: str) -> str:
 def resolve_tracking_uri(cli: str | None = None, study_path: str | Path | None = None) -> str:
     """--tracking-uri wins, then MLFLOW_TRACKING_URI, then the default store beside the
     study's project. Checked and made absolute (a relative SQLite path is taken from the
-    current folder, as MLflow does). Raises StoreError."""
+    current folder, as MLflow does). Raises StoreAddressError."""
     if cli:
         return check_tracking_uri(cli, "--tracking-uri")
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -81,30 +83,30 @@ def sqlite_path(uri: str) -> Path | None:
 def _absolute_sqlite(uri: str, source: str) -> str:
     path = uri.removeprefix("sqlite:///")
     if not path or path.startswith(":memory:"):
-        raise StoreError(f"{source} {short(uri)}: names no file; give sqlite:///PATH.db")
+        raise StoreAddressError(f"{source} {short(uri)}: names no file; give sqlite:///PATH.db")
     return f"sqlite:///{Path(path).resolve()}"
 
 
 def check_tracking_uri(uri: str, source: str = "--tracking-uri") -> str:
-    """The URI, absolute, or StoreError saying what is allowed."""
+    """The URI, absolute, or StoreAddressError saying what is allowed."""
     if uri.startswith("sqlite:///"):
         return _absolute_sqlite(uri, source)
     if _SERVER.match(uri) or _DATABASE.match(uri):
         return uri
     if "://" not in uri and ":" not in uri.split("/")[0] and uri.endswith(".db"):
         return f"sqlite:///{Path(uri).resolve()}"  # a plain path to a .db file: a SQLite store
-    raise StoreError(f"{source} {short(uri)}: not a tracking URI vaebench can use; allowed: sqlite:///PATH.db, "
+    raise StoreAddressError(f"{source} {short(uri)}: not a tracking URI vaebench can use; allowed: sqlite:///PATH.db, "
                      "a PATH ending in .db, http(s)://HOST[:PORT] of an MLflow server, "
                      "postgresql|mysql|mssql://USER@HOST/DB")
 
 
 def check_storage(url: str, source: str = "--storage") -> str:
-    """An Optuna storage URL (absolute for SQLite), or StoreError."""
+    """An Optuna storage URL (absolute for SQLite), or StoreAddressError."""
     if url.startswith("sqlite:///"):
         return _absolute_sqlite(url, source)
     if re.match(r"^(postgresql|mysql)(\+\w+)?://\S+$", url):
         return url
-    raise StoreError(f"{source} {short(url)}: not an Optuna storage URL vaebench can use; allowed: "
+    raise StoreAddressError(f"{source} {short(url)}: not an Optuna storage URL vaebench can use; allowed: "
                      "sqlite:///PATH.db, postgresql://USER@HOST/DB, mysql://USER@HOST/DB")
 
 
@@ -117,7 +119,7 @@ def store_missing(uri: str) -> bool:
 def check_readable(uri: str) -> None:
     """For readers (status, report, ui): a SQLite store must exist; never created here."""
     if store_missing(uri):
-        raise StoreError(f"no tracking store at {uri} (the file does not exist); run `vaebench sweep` there first, "
+        raise StoreAddressError(f"no tracking store at {uri} (the file does not exist); run `vaebench sweep` there first, "
                          "or give --tracking-uri or set MLFLOW_TRACKING_URI")
 
 
@@ -130,22 +132,35 @@ def check_writable(uri: str, what: str = "tracking store") -> None:
         return
     if path.exists():
         if not path.is_file():
-            raise StoreError(f"{what} {path}: is not a file")
+            raise StoreAddressError(f"{what} {path}: is not a file")
         for p in (path, path.parent):  # SQLite writes a journal beside the database
             if not os.access(p, os.W_OK):
-                raise StoreError(f"{what} {p}: is read-only; make it writable or give another location")
+                raise StoreAddressError(f"{what} {p}: is read-only; make it writable or give another location")
         return
     folder = path.parent
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        raise StoreError(f"{what} {path}: cannot be created: {folder} is a file, not a folder")
+        raise StoreAddressError(f"{what} {path}: cannot be created: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"{what} {path}: cannot be created: {folder} is read-only")
+        raise StoreAddressError(f"{what} {path}: cannot be created: {folder} is read-only")
 
 
-def ensure_folder(uri: str) -> None:
-    """Create the folder of a SQLite URI's file (SQLite creates the file, not its folder)."""
+def ensure_folder(uri: str) -> Path | None:
+    """Create the folder of a SQLite URI's file (SQLite creates the file, not its folder).
+    Returns the folder when this call created it (``remove_if_empty`` undoes it), else None."""
     path = sqlite_path(uri)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None or path.parent.exists():
+        return None
+    top = path.parent
+    while not top.parent.exists():
+        top = top.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """Remove the folders ``ensure_folder`` made when no file was written into them (a refused
+    sweep leaves nothing behind)."""
+    if folder is not None and folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        shutil.rmtree(folder)

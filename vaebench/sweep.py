@@ -32,7 +32,8 @@ from vaebench.executors import (
     cluster_workers,
     connect_ray,
 )
-from vaebench.progress import Progress
+from vaebench.naming import run_name
+from vaebench.progress import Best, Progress, best_point
 from vaebench.record import LockError, Record, StoreError
 from vaebench.search import GridSearch, OptunaSearch, Planned, Search, SearchStoreError
 from vaebench.study import Study, TrialSpec, effective_pack
@@ -166,6 +167,7 @@ class Driver:
         self.live: dict[str, Live] = {}  # key (config hash) -> trial in flight
         self.finals: dict[str, tuple[str, dict[str, float]]] = {}  # key -> (state, final metrics)
         self.final_runs: dict[str, str] = {}  # key -> run id of its final run
+        self.point_of: dict[str, str] = {}  # key -> its point's key (the seeds of a point share it)
         self.launched = 0
         self.stop_signal: int | None = None
         self.parent_id = ""
@@ -207,6 +209,7 @@ class Driver:
                     self.record.close_final(run)
                 self.finals[h] = (state, dict(run.data.metrics))
                 self.final_runs[h] = run.info.run_id
+                self.point_of[h] = run.data.tags.get("vaebench.point_key", h)
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:
@@ -223,7 +226,7 @@ class Driver:
         search: Search | None = None
         try:
             search = self._open(parent, defn)
-            self.progress.start(self.study.name, search.total, self.summary.counts)
+            self.progress.start(self.study.name, search.total, self.summary.counts, max_trials=self.opts.max_trials)
             while self.stop_signal is None:
                 room = self.executor.capacity()
                 if self.opts.max_trials is not None:
@@ -262,8 +265,9 @@ class Driver:
         jobs = []
         for p in planned:
             self.live[p.key] = Live(p, self._open_run(p, 0))
+            self.point_of[p.key] = p.spec.point_key
             self.launched += 1
-            jobs.append(Job(p.key, p.spec.config.model_dump(mode="json"), run_name(p.spec)))
+            jobs.append(Job(p.key, p.spec.config.model_dump(mode="json"), self._name(p.spec)))
         if jobs:
             self.executor.submit(jobs)
 
@@ -271,7 +275,7 @@ class Driver:
         spec = p.spec
         tags = {HASH: spec.config_hash, POINT: json.dumps(spec.point), "vaebench.point_key": spec.point_key,
                 "vaebench.attempt": str(attempt), DEFINITION_TAG: self.definition_hash, **p.tags}
-        return self.record.start_trial(self.parent_id, run_name(spec), {**spec.config.flat(), "seed": spec.seed}, tags)
+        return self.record.start_trial(self.parent_id, self._name(spec), {**spec.config.params(), "seed": spec.seed}, tags)
 
     def _drain(self, search: Search) -> None:
         """What the search has for the record besides trials to start: tags for kept runs, refused points."""
@@ -311,7 +315,7 @@ class Driver:
         tags = {}
         if "traceback" in msg:
             artifacts["traceback.txt"] = msg["traceback"].encode()
-            self.summary.failed.append((run_name(t.planned.spec), msg["traceback"].strip().splitlines()[-1]))
+            self.summary.failed.append((self._name(t.planned.spec), msg["traceback"].strip().splitlines()[-1]))
         if state == "diverged":
             tags["vaebench.diverged_epoch"] = str(msg.get("epoch", t.epoch))
         self.record.end_trial(t.run_id, state, tags, artifacts)
@@ -321,10 +325,13 @@ class Driver:
         self.summary.counts[state] += 1
         search.on_trial_complete(t.planned.key, state, dict(t.metrics))
 
-    def _best(self) -> float | None:
+    def _name(self, spec: TrialSpec) -> str:
+        return run_name(spec, self.study.space)
+
+    def _best(self) -> Best | None:
+        """The best point so far: the objective's mean over the point's completed seeds."""
         metric, direction = next(iter(self.study.search.objectives.items()))
-        vals = [m[metric] for s, m in self.finals.values() if s == "completed" and metric in m]
-        return (min if direction == "min" else max)(vals) if vals else None
+        return best_point(((self.point_of.get(k, k), s, m) for k, (s, m) in self.finals.items()), metric, direction)
 
     # ------------------------------------------------------------------ stopping
 
@@ -362,12 +369,3 @@ def brief(value: Any, limit: int = 200) -> str:
     """A value as JSON, cut at ``limit`` characters (messages never print an unbounded input)."""
     text = json.dumps(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
-
-
-def run_name(spec: TrialSpec) -> str:
-    """'latent_dim=8 beta=4 anneal=cyclical s0': the last part of each factor's path."""
-    def short(v: Any) -> str:
-        if isinstance(v, dict):
-            return str(v.get("kind", json.dumps(v, sort_keys=True)))
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={short(v)}" for k, v in spec.point.items()) + f" s{spec.seed}"

@@ -19,7 +19,7 @@ from vaebench.console import fail
 from vaebench.store import (
     STORAGE_HELP,
     TRACKING_HELP,
-    StoreError,
+    StoreAddressError,
     check_readable,
     check_storage,
     default_storage,
@@ -35,9 +35,9 @@ _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 def report_folder(name: str, root: Path) -> Path:
     """root/reports/NAME for a study name that is a plain folder name. The name comes from
     the command line or the store (any MLflow experiment name), so an absolute path, a
-    separator or '..' could point anywhere: refused (StoreError) rather than followed."""
+    separator or '..' could point anywhere: refused (StoreAddressError) rather than followed."""
     if not _FOLDER_NAME.match(name):
-        raise StoreError(f"study name {short(name)} is not a plain folder name (letters, digits, _ . -, not starting "
+        raise StoreAddressError(f"study name {short(name)} is not a plain folder name (letters, digits, _ . -, not starting "
                          "with a dot), so it cannot name a folder under reports/; give --out FOLDER")
     return root / "reports" / name
 
@@ -98,7 +98,7 @@ def report(
         check_server(uri)
         storage = check_storage(storage) if storage is not None else default_storage(project, name)
         target = out or report_folder(name, project_root(project))
-    except (StoreError, CheckError) as e:
+    except (StoreAddressError, CheckError) as e:
         fail(str(e))
     err.print(f"store: {uri}", markup=False)
     try:
