@@ -24,8 +24,15 @@ class BareVAE(nn.Module):
         self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, d))
 
 
-def bare_epochs(x: torch.Tensor, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-                fused: bool = False, max_steps: int | None = None) -> Iterator[tuple[int, float]]:
+def bare_epochs(
+    x: torch.Tensor,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    fused: bool = False,
+    max_steps: int | None = None,
+) -> Iterator[tuple[int, float]]:
     """Train on ``x`` [N, 784] (0/1 floats); yield (optimiser steps, seconds) after each epoch,
     model and optimiser creation counted in the first. ``fused``: Adam's fused kernel instead of
     PyTorch's default (a second reference, not the plainest loop)."""
@@ -51,4 +58,3 @@ def bare_epochs(x: torch.Tensor, epochs: int, batch_size: int = 128, lr: float =
                 break
         yield steps, time.perf_counter() - started
         started = time.perf_counter()  # the caller's time between epochs is not ours
-

@@ -23,10 +23,13 @@ from vaebench.data import ground_truth
 from vaebench.models import build_model
 from vaebench.train import train
 
-CONFIG = {"data": {"kind": "dsprites", "n_samples": 10000},
-          "model": {"kind": "mlp", "latent_dim": 10, "hidden": [256]},
-          "train": {"epochs": 5, "batch_size": 64, "device": "cpu"}, "objective": {"beta": 4.0},
-          "metrics": {"every": 5, "iw_samples": 1}}
+CONFIG = {
+    "data": {"kind": "dsprites", "n_samples": 10000},
+    "model": {"kind": "mlp", "latent_dim": 10, "hidden": [256]},
+    "train": {"epochs": 5, "batch_size": 64, "device": "cpu"},
+    "objective": {"beta": 4.0},
+    "metrics": {"every": 5, "iw_samples": 1},
+}
 
 
 def main() -> None:
@@ -48,13 +51,23 @@ def main() -> None:
     data = ground_truth(DSpritesData())
     seeds = [int(s) for s in args.seeds.split(",")]
     for preset in args.presets.split(","):
-        for seed in (seeds if preset == "default" else seeds[:1]):
+        for seed in seeds if preset == "default" else seeds[:1]:
             codes = D.model_codes(model, data)  # a fresh cache: each metric's cost includes its encoding
             for m in args.metrics.split(","):
                 started = time.perf_counter()
                 values = D.METRICS[m](codes, D.PRESETS[preset], seed)
-                print(json.dumps({"preset": preset, "seed": seed, "metric": m, "values": values,
-                                  "seconds": round(time.perf_counter() - started, 2)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "preset": preset,
+                            "seed": seed,
+                            "metric": m,
+                            "values": values,
+                            "seconds": round(time.perf_counter() - started, 2),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,11 @@ from vaebench.models import build_model  # noqa: E402  (after the sys.path line)
 from vaebench.pack import PackedVAE, PackTrainer, SharedInput  # noqa: E402  (after the sys.path line)
 from vaebench.train import configure_torch, train  # noqa: E402  (after the sys.path line)
 
-BETAS, ANNEALS, FREE_BITS = [0.5, 2.0, 8.0], ["none", "linear", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}], [0.0, 0.25]
+BETAS, ANNEALS, FREE_BITS = (
+    [0.5, 2.0, 8.0],
+    ["none", "linear", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}],
+    [0.0, 0.25],
+)
 
 
 def workload(name: str, quick: bool, device: str) -> dict:
@@ -60,20 +64,29 @@ def workload(name: str, quick: bool, device: str) -> dict:
     train_ = {"epochs": 2, "batch_size": 64, "lr": 1e-3, "device": device}
     metrics = {"iw_samples": 64, "every": 2}
     if name == "mlp":
-        return {"data": {"kind": "digits", "binarize": True},
-                "model": {"kind": "mlp", "latent_dim": 8, "hidden": [256, 128], "likelihood": "bernoulli"},
-                "train": train_, "metrics": metrics}
-    return {"data": {"kind": "dsprites", "n_samples": 640 if quick else 1280, "val_fraction": 0.1},
-            "model": {"kind": "conv", "latent_dim": 10, "channels": [32, 32, 64, 64], "likelihood": "bernoulli"},
-            "train": train_, "metrics": metrics}
+        return {
+            "data": {"kind": "digits", "binarize": True},
+            "model": {"kind": "mlp", "latent_dim": 8, "hidden": [256, 128], "likelihood": "bernoulli"},
+            "train": train_,
+            "metrics": metrics,
+        }
+    return {
+        "data": {"kind": "dsprites", "n_samples": 640 if quick else 1280, "val_fraction": 0.1},
+        "model": {"kind": "conv", "latent_dim": 10, "channels": [32, 32, 64, 64], "likelihood": "bernoulli"},
+        "train": train_,
+        "metrics": metrics,
+    }
 
 
 def members(base: dict, M: int) -> list[dict]:
     """M configs cycling over collapse.yaml's beta x anneal x free bits, seeds 0..M-1."""
     out = []
     for i in range(M):
-        d = {**base, "seed": i, "objective": {"beta": BETAS[i % 3], "anneal": ANNEALS[(i // 3) % 3],
-                                              "free_bits": FREE_BITS[(i // 9) % 2]}}
+        d = {
+            **base,
+            "seed": i,
+            "objective": {"beta": BETAS[i % 3], "anneal": ANNEALS[(i // 3) % 3], "free_bits": FREE_BITS[(i // 9) % 2]},
+        }
         out.append(TrialConfig.model_validate(d).model_dump(mode="json"))
     return out
 
@@ -122,15 +135,28 @@ def bench_throughput(names, Ms, threads_list, reps, quick, device) -> list[dict]
                     order = ["solo", "packed"] if r % 2 == 0 else ["packed", "solo"]
                     secs = {}
                     for side in order:
-                        secs[side] = solo_seconds(configs, data, threads) if side == "solo" else packed_seconds(configs, threads)
+                        secs[side] = (
+                            solo_seconds(configs, data, threads) if side == "solo" else packed_seconds(configs, threads)
+                        )
                     solo.append(M * steps / secs["solo"])
                     packed.append(M * steps / secs["packed"])
                     ratio.append(packed[-1] / solo[-1])
-                row = {"workload": name, "threads": threads, "M": M, "steps": steps, "solo": solo, "packed": packed,
-                       "ratio": ratio, "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
+                row = {
+                    "workload": name,
+                    "threads": threads,
+                    "M": M,
+                    "steps": steps,
+                    "solo": solo,
+                    "packed": packed,
+                    "ratio": ratio,
+                    "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+                }
                 rows.append(row)
-                print(f"{name:5s} threads {threads} M {M:3d}: solo {stats(solo)} model-steps/s, packed {stats(packed)}, "
-                      f"packed/solo {stats(ratio)} (load {row['load']:.2f})", flush=True)
+                print(
+                    f"{name:5s} threads {threads} M {M:3d}: solo {stats(solo)} model-steps/s, packed {stats(packed)}, "
+                    f"packed/solo {stats(ratio)} (load {row['load']:.2f})",
+                    flush=True,
+                )
     return rows
 
 
@@ -150,11 +176,19 @@ def bench_evaluation(M: int, threads: int, device: str) -> dict:
     started = time.perf_counter()
     evaluate_members(SharedInput(pt.model), pt.x_val, cfg.metrics, torch.Generator(pt.device).manual_seed(0))
     batched_s = (time.perf_counter() - started) / M
-    out = {"M": M, "threads": threads, "train_per_member": train_s / M, "eval_per_member": eval_s,
-           "batched_per_member": batched_s}
-    print(f"evaluation (mlp, M {M}, threads {threads}): {batched_s * 1e3:.1f} ms per member batched, "
-          f"{eval_s * 1e3:.1f} ms member by member, vs {train_s / M * 1e3:.1f} ms of packed training "
-          "per member-epoch", flush=True)
+    out = {
+        "M": M,
+        "threads": threads,
+        "train_per_member": train_s / M,
+        "eval_per_member": eval_s,
+        "batched_per_member": batched_s,
+    }
+    print(
+        f"evaluation (mlp, M {M}, threads {threads}): {batched_s * 1e3:.1f} ms per member batched, "
+        f"{eval_s * 1e3:.1f} ms member by member, vs {train_s / M * 1e3:.1f} ms of packed training "
+        "per member-epoch",
+        flush=True,
+    )
     return out
 
 
@@ -175,10 +209,12 @@ def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
     template = solos[0]
 
     def solo_forward(p, x):
-        mu, _logvar = torch.func.functional_call(template.encoder, {k.removeprefix("encoder."): v for k, v in p.items()
-                                                                    if k.startswith("encoder.")}, (x,))
-        out = torch.func.functional_call(template.decoder, {k.removeprefix("decoder."): v for k, v in p.items()
-                                                             if k.startswith("decoder.")}, (mu,))
+        mu, _logvar = torch.func.functional_call(
+            template.encoder, {k.removeprefix("encoder."): v for k, v in p.items() if k.startswith("encoder.")}, (x,)
+        )
+        out = torch.func.functional_call(
+            template.decoder, {k.removeprefix("decoder."): v for k, v in p.items() if k.startswith("decoder.")}, (mu,)
+        )
         return out.sum()
 
     x = (torch.rand(M, 64, 1, 64, 64, device=dev) > 0.5).float()
@@ -203,8 +239,11 @@ def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
         return (time.perf_counter() - started) / reps
 
     g, v = timed(grouped_step), timed(vmap_step)
-    print(f"conv packing (M {M}, threads {threads}): grouped {g * 1e3:.1f} ms, vmap {v * 1e3:.1f} ms per "
-          f"forward+backward; vmap / grouped {v / g:.2f}", flush=True)
+    print(
+        f"conv packing (M {M}, threads {threads}): grouped {g * 1e3:.1f} ms, vmap {v * 1e3:.1f} ms per "
+        f"forward+backward; vmap / grouped {v / g:.2f}",
+        flush=True,
+    )
     return {"M": M, "threads": threads, "grouped_ms": g * 1e3, "vmap_ms": v * 1e3}
 
 
@@ -246,12 +285,22 @@ def bench_agreement(epochs: int | None, threads: int, device: str) -> dict:
         rows.append({"diff": abs(statistics.mean(p) - statistics.mean(q)), "std": statistics.stdev(q)})
     within = sum(r["diff"] < r["std"] for r in rows)
     worst = max(r["diff"] / r["std"] for r in rows)
-    print(f"agreement (collapse.yaml, {configs[0]['train']['epochs']} epochs): {within}/{len(rows)} configurations "
-          f"with |mean packed - mean solo| < seed std; worst ratio {worst:.2f}; wall packed {packed_s:.0f} s, "
-          f"solo {solo_s:.0f} s", flush=True)
-    return {"epochs": configs[0]["train"]["epochs"], "within": within, "points": len(rows), "worst": worst,
-            "median_ratio": statistics.median(r["diff"] / r["std"] for r in rows), "packed_s": packed_s,
-            "solo_s": solo_s, "threads": threads}
+    print(
+        f"agreement (collapse.yaml, {configs[0]['train']['epochs']} epochs): {within}/{len(rows)} configurations "
+        f"with |mean packed - mean solo| < seed std; worst ratio {worst:.2f}; wall packed {packed_s:.0f} s, "
+        f"solo {solo_s:.0f} s",
+        flush=True,
+    )
+    return {
+        "epochs": configs[0]["train"]["epochs"],
+        "within": within,
+        "points": len(rows),
+        "worst": worst,
+        "median_ratio": statistics.median(r["diff"] / r["std"] for r in rows),
+        "packed_s": packed_s,
+        "solo_s": solo_s,
+        "threads": threads,
+    }
 
 
 def bench_sweep(epochs: int | None) -> dict:
@@ -264,8 +313,17 @@ def bench_sweep(epochs: int | None) -> dict:
     out = {"epochs": epochs or 200}
     for pack in ("off", "auto"):
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "vaebench.cli", "sweep", str(HERE.parent / "studies" / "collapse.yaml"),
-                   "--tracking-uri", f"sqlite:///{tmp}/m.db", "--pack", pack]
+            cmd = [
+                sys.executable,
+                "-m",
+                "vaebench.cli",
+                "sweep",
+                str(HERE.parent / "studies" / "collapse.yaml"),
+                "--tracking-uri",
+                f"sqlite:///{tmp}/m.db",
+                "--pack",
+                pack,
+            ]
             if epochs:
                 cmd += ["--set", f"train.epochs={epochs}"]
             env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
@@ -275,8 +333,11 @@ def bench_sweep(epochs: int | None) -> dict:
             if proc.returncode != 0:
                 raise RuntimeError(f"sweep --pack {pack} failed: {proc.stderr[-2000:]}")
         steps = 108 * out["epochs"] * 23
-        print(f"sweep collapse.yaml ({out['epochs']} epochs) --pack {pack}: {out[pack]:.0f} s, "
-              f"{steps / out[pack]:,.0f} model-steps/s", flush=True)
+        print(
+            f"sweep collapse.yaml ({out['epochs']} epochs) --pack {pack}: {out[pack]:.0f} s, "
+            f"{steps / out[pack]:,.0f} model-steps/s",
+            flush=True,
+        )
     return out
 
 
@@ -284,15 +345,19 @@ def render(args, rows, evals, convs, started: float, agreement: dict | None = No
     lines = [
         "# Packed trials: benchmark",
         "",
-        (f"Written by `python benchmarks/pack.py{' --quick' if args.quick else ''}` on "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({(time.perf_counter() - started) / 60:.1f} min); "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-        f"device {args.device}, load average at the start {args.load0:.2f}."),
+        (
+            f"Written by `python benchmarks/pack.py{' --quick' if args.quick else ''}` on "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({(time.perf_counter() - started) / 60:.1f} min); "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+            f"device {args.device}, load average at the start {args.load0:.2f}."
+        ),
         "",
-        ("Model-steps/s = M x steps per epoch / the training seconds of one epoch (`train/epoch_seconds`: "
-        "model build, data load and evaluation excluded), solo = the M trials one after the other through "
-        "`vaebench.train.train`, packed = one `vaebench.pack.PackTrainer`. Both in the same process, interleaved; "
-        "the ratio is taken within each repetition: median [min–max] over repetitions."),
+        (
+            "Model-steps/s = M x steps per epoch / the training seconds of one epoch (`train/epoch_seconds`: "
+            "model build, data load and evaluation excluded), solo = the M trials one after the other through "
+            "`vaebench.train.train`, packed = one `vaebench.pack.PackTrainer`. Both in the same process, interleaved; "
+            "the ratio is taken within each repetition: median [min–max] over repetitions."
+        ),
         "",
         "## 1. Throughput",
         "",
@@ -300,41 +365,70 @@ def render(args, rows, evals, convs, started: float, agreement: dict | None = No
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['threads']} | {r['M']} | {r['steps']} | {stats(r['solo'])} | "
-                     f"{stats(r['packed'])} | **{stats(r['ratio'])}** | {r['load']:.2f} |")
+        lines.append(
+            f"| {r['workload']} | {r['threads']} | {r['M']} | {r['steps']} | {stats(r['solo'])} | "
+            f"{stats(r['packed'])} | **{stats(r['ratio'])}** | {r['load']:.2f} |"
+        )
     if evals:
-        lines += ["", "## 2. Evaluation per member: batched over the pack (what PackTrainer runs) and member by member",
-                  "", "| M | threads | packed training per member-epoch | batched evaluation | member by member | "
-                  "**by member / batched** | batched evaluation / training |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## 2. Evaluation per member: batched over the pack (what PackTrainer runs) and member by member",
+            "",
+            "| M | threads | packed training per member-epoch | batched evaluation | member by member | "
+            "**by member / batched** | batched evaluation / training |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for e in evals:
-            lines.append(f"| {e['M']} | {e['threads']} | {e['train_per_member'] * 1e3:.1f} ms | "
-                         f"{e['batched_per_member'] * 1e3:.1f} ms | {e['eval_per_member'] * 1e3:.1f} ms | "
-                         f"**{e['eval_per_member'] / e['batched_per_member']:.2f}** | "
-                         f"{e['batched_per_member'] / e['train_per_member']:.2f} |")
+            lines.append(
+                f"| {e['M']} | {e['threads']} | {e['train_per_member'] * 1e3:.1f} ms | "
+                f"{e['batched_per_member'] * 1e3:.1f} ms | {e['eval_per_member'] * 1e3:.1f} ms | "
+                f"**{e['eval_per_member'] / e['batched_per_member']:.2f}** | "
+                f"{e['batched_per_member'] / e['train_per_member']:.2f} |"
+            )
     if convs:
-        lines += ["", "## 3. Conv packing: grouped convolutions vs torch.func.vmap (forward + backward)", "",
-                  "| M | threads | grouped | vmap | vmap / grouped |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## 3. Conv packing: grouped convolutions vs torch.func.vmap (forward + backward)",
+            "",
+            "| M | threads | grouped | vmap | vmap / grouped |",
+            "|---|---|---|---|---|",
+        ]
         for c in convs:
-            lines.append(f"| {c['M']} | {c['threads']} | {c['grouped_ms']:.1f} ms | {c['vmap_ms']:.1f} ms | "
-                         f"{c['vmap_ms'] / c['grouped_ms']:.2f} |")
+            lines.append(
+                f"| {c['M']} | {c['threads']} | {c['grouped_ms']:.1f} ms | {c['vmap_ms']:.1f} ms | "
+                f"{c['vmap_ms'] / c['grouped_ms']:.2f} |"
+            )
     if agreement:
         a = agreement
-        lines += ["", "## 4. Agreement: studies/collapse.yaml packed and unpacked", "",
-                  (f"All 108 trials, {a['epochs']} epochs, {a['threads']} thread(s), packed as `plan_packs` groups them on "
-                  f"one slot and unpacked through `vaebench.train.train`. Per configuration (36), the mean over the 3 "
-                  f"seeds of the final val/elbo: |packed - unpacked| is below the seed-to-seed standard deviation "
-                  f"(unpacked) for **{a['within']}/{a['points']}** configurations; |difference| / std: median "
-                  f"{a['median_ratio']:.3f}, worst {a['worst']:.3f}. Wall time, evaluation included: packed "
-                  f"{a['packed_s']:.0f} s, unpacked {a['solo_s']:.0f} s ({a['solo_s'] / a['packed_s']:.1f}x).")]
+        lines += [
+            "",
+            "## 4. Agreement: studies/collapse.yaml packed and unpacked",
+            "",
+            (
+                f"All 108 trials, {a['epochs']} epochs, {a['threads']} thread(s), packed as `plan_packs` groups them on "
+                f"one slot and unpacked through `vaebench.train.train`. Per configuration (36), the mean over the 3 "
+                f"seeds of the final val/elbo: |packed - unpacked| is below the seed-to-seed standard deviation "
+                f"(unpacked) for **{a['within']}/{a['points']}** configurations; |difference| / std: median "
+                f"{a['median_ratio']:.3f}, worst {a['worst']:.3f}. Wall time, evaluation included: packed "
+                f"{a['packed_s']:.0f} s, unpacked {a['solo_s']:.0f} s ({a['solo_s'] / a['packed_s']:.1f}x)."
+            ),
+        ]
     if sweep:
         steps = 108 * sweep["epochs"] * 23
-        lines += ["", "## 5. End to end: `vaebench sweep studies/collapse.yaml`", "",
-                  f"{sweep['epochs']} epochs per trial (108 trials x 23 steps per epoch = {steps:,} model-steps), "
-                  "local Ray, a fresh SQLite store, evaluation and artifacts included; wall time of the command.", "",
-                  "| --pack | wall | model-steps/s |", "|---|---|---|",
-                  f"| off | {sweep['off']:.0f} s | {steps / sweep['off']:,.0f} |",
-                  f"| auto | {sweep['auto']:.0f} s | {steps / sweep['auto']:,.0f} |",
-                  "", f"off / auto: **{sweep['off'] / sweep['auto']:.2f}x**."]
+        lines += [
+            "",
+            "## 5. End to end: `vaebench sweep studies/collapse.yaml`",
+            "",
+            f"{sweep['epochs']} epochs per trial (108 trials x 23 steps per epoch = {steps:,} model-steps), "
+            "local Ray, a fresh SQLite store, evaluation and artifacts included; wall time of the command.",
+            "",
+            "| --pack | wall | model-steps/s |",
+            "|---|---|---|",
+            f"| off | {sweep['off']:.0f} s | {steps / sweep['off']:,.0f} |",
+            f"| auto | {sweep['auto']:.0f} s | {steps / sweep['auto']:,.0f} |",
+            "",
+            f"off / auto: **{sweep['off'] / sweep['auto']:.2f}x**.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -347,12 +441,26 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, --quick 1)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--agreement", type=int, nargs="?", const=0, default=None, metavar="EPOCHS",
-                    help="also train studies/collapse.yaml packed and unpacked and compare final val/elbo per "
-                         "configuration (EPOCHS overrides its 40; needs pyyaml)")
-    ap.add_argument("--sweep", type=int, nargs="?", const=0, default=None, metavar="EPOCHS",
-                    help="also time `vaebench sweep studies/collapse.yaml` with --pack off and auto (EPOCHS overrides "
-                         "its 200; needs ray and mlflow)")
+    ap.add_argument(
+        "--agreement",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="EPOCHS",
+        help="also train studies/collapse.yaml packed and unpacked and compare final val/elbo per "
+        "configuration (EPOCHS overrides its 40; needs pyyaml)",
+    )
+    ap.add_argument(
+        "--sweep",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="EPOCHS",
+        help="also time `vaebench sweep studies/collapse.yaml` with --pack off and auto (EPOCHS overrides "
+        "its 200; needs ray and mlflow)",
+    )
     ap.add_argument("--skip-throughput", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     started = time.perf_counter()
@@ -364,8 +472,11 @@ def main() -> None:
     if not args.skip_throughput:
         rows = bench_throughput(args.workloads.split(","), Ms, threads, reps, args.quick, args.device)
         evals = [bench_evaluation(max(Ms), t, args.device) for t in threads]
-        convs = [bench_conv_choice(min(16, max(Ms)), t, 2 if args.quick else 5, args.device) for t in threads] \
-            if "conv" in args.workloads else []
+        convs = (
+            [bench_conv_choice(min(16, max(Ms)), t, 2 if args.quick else 5, args.device) for t in threads]
+            if "conv" in args.workloads
+            else []
+        )
     agreement = bench_agreement(args.agreement or None, threads[0], args.device) if args.agreement is not None else None
     out = args.out or (HERE / ".cache" / "PACK-quick.md" if args.quick else HERE / "PACK.md")
     out.parent.mkdir(parents=True, exist_ok=True)

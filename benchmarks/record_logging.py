@@ -79,8 +79,11 @@ def main() -> None:
                 folder.mkdir(exist_ok=True)
                 got[kind] = one_run(kind, folder)
             rows.append(got)
-            print(f"rep {r}: per-epoch {got['per-epoch'][0] * 1e3:.2f} ms, buffered {got['buffered'][0] * 1e3:.3f} ms "
-                  f"per trial-epoch (wall); ratio {got['per-epoch'][0] / got['buffered'][0]:.1f}x", flush=True)
+            print(
+                f"rep {r}: per-epoch {got['per-epoch'][0] * 1e3:.2f} ms, buffered {got['buffered'][0] * 1e3:.3f} ms "
+                f"per trial-epoch (wall); ratio {got['per-epoch'][0] / got['buffered'][0]:.1f}x",
+                flush=True,
+            )
     med = lambda xs: statistics.median(xs)  # noqa: E731
     base_w, cand_w = med([g["per-epoch"][0] for g in rows]), med([g["buffered"][0] for g in rows])
     base_c, cand_c = med([g["per-epoch"][1] for g in rows]), med([g["buffered"][1] for g in rows])

@@ -71,12 +71,34 @@ class Sizes:
     report_reps: int
 
 
-FULL = Sizes(n_train=60_000, n_val=10_000, overhead_epochs=2, overhead_reps=3, fullpath_reps=1,
-             scale_trials=8, scale_epochs=1, scale_reps=3, record_grid=(10, 10, 10), record_epochs=50,
-             log_sample=(3, 4), report_reps=3)
-QUICK = Sizes(n_train=6_000, n_val=1_000, overhead_epochs=2, overhead_reps=1, fullpath_reps=1,
-              scale_trials=8, scale_epochs=1, scale_reps=1, record_grid=(5, 2, 2), record_epochs=10,
-              log_sample=(1, 2), report_reps=1)
+FULL = Sizes(
+    n_train=60_000,
+    n_val=10_000,
+    overhead_epochs=2,
+    overhead_reps=3,
+    fullpath_reps=1,
+    scale_trials=8,
+    scale_epochs=1,
+    scale_reps=3,
+    record_grid=(10, 10, 10),
+    record_epochs=50,
+    log_sample=(3, 4),
+    report_reps=3,
+)
+QUICK = Sizes(
+    n_train=6_000,
+    n_val=1_000,
+    overhead_epochs=2,
+    overhead_reps=1,
+    fullpath_reps=1,
+    scale_trials=8,
+    scale_epochs=1,
+    scale_reps=1,
+    record_grid=(5, 2, 2),
+    record_epochs=10,
+    log_sample=(1, 2),
+    report_reps=1,
+)
 
 TARGETS = {
     "overhead": 0.95,  # vaebench steps/s over bare steps/s, at least
@@ -92,8 +114,14 @@ def trial_config(data_path: str, epochs: int, threads: int, seed: int = 0) -> di
     return {
         "data": {"kind": "npz", "path": data_path, "train_key": "x_train", "val_key": "x_val"},
         "model": {"kind": "mlp", "latent_dim": 20, "hidden": [400], "likelihood": "bernoulli"},
-        "train": {"epochs": epochs, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "device": "cpu",
-                  "threads": threads},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 128,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "device": "cpu",
+            "threads": threads,
+        },
         "seed": seed,
     }
 
@@ -102,8 +130,15 @@ def study_dict(name: str, data_path: str, epochs: int, cpus: int, space: dict[st
     base = trial_config(data_path, epochs, cpus)
     base.pop("seed")
     base["train"].pop("threads")  # a study sets threads from resources.cpus_per_trial
-    return {"name": name, "description": "vaebench benchmark", **base,
-            "resources": {"cpus_per_trial": cpus}, "space": space, "seeds": seeds, "search": {"kind": "grid"}}
+    return {
+        "name": name,
+        "description": "vaebench benchmark",
+        **base,
+        "resources": {"cpus_per_trial": cpus},
+        "space": space,
+        "seeds": seeds,
+        "search": {"kind": "grid"},
+    }
 
 
 # ============================================================================ helpers
@@ -203,7 +238,9 @@ class ProcSampler(threading.Thread):
             except OSError:
                 continue
             self.cpu[pid] = (int(stat[11]) + int(stat[12])) / CLK_TCK  # utime + stime
-            fields = {ln.split(":")[0]: ln.split()[1] for ln in status.splitlines() if ln.startswith(("VmRSS", "VmHWM"))}
+            fields = {
+                ln.split(":")[0]: ln.split()[1] for ln in status.splitlines() if ln.startswith(("VmRSS", "VmHWM"))
+            }
             total += int(fields.get("VmRSS", 0)) / 1024
             if cmd.startswith(b"ray::"):
                 self.worker_peak_mib = max(self.worker_peak_mib, int(fields.get("VmHWM", 0)) / 1024)
@@ -284,8 +321,9 @@ def loop_process(conn, kind: str, a: dict) -> None:
     def vaebench_trial(r: int, cfg, log: dict):
         """The trial as the driver sees it: start_trial, per epoch train + evaluate (inside the
         generator) and log_epoch, end_trial after the last; yields after each epoch."""
-        run_id = record.start_trial(parent_id, f"rep{r}", {**cfg.flat(), "seed": cfg.seed},
-                                    {"vaebench.config_hash": cfg.config_hash()})
+        run_id = record.start_trial(
+            parent_id, f"rep{r}", {**cfg.flat(), "seed": cfg.seed}, {"vaebench.config_hash": cfg.config_hash()}
+        )
         gen = vt.train(cfg, data)
         for e in range(1, epochs + 1):
             c_prev, n_eval = time.process_time(), len(eval_cpu)
@@ -316,8 +354,11 @@ def loop_process(conn, kind: str, a: dict) -> None:
             log = {"epoch_cpu": [], "log_s": [], "epoch_s": [], "model": None, "keys": []}
             eval_s.clear()
             eval_cpu.clear()
-            run = (vaebench_trial(r, TrialConfig.model_validate({**base, "seed": r}), log) if kind == "vaebench"
-                   else bare_trial(r))
+            run = (
+                vaebench_trial(r, TrialConfig.model_validate({**base, "seed": r}), log)
+                if kind == "vaebench"
+                else bare_trial(r)
+            )
         elif msg[0] == "epoch":
             t0, c0 = perf(), time.process_time()
             steps = next(run)
@@ -328,22 +369,35 @@ def loop_process(conn, kind: str, a: dict) -> None:
         elif msg[0] == "end":
             res = {**acc, "steps_per_s": acc["steps"] / acc["seconds"], "steps_per_cpu_s": acc["steps"] / acc["cpu_s"]}
             if kind == "vaebench":
-                res.update({
-                    "train_loop_s": sum(log["epoch_s"]), "eval_s": sum(eval_s), "log_s": sum(log["log_s"]),
-                    # start/end trial, model and optimiser creation, generator overhead
-                    "other_s": acc["seconds"] - sum(log["epoch_s"]) - sum(eval_s) - sum(log["log_s"]),
-                    "epoch_seconds": log["epoch_s"], "eval_seconds": list(eval_s), "log_seconds": log["log_s"],
-                    "metric_fraction": [e / s for e, s in zip(eval_s, log["epoch_s"])],
-                    "epoch_cpu_seconds": log["epoch_cpu"], "eval_cpu_seconds": list(eval_cpu),
-                    "metric_fraction_cpu": [e / s for e, s in zip(eval_cpu, log["epoch_cpu"])],
-                    "metric_keys": log["keys"],
-                })
+                res.update(
+                    {
+                        "train_loop_s": sum(log["epoch_s"]),
+                        "eval_s": sum(eval_s),
+                        "log_s": sum(log["log_s"]),
+                        # start/end trial, model and optimiser creation, generator overhead
+                        "other_s": acc["seconds"] - sum(log["epoch_s"]) - sum(eval_s) - sum(log["log_s"]),
+                        "epoch_seconds": log["epoch_s"],
+                        "eval_seconds": list(eval_s),
+                        "log_seconds": log["log_s"],
+                        "metric_fraction": [e / s for e, s in zip(eval_s, log["epoch_s"])],
+                        "epoch_cpu_seconds": log["epoch_cpu"],
+                        "eval_cpu_seconds": list(eval_cpu),
+                        "metric_fraction_cpu": [e / s for e, s in zip(eval_cpu, log["epoch_cpu"])],
+                        "metric_keys": log["keys"],
+                    }
+                )
             conn.send(res)
         elif msg[0] == "metrics":
             conn.send(time_metrics(log["model"], data, cfg0.metrics, msg[1]))
         elif msg[0] == "stop":
-            conn.send({"maxrss_mib": maxrss_mib(), "torch_threads": torch.get_num_threads(),
-                       "n_train": int(data.train.shape[0]), "n_val": int(data.val.shape[0])})
+            conn.send(
+                {
+                    "maxrss_mib": maxrss_mib(),
+                    "torch_threads": torch.get_num_threads(),
+                    "n_train": int(data.train.shape[0]),
+                    "n_val": int(data.val.shape[0]),
+                }
+            )
             return
 
 
@@ -423,12 +477,18 @@ def child_overhead(a: dict) -> dict:
                 p.kill()
     epoch_all = [s for r in reps for s in r["vaebench"]["epoch_seconds"]]
     return {
-        "threads": a["threads"], "data_load_s": hello["vaebench"]["data_load_s"],
-        "n_train": final["vaebench"]["n_train"], "n_val": final["vaebench"]["n_val"], "reps": reps,
+        "threads": a["threads"],
+        "data_load_s": hello["vaebench"]["data_load_s"],
+        "n_train": final["vaebench"]["n_train"],
+        "n_val": final["vaebench"]["n_val"],
+        "reps": reps,
         "metrics_config": TrialConfig.model_validate(trial_config(a["data"], 1, 1)).metrics.model_dump(),
-        "metric_parts_s": parts, "epoch_seconds": stats(epoch_all),
-        "metric_keys": reps[-1]["vaebench"]["metric_keys"], "torch_threads": final["vaebench"]["torch_threads"],
-        "maxrss_mib": final["vaebench"]["maxrss_mib"], "loops": LOOPS,
+        "metric_parts_s": parts,
+        "epoch_seconds": stats(epoch_all),
+        "metric_keys": reps[-1]["vaebench"]["metric_keys"],
+        "torch_threads": final["vaebench"]["torch_threads"],
+        "maxrss_mib": final["vaebench"]["maxrss_mib"],
+        "loops": LOOPS,
         "maxrss_by_loop_mib": {k: v["maxrss_mib"] for k, v in final.items()},
     }
 
@@ -470,8 +530,9 @@ def child_sweep(a: dict) -> dict:
     sampler.start()
     cpu0 = cpu_self_children()
     t0, epoch0 = perf(), time.time()
-    summary = vs.run_sweep(study, yaml.safe_dump(a["study"], sort_keys=False),
-                           vs.SweepOptions(tracking_uri=a["uri"], workers=a["workers"]))
+    summary = vs.run_sweep(
+        study, yaml.safe_dump(a["study"], sort_keys=False), vs.SweepOptions(tracking_uri=a["uri"], workers=a["workers"])
+    )
     wall = perf() - t0
     cpu1 = cpu_self_children()
     sampler.stop.set()
@@ -484,13 +545,21 @@ def child_sweep(a: dict) -> dict:
     timing.update(first_trial_start_s=min(starts), last_trial_end_s=max(ends), makespan_s=max(ends) - min(starts))
     epoch_s = [m.value for r in runs for m in rec.client.get_metric_history(r.info.run_id, "train/epoch_seconds")]
     return {
-        "wall_s": wall, **timing, "counts": dict(summary.counts), "exit_code": summary.exit_code,
-        "failed": summary.failed, "trial_run_s": trial_s, "epoch_seconds": epoch_s,
-        "driver_cpu_s": cpu1[0] - cpu0[0] - sampler.own_cpu_s, "sampler_cpu_s": sampler.own_cpu_s,
+        "wall_s": wall,
+        **timing,
+        "counts": dict(summary.counts),
+        "exit_code": summary.exit_code,
+        "failed": summary.failed,
+        "trial_run_s": trial_s,
+        "epoch_seconds": epoch_s,
+        "driver_cpu_s": cpu1[0] - cpu0[0] - sampler.own_cpu_s,
+        "sampler_cpu_s": sampler.own_cpu_s,
         "reaped_children_cpu_s": cpu1[1] - cpu0[1],
         "ray_processes_cpu_s": sampler.cpu_s(),
-        "driver_maxrss_mib": maxrss_mib(), "ray_worker_peak_mib": sampler.worker_peak_mib,
-        "ray_processes_peak_mib": sampler.descendants_peak_mib, "loadavg": loadavg(),
+        "driver_maxrss_mib": maxrss_mib(),
+        "ray_worker_peak_mib": sampler.worker_peak_mib,
+        "ray_processes_peak_mib": sampler.descendants_peak_mib,
+        "loadavg": loadavg(),
     }
 
 
@@ -519,8 +588,12 @@ def child_sequential(a: dict) -> dict:
     import vaebench.trial  # noqa: F401  (imports before the memory reading, as in a worker)
 
     rss_imports = rss_mib()
-    return {**run_trials(a["config"], a["seeds"]), "rss_after_imports_mib": rss_imports, "maxrss_mib": maxrss_mib(),
-            "loadavg": loadavg()}
+    return {
+        **run_trials(a["config"], a["seeds"]),
+        "rss_after_imports_mib": rss_imports,
+        "maxrss_mib": maxrss_mib(),
+        "loadavg": loadavg(),
+    }
 
 
 def _trials_process(conn, a: dict, seeds: list[int]) -> None:
@@ -569,17 +642,34 @@ def record_metrics(rng, beta: float, free_bits: float, epoch: int, epochs: int, 
     beta, free bits keep some open, curves that converge."""
     p = 1 - math.exp(-3 * epoch / epochs)
     active = max(0, min(latent, round(latent / (1 + beta) + 4 * free_bits)))
-    kl_dims = [(2.5 * p * math.exp(-j / 6) + 0.05 * rng.random()) if j < active else 0.002 * rng.random()
-               for j in range(latent)]
+    kl_dims = [
+        (2.5 * p * math.exp(-j / 6) + 0.05 * rng.random()) if j < active else 0.002 * rng.random()
+        for j in range(latent)
+    ]
     kl = sum(kl_dims)
     recon = 190 - 90 * p - 2.0 * kl + rng.normal(0, 0.5)
-    m = {"train/loss": recon + beta * kl, "train/recon": recon, "train/kl": kl, "train/regulariser": kl,
-         "train/kl_weight": beta, "train/epoch_seconds": 5 + rng.random(),
-         "val/elbo": -(recon + kl + 1), "val/recon": recon + 0.5, "val/kl": kl}
+    m = {
+        "train/loss": recon + beta * kl,
+        "train/recon": recon,
+        "train/kl": kl,
+        "train/regulariser": kl,
+        "train/kl_weight": beta,
+        "train/epoch_seconds": 5 + rng.random(),
+        "val/elbo": -(recon + kl + 1),
+        "val/recon": recon + 0.5,
+        "val/kl": kl,
+    }
     m.update({f"val/kl_dim/{j:02d}": v for j, v in enumerate(kl_dims)})
-    m.update({"val/active_units": float(active), "val/mi": min(kl, math.log(256)), "val/iw_nll": recon + kl - 2.0,
-              "val/collapsed_dims": float(latent - active), "val/collapsed_fraction": (latent - active) / latent,
-              "val/posterior_collapse": float(active == 0)})
+    m.update(
+        {
+            "val/active_units": float(active),
+            "val/mi": min(kl, math.log(256)),
+            "val/iw_nll": recon + kl - 2.0,
+            "val/collapsed_dims": float(latent - active),
+            "val/collapsed_fraction": (latent - active) / latent,
+            "val/posterior_collapse": float(active == 0),
+        }
+    )
     return m
 
 
@@ -600,23 +690,41 @@ def child_record(a: dict) -> dict:
     nb, nf, ns = a["grid"]
     betas = [round(0.25 * 2 ** (i / 2), 4) for i in range(nb)]
     free_bits = [round(0.1 * i, 2) for i in range(nf)]
-    sd = study_dict(a["name"], a["data"], a["epochs"], 1, {"objective.beta": betas, "objective.free_bits": free_bits},
-                    list(range(ns)))
+    sd = study_dict(
+        a["name"],
+        a["data"],
+        a["epochs"],
+        1,
+        {"objective.beta": betas, "objective.free_bits": free_bits},
+        list(range(ns)),
+    )
     study = Study.model_validate(sd)
     specs = expand(study)
     rec = Record(a["uri"], study.name)
     t0 = perf()
-    parent = rec.start_study(study.description, yaml.safe_dump(sd, sort_keys=False), {
-        "vaebench.factors": _json.dumps(list(study.space)), "vaebench.search": "grid",
-        "vaebench.seeds": _json.dumps(study.seeds)})
+    parent = rec.start_study(
+        study.description,
+        yaml.safe_dump(sd, sort_keys=False),
+        {
+            "vaebench.factors": _json.dumps(list(study.space)),
+            "vaebench.search": "grid",
+            "vaebench.seeds": _json.dumps(study.seeds),
+        },
+    )
     start_study_s = perf() - t0
     start_s, log_s, end_s, log_cpu = [], [], [], 0.0
     for i, spec in enumerate(specs):
         rng = np.random.default_rng(i)
-        tags = {HASH: spec.config_hash, POINT: _json.dumps(spec.point), "vaebench.point_key": spec.point_key,
-                "vaebench.attempt": "0"}
+        tags = {
+            HASH: spec.config_hash,
+            POINT: _json.dumps(spec.point),
+            "vaebench.point_key": spec.point_key,
+            "vaebench.attempt": "0",
+        }
         t = perf()
-        run_id = rec.start_trial(parent.info.run_id, run_name(spec, study.space), {**spec.config.params(), "seed": spec.seed}, tags)
+        run_id = rec.start_trial(
+            parent.info.run_id, run_name(spec, study.space), {**spec.config.params(), "seed": spec.seed}, tags
+        )
         start_s.append(perf() - t)
         beta, fb = spec.config.objective.beta, spec.config.objective.free_bits
         for epoch in range(1, a["epochs"] + 1):
@@ -633,11 +741,19 @@ def child_record(a: dict) -> dict:
     rec.end_study(parent.info.run_id)
     wall = perf() - t0
     return {
-        "trials": len(specs), "epochs": a["epochs"], "metrics_per_epoch": len(metrics), "wall_s": wall,
-        "start_study_s": start_study_s, "start_trial_s": stats(start_s), "log_epoch_s": stats(log_s),
-        "log_epoch_mean_s": sum(log_s) / len(log_s), "log_epoch_cpu_mean_s": log_cpu / len(log_s),
+        "trials": len(specs),
+        "epochs": a["epochs"],
+        "metrics_per_epoch": len(metrics),
+        "wall_s": wall,
+        "start_study_s": start_study_s,
+        "start_trial_s": stats(start_s),
+        "log_epoch_s": stats(log_s),
+        "log_epoch_mean_s": sum(log_s) / len(log_s),
+        "log_epoch_cpu_mean_s": log_cpu / len(log_s),
         "end_trial_s": stats(end_s),
-        "per_trial_s": wall / len(specs), "maxrss_mib": maxrss_mib(), "loadavg": loadavg(),
+        "per_trial_s": wall / len(specs),
+        "maxrss_mib": maxrss_mib(),
+        "loadavg": loadavg(),
         "db_mib": Path(a["uri"].removeprefix("sqlite:///")).stat().st_size / 2**20,
     }
 
@@ -670,13 +786,18 @@ def child_readback(a: dict) -> dict:
         s = perf()
         hist = histories_frame(a["name"], a["uri"], trials=trials)
         hf.append(perf() - s)
-    out.update(trials_frame_s=stats(tf), histories_frame_s=stats(hf), history_rows=len(hist),
-               maxrss_mib=maxrss_mib())
+    out.update(trials_frame_s=stats(tf), histories_frame_s=stats(hf), history_rows=len(hist), maxrss_mib=maxrss_mib())
     return out
 
 
-CHILDREN = {"overhead": child_overhead, "sweep": child_sweep, "sequential": child_sequential, "concurrent": child_concurrent,
-            "record": child_record, "readback": child_readback}
+CHILDREN = {
+    "overhead": child_overhead,
+    "sweep": child_sweep,
+    "sequential": child_sequential,
+    "concurrent": child_concurrent,
+    "record": child_record,
+    "readback": child_readback,
+}
 
 
 # ============================================================================ parent
@@ -695,8 +816,13 @@ class Runner:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, str(stem)]
         t = perf()
         with open(f"{stem}.log", "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if not args.get("progress") else None,
-                                    start_new_session=True, cwd=self.work)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT if not args.get("progress") else None,
+                start_new_session=True,
+                cwd=self.work,
+            )
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -725,32 +851,49 @@ def git_info() -> dict[str, str]:
             return ""
 
     dirty = [ln for ln in git("status", "--porcelain", "--", "vaebench").splitlines() if ln.strip()]
-    return {"commit": git("rev-parse", "--short=12", "HEAD"), "subject": git("log", "-1", "--format=%s")[:70],
-            "vaebench_changes": f"{len(dirty)} modified/untracked path(s) under vaebench/" if dirty else "clean"}
+    return {
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "subject": git("log", "-1", "--format=%s")[:70],
+        "vaebench_changes": f"{len(dirty)} modified/untracked path(s) under vaebench/" if dirty else "clean",
+    }
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), 0)
-    return {"cpu": cpu, "nproc": os.cpu_count(), "memory_gib": round(mem / 2**20, 1),
-            "kernel": platform.release(), "host": platform.node()}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), 0
+    )
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem / 2**20, 1),
+        "kernel": platform.release(),
+        "host": platform.node(),
+    }
 
 
 def versions() -> dict[str, str]:
-    code = ("import json, importlib.metadata as m, platform, sys\n"
-            "out = {'python': platform.python_version()}\n"
-            "for p in ('torch', 'ray', 'mlflow', 'optuna', 'numpy', 'sqlalchemy', 'vaebench'):\n"
-            "    try: out[p] = m.version(p)\n"
-            "    except Exception: out[p] = 'missing'\n"
-            "import vaebench; out['vaebench_path'] = vaebench.__path__[0]\n"
-            "import hashlib, inspect\n"
-            "from vaebench import tracking as t\n"
-            "src = ''.join(inspect.getsource(getattr(t.Record, m)) for m in\n"
-            "              ('__init__', 'start_study', 'start_trial', 'log_epoch', 'end_trial', 'end_study'))\n"
-            "out['record_writer'] = hashlib.sha256(src.encode()).hexdigest()[:16]\n"
-            "print(json.dumps(out))")
+    code = (
+        "import json, importlib.metadata as m, platform, sys\n"
+        "out = {'python': platform.python_version()}\n"
+        "for p in ('torch', 'ray', 'mlflow', 'optuna', 'numpy', 'sqlalchemy', 'vaebench'):\n"
+        "    try: out[p] = m.version(p)\n"
+        "    except Exception: out[p] = 'missing'\n"
+        "import vaebench; out['vaebench_path'] = vaebench.__path__[0]\n"
+        "import hashlib, inspect\n"
+        "from vaebench import tracking as t\n"
+        "src = ''.join(inspect.getsource(getattr(t.Record, m)) for m in\n"
+        "              ('__init__', 'start_study', 'start_trial', 'log_epoch', 'end_trial', 'end_study'))\n"
+        "out['record_writer'] = hashlib.sha256(src.encode()).hexdigest()[:16]\n"
+        "print(json.dumps(out))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return json.loads(res.stdout)
 
@@ -758,15 +901,17 @@ def versions() -> dict[str, str]:
 def report_command(name: str, uri: str, out: Path) -> tuple[list[str] | None, str]:
     """``vaebench report`` when the CLI has it, else ``python -m vaebench.report.command``; None
     when neither exists (the step is then reported as not available)."""
-    probe = ("import json, importlib.util\n"
-             "cli = False\n"
-             "try:\n"
-             "    from vaebench.cli import app\n"
-             "    cli = any((c.name or c.callback.__name__) == 'report' for c in app.registered_commands)\n"
-             "except Exception: pass\n"
-             "mod = importlib.util.find_spec('vaebench.report') is not None and "
-             "importlib.util.find_spec('vaebench.report.command') is not None\n"
-             "print(json.dumps([cli, mod]))")
+    probe = (
+        "import json, importlib.util\n"
+        "cli = False\n"
+        "try:\n"
+        "    from vaebench.cli import app\n"
+        "    cli = any((c.name or c.callback.__name__) == 'report' for c in app.registered_commands)\n"
+        "except Exception: pass\n"
+        "mod = importlib.util.find_spec('vaebench.report') is not None and "
+        "importlib.util.find_spec('vaebench.report.command') is not None\n"
+        "print(json.dumps([cli, mod]))"
+    )
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     try:
         cli, mod = json.loads(res.stdout.strip().splitlines()[-1])
@@ -796,8 +941,13 @@ def timed_process(cmd: list[str], cwd: Path, timeout: float = 600) -> dict[str, 
                 break
             time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": perf() - t, "rc": proc.returncode, "maxrss_mib": ru.ru_maxrss / 1024,
-            "cpu_s": ru.ru_utime + ru.ru_stime, "loadavg": loadavg()}
+    return {
+        "wall_s": perf() - t,
+        "rc": proc.returncode,
+        "maxrss_mib": ru.ru_maxrss / 1024,
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "loadavg": loadavg(),
+    }
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -806,16 +956,29 @@ def timed_process(cmd: list[str], cwd: Path, timeout: float = 600) -> dict[str, 
 def bench_overhead(r: Runner, sz: Sizes, data: Path, threads_list: list[int]) -> dict:
     out = {}
     for threads in threads_list:
-        print(f"  [1,2] bare loop vs vaebench trial, {threads} thread(s), {sz.overhead_reps} x {sz.overhead_epochs} epochs",
-              flush=True)
-        res = r.child("overhead", {"threads": threads, "epochs": sz.overhead_epochs, "reps": sz.overhead_reps,
-                                   "metric_reps": max(3, sz.overhead_reps), "data": str(data),
-                                   "uri": f"sqlite:///{r.work}/overhead-{threads}.db"})
+        print(
+            f"  [1,2] bare loop vs vaebench trial, {threads} thread(s), {sz.overhead_reps} x {sz.overhead_epochs} epochs",
+            flush=True,
+        )
+        res = r.child(
+            "overhead",
+            {
+                "threads": threads,
+                "epochs": sz.overhead_epochs,
+                "reps": sz.overhead_reps,
+                "metric_reps": max(3, sz.overhead_reps),
+                "data": str(data),
+                "uri": f"sqlite:///{r.work}/overhead-{threads}.db",
+            },
+        )
         for rep in res["reps"]:
-            print(f"      bare {rep['bare']['steps_per_s']:.1f} steps/s, vaebench {rep['vaebench']['steps_per_s']:.1f} "
-                  f"steps/s, ratio {rep['ratio']:.3f}; bare fused {rep['bare_fused']['steps_per_s']:.1f}, bare tuned "
-                  f"{rep['bare_tuned']['steps_per_s']:.1f} steps/s, vaebench / bare tuned {rep['ratio_tuned']:.3f} "
-                  f"(load {rep['loadavg'][0]:.1f})", flush=True)
+            print(
+                f"      bare {rep['bare']['steps_per_s']:.1f} steps/s, vaebench {rep['vaebench']['steps_per_s']:.1f} "
+                f"steps/s, ratio {rep['ratio']:.3f}; bare fused {rep['bare_fused']['steps_per_s']:.1f}, bare tuned "
+                f"{rep['bare_tuned']['steps_per_s']:.1f} steps/s, vaebench / bare tuned {rep['ratio_tuned']:.3f} "
+                f"(load {rep['loadavg'][0]:.1f})",
+                flush=True,
+            )
         out[threads] = res
     return out
 
@@ -825,18 +988,24 @@ def bench_fullpath(r: Runner, sz: Sizes, data: Path, threads_list: list[int]) ->
     for threads in threads_list:
         runs = []
         for i in range(sz.fullpath_reps):
-            print(f"  [1] full path: 1-trial run_sweep on Ray, {threads} cpu(s) per trial, {sz.overhead_epochs} epochs",
-                  flush=True)
-            sd = study_dict(f"bench-fullpath-{threads}-{i}", str(data), sz.overhead_epochs, threads,
-                            {"objective.beta": [1.0]}, [0])
+            print(
+                f"  [1] full path: 1-trial run_sweep on Ray, {threads} cpu(s) per trial, {sz.overhead_epochs} epochs",
+                flush=True,
+            )
+            sd = study_dict(
+                f"bench-fullpath-{threads}-{i}", str(data), sz.overhead_epochs, threads, {"objective.beta": [1.0]}, [0]
+            )
             res = r.child("sweep", {"study": sd, "workers": 1, "uri": f"sqlite:///{r.work}/fullpath-{threads}-{i}.db"})
             steps = sz.overhead_epochs * math.ceil(sz.n_train / 128)
             res["steps"] = steps
             res["steps_per_s_wall"] = steps / res["wall_s"]
             res["steps_per_s_trial"] = steps / res["trial_run_s"][0]
-            print(f"      wall {res['wall_s']:.1f} s (Ray start {res['ray_start_s']:.1f} s), trial run "
-                  f"{res['trial_run_s'][0]:.1f} s -> {res['steps_per_s_trial']:.1f} steps/s in the trial, "
-                  f"{res['steps_per_s_wall']:.1f} end to end", flush=True)
+            print(
+                f"      wall {res['wall_s']:.1f} s (Ray start {res['ray_start_s']:.1f} s), trial run "
+                f"{res['trial_run_s'][0]:.1f} s -> {res['steps_per_s_trial']:.1f} steps/s in the trial, "
+                f"{res['steps_per_s_wall']:.1f} end to end",
+                flush=True,
+            )
             runs.append(res)
         out[threads] = runs
     return out
@@ -847,20 +1016,33 @@ def bench_scaling(r: Runner, sz: Sizes, data: Path) -> dict:
     cfg = trial_config(str(data), sz.scale_epochs, 1)
     reps = []
     for i in range(sz.scale_reps):
-        print(f"  [3] {n} trials one at a time (1 thread), then one sweep with {workers} workers "
-              f"({i + 1}/{sz.scale_reps})", flush=True)
+        print(
+            f"  [3] {n} trials one at a time (1 thread), then one sweep with {workers} workers "
+            f"({i + 1}/{sz.scale_reps})",
+            flush=True,
+        )
         seq = r.child("sequential", {"config": cfg, "seeds": list(range(n))})
         sd = study_dict(f"bench-scaling-{i}", str(data), sz.scale_epochs, 1, {"objective.beta": [1.0]}, list(range(n)))
         sw = r.child("sweep", {"study": sd, "workers": workers, "uri": f"sqlite:///{r.work}/scaling-{i}.db"})
         ctl = r.child("concurrent", {"config": cfg, "seeds": list(range(n)), "workers": workers})
         total = sum(seq["trial_s"])
         ideal = total / workers
-        rep = {"sequential": seq, "sweep": sw, "control": ctl, "sum_single_s": total, "ideal_s": ideal,
-               "ratio": sw["wall_s"] / ideal, "ratio_without_ray_start": (sw["wall_s"] - sw["ray_start_s"]) / ideal,
-               "control_ratio": ctl["wall_s"] / ideal}
-        print(f"      sum of single trials {total:.1f} s -> ideal {ideal:.1f} s; sweep {sw['wall_s']:.1f} s "
-              f"(Ray start {sw['ray_start_s']:.1f} s); ratio {rep['ratio']:.3f}; control: the same trials in "
-              f"{workers} plain processes at once {ctl['wall_s']:.1f} s, ratio {rep['control_ratio']:.3f}", flush=True)
+        rep = {
+            "sequential": seq,
+            "sweep": sw,
+            "control": ctl,
+            "sum_single_s": total,
+            "ideal_s": ideal,
+            "ratio": sw["wall_s"] / ideal,
+            "ratio_without_ray_start": (sw["wall_s"] - sw["ray_start_s"]) / ideal,
+            "control_ratio": ctl["wall_s"] / ideal,
+        }
+        print(
+            f"      sum of single trials {total:.1f} s -> ideal {ideal:.1f} s; sweep {sw['wall_s']:.1f} s "
+            f"(Ray start {sw['ray_start_s']:.1f} s); ratio {rep['ratio']:.3f}; control: the same trials in "
+            f"{workers} plain processes at once {ctl['wall_s']:.1f} s, ratio {rep['control_ratio']:.3f}",
+            flush=True,
+        )
         reps.append(rep)
     return {"trials": n, "workers": workers, "epochs": sz.scale_epochs, "reps": reps}
 
@@ -871,8 +1053,16 @@ def record_cache_key(sz: Sizes, vers: dict) -> str:
     import inspect
 
     writer = inspect.getsource(child_record) + inspect.getsource(record_metrics) + inspect.getsource(study_dict)
-    blob = json.dumps([sz.record_grid, sz.record_epochs, vers.get("mlflow"), vers.get("sqlalchemy"),
-                       vers.get("record_writer"), hashlib.sha256(writer.encode()).hexdigest()])
+    blob = json.dumps(
+        [
+            sz.record_grid,
+            sz.record_epochs,
+            vers.get("mlflow"),
+            vers.get("sqlalchemy"),
+            vers.get("record_writer"),
+            hashlib.sha256(writer.encode()).hexdigest(),
+        ]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -884,14 +1074,27 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
     samples = []
     reps, per = sz.log_sample
     for i in range(reps):
-        print(f"  [4] logging cost: {per} trials x {sz.record_epochs} epochs into a fresh store ({i + 1}/{reps})",
-              flush=True)
-        res = r.child("record", {"grid": (per, 1, 1), "epochs": sz.record_epochs, "data": str(data),
-                                 "name": f"bench-logsample-{i}", "uri": f"sqlite:///{r.work}/logsample-{i}.db"})
+        print(
+            f"  [4] logging cost: {per} trials x {sz.record_epochs} epochs into a fresh store ({i + 1}/{reps})",
+            flush=True,
+        )
+        res = r.child(
+            "record",
+            {
+                "grid": (per, 1, 1),
+                "epochs": sz.record_epochs,
+                "data": str(data),
+                "name": f"bench-logsample-{i}",
+                "uri": f"sqlite:///{r.work}/logsample-{i}.db",
+            },
+        )
         samples.append(res)
-        print(f"      {res['log_epoch_mean_s'] * 1000:.1f} ms per trial-epoch "
-              f"({res['metrics_per_epoch']} metrics), start_trial {res['start_trial_s']['median'] * 1000:.0f} ms, "
-              f"end_trial {res['end_trial_s']['median'] * 1000:.0f} ms", flush=True)
+        print(
+            f"      {res['log_epoch_mean_s'] * 1000:.1f} ms per trial-epoch "
+            f"({res['metrics_per_epoch']} metrics), start_trial {res['start_trial_s']['median'] * 1000:.0f} ms, "
+            f"end_trial {res['end_trial_s']['median'] * 1000:.0f} ms",
+            flush=True,
+        )
     out["sample"] = samples
     # (b) the big record: built through Record once, cached by (sizes, mlflow, tracking.py)
     key = record_cache_key(sz, vers)
@@ -899,12 +1102,24 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
     meta_path = cached.with_suffix(".json")
     if rebuild or not (cached.is_file() and meta_path.is_file()):
         est = statistics.median(s["log_epoch_mean_s"] for s in samples) * trials * sz.record_epochs
-        print(f"  [4] writing the record: {trials} trials x {sz.record_epochs} epochs through Record "
-              f"(estimated {est / 60:.1f} min; cached afterwards as {cached.name})", flush=True)
+        print(
+            f"  [4] writing the record: {trials} trials x {sz.record_epochs} epochs through Record "
+            f"(estimated {est / 60:.1f} min; cached afterwards as {cached.name})",
+            flush=True,
+        )
         tmp = r.work / "record-build.db"
-        res = r.child("record", {"grid": sz.record_grid, "epochs": sz.record_epochs, "data": str(data),
-                                 "name": "bench-record", "uri": f"sqlite:///{tmp}", "progress": True},
-                      timeout=4 * 3600)
+        res = r.child(
+            "record",
+            {
+                "grid": sz.record_grid,
+                "epochs": sz.record_epochs,
+                "data": str(data),
+                "name": "bench-record",
+                "uri": f"sqlite:///{tmp}",
+                "progress": True,
+            },
+            timeout=4 * 3600,
+        )
         res["built"] = datetime.now(UTC).isoformat(timespec="seconds")
         synthetic.CACHE.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tmp, cached)
@@ -913,8 +1128,11 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
     else:
         res = json.loads(meta_path.read_text())
         res["this_run"] = False
-        print(f"  [4] record: reusing {cached.name} (built {res['built']} through Record: "
-              f"{res['log_epoch_mean_s'] * 1000:.1f} ms per trial-epoch); --rebuild-record writes it again", flush=True)
+        print(
+            f"  [4] record: reusing {cached.name} (built {res['built']} through Record: "
+            f"{res['log_epoch_mean_s'] * 1000:.1f} ms per trial-epoch); --rebuild-record writes it again",
+            flush=True,
+        )
     out["build"] = res
     store = r.work / "record.db"
     shutil.copyfile(cached, store)
@@ -927,8 +1145,11 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
         for _ in range(sz.report_reps):
             res = timed_process(cmd, r.work)
             runs.append(res)
-            print(f"  [4] {how}: {res['wall_s']:.1f} s, {res['cpu_s']:.1f} s CPU (exit {res['rc']}), "
-                  f"peak RSS {res['maxrss_mib']:.0f} MiB", flush=True)
+            print(
+                f"  [4] {how}: {res['wall_s']:.1f} s, {res['cpu_s']:.1f} s CPU (exit {res['rc']}), "
+                f"peak RSS {res['maxrss_mib']:.0f} MiB",
+                flush=True,
+            )
             if res["rc"] != 0:
                 print("      " + (r.work / "report.log").read_text()[-1500:].replace("\n", "\n      "), flush=True)
                 break
@@ -965,32 +1186,46 @@ def render(res: dict) -> str:
     add = L.append
     m, v, g = res["machine"], res["versions"], res["git"]
     add("# vaebench benchmarks\n")
-    add(f"Written by `python benchmarks/run.py{' --quick' if res['quick'] else ''}` on {res['date']} "
+    add(
+        f"Written by `python benchmarks/run.py{' --quick' if res['quick'] else ''}` on {res['date']} "
         f"({res['duration_s'] / 60:.1f} min). What each figure means: [README.md](README.md). "
         "Each figure is the median over repetitions, [min–max] and n; ratios are computed within a "
-        "repetition (both sides measured in the same run) and then summarised.\n")
+        "repetition (both sides measured in the same run) and then summarised.\n"
+    )
     add("| machine | |\n|---|---|")
     add(f"| CPU | {m['cpu']}, {m['nproc']} logical cores |")
     add(f"| memory | {m['memory_gib']} GiB |")
     add(f"| kernel | {m['kernel']} |")
     la0, la1 = res["loadavg_start"], res["loadavg_end"]
-    add(f"| load average (1/5/15 min) | start {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, "
-        f"end {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} |")
-    add(f"| versions | Python {v['python']}, torch {v['torch']}, ray {v['ray']}, mlflow {v['mlflow']}, "
-        f"optuna {v['optuna']}, numpy {v['numpy']}, SQLAlchemy {v['sqlalchemy']} |")
-    add(f"| vaebench | commit {g['commit']} ({g['subject']}); working tree: {g['vaebench_changes']}; "
-        f"imported from `{v.get('vaebench_path')}` |")
+    add(
+        f"| load average (1/5/15 min) | start {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, "
+        f"end {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} |"
+    )
+    add(
+        f"| versions | Python {v['python']}, torch {v['torch']}, ray {v['ray']}, mlflow {v['mlflow']}, "
+        f"optuna {v['optuna']}, numpy {v['numpy']}, SQLAlchemy {v['sqlalchemy']} |"
+    )
+    add(
+        f"| vaebench | commit {g['commit']} ({g['subject']}); working tree: {g['vaebench_changes']}; "
+        f"imported from `{v.get('vaebench_path')}` |"
+    )
     s = res["sizes"]
-    add(f"| data | synthetic binary images ({synthetic.GENERATOR}, see synthetic.py): "
-        f"{s['n_train']:,} x 784 train, {s['n_val']:,} val |\n")
-    add("Load averages during the run include the benchmark's own processes (one busy process in benchmark 1, "
+    add(
+        f"| data | synthetic binary images ({synthetic.GENERATOR}, see synthetic.py): "
+        f"{s['n_train']:,} x 784 train, {s['n_val']:,} val |\n"
+    )
+    add(
+        "Load averages during the run include the benchmark's own processes (one busy process in benchmark 1, "
         "two workers plus Ray and the driver in the sweeps); the load at the start, before anything of ours runs, "
-        "is the one that tells whether others were using the machine.\n")
+        "is the one that tells whether others were using the machine.\n"
+    )
     if la0[0] > 0.5:
-        add(f"**The machine was not quiet**: load average {la0[0]:.2f} at the start on {m['nproc']} cores. Other "
+        add(
+            f"**The machine was not quiet**: load average {la0[0]:.2f} at the start on {m['nproc']} cores. Other "
             "processes take CPU from the measurements, most of all from the 2-thread runs (an OpenMP thread that "
             "loses its core stalls its partner) and the 2-worker sweep; rerun on a quiet machine for reference "
-            "numbers.\n")
+            "numbers.\n"
+        )
 
     summary: list[tuple[str, str, str, str, str]] = []
     sections: list[str] = []
@@ -999,20 +1234,22 @@ def render(res: dict) -> str:
     ov = res.get("overhead") or {}
     fp = res.get("fullpath") or {}
     if ov:
-        sec = ["## 1. Trial overhead: bare PyTorch loop vs one vaebench trial\n",
-               f"Same model (MLP 784-400-20, Bernoulli), data, batch 128, Adam, threads; {s['overhead_epochs']} epochs "
-               "per run. Four loops, each in its own process (torch's flush-denormal setting is per thread, "
-               "and OpenMP threads copy it when created), advance one epoch at a time in turn, rotating who goes "
-               "first, one running at any moment, each timed only while it runs, so that changes in machine load "
-               "hit all alike:\n",
-               *[f"- *{k}*: {v}" for k, v in LOOPS.items()],
-               "\nvaebench includes `start_trial`/`end_trial` and the default metrics every epoch: what a sweep "
-               "worker and the driver do, minus Ray. The target compares it with *bare*; *vaebench / bare tuned* "
-               "compares like for like (the same optimiser kernel and float settings), so it shows what "
-               "vaebench's own machinery costs: per-epoch metrics, logging and the loop's bookkeeping.\n",
-               "| threads | bare steps/s | vaebench steps/s | **vaebench / bare** | target | | per CPU-second | "
-               "bare fused: steps/s | bare tuned: steps/s | vaebench / bare tuned |",
-               "|---|---|---|---|---|---|---|---|---|---|"]
+        sec = [
+            "## 1. Trial overhead: bare PyTorch loop vs one vaebench trial\n",
+            f"Same model (MLP 784-400-20, Bernoulli), data, batch 128, Adam, threads; {s['overhead_epochs']} epochs "
+            "per run. Four loops, each in its own process (torch's flush-denormal setting is per thread, "
+            "and OpenMP threads copy it when created), advance one epoch at a time in turn, rotating who goes "
+            "first, one running at any moment, each timed only while it runs, so that changes in machine load "
+            "hit all alike:\n",
+            *[f"- *{k}*: {v}" for k, v in LOOPS.items()],
+            "\nvaebench includes `start_trial`/`end_trial` and the default metrics every epoch: what a sweep "
+            "worker and the driver do, minus Ray. The target compares it with *bare*; *vaebench / bare tuned* "
+            "compares like for like (the same optimiser kernel and float settings), so it shows what "
+            "vaebench's own machinery costs: per-epoch metrics, logging and the loop's bookkeeping.\n",
+            "| threads | bare steps/s | vaebench steps/s | **vaebench / bare** | target | | per CPU-second | "
+            "bare fused: steps/s | bare tuned: steps/s | vaebench / bare tuned |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         tuned_rows: list[tuple[str, str, str, str, str]] = []
         for t, o in ov.items():
             ratio = stats([rep["ratio"] for rep in o["reps"]])
@@ -1023,62 +1260,97 @@ def render(res: dict) -> str:
             bf = stats([rep["bare_fused"]["steps_per_s"] for rep in o["reps"]])
             bt = stats([rep["bare_tuned"]["steps_per_s"] for rep in o["reps"]] if "bare_tuned" in o["reps"][0] else [])
             rt = stats([rep["ratio_tuned"] for rep in o["reps"]] if "ratio_tuned" in o["reps"][0] else [])
-            tuned_rows.append((f"1. vaebench / bare tuned (like for like), {t} thread(s)", fmt(rt, digits=3),
-                               "(reported)", "", "metrics every epoch included"))
-            sec.append(f"| {t} | {fmt(bare, digits=1)} | {fmt(vb, digits=1)} | **{fmt(ratio, digits=3)}** | ≥ 0.95 | "
-                       f"{ver} | {fmt(cpu_ratio, digits=3)} | {fmt(bf, digits=1)} | {fmt(bt, digits=1)} | "
-                       f"{fmt(rt, digits=3)} |")
+            tuned_rows.append(
+                (
+                    f"1. vaebench / bare tuned (like for like), {t} thread(s)",
+                    fmt(rt, digits=3),
+                    "(reported)",
+                    "",
+                    "metrics every epoch included",
+                )
+            )
+            sec.append(
+                f"| {t} | {fmt(bare, digits=1)} | {fmt(vb, digits=1)} | **{fmt(ratio, digits=3)}** | ≥ 0.95 | "
+                f"{ver} | {fmt(cpu_ratio, digits=3)} | {fmt(bf, digits=1)} | {fmt(bt, digits=1)} | "
+                f"{fmt(rt, digits=3)} |"
+            )
             spread = bare["max"] / bare["min"] if bare["n"] else 1.0
-            note = (f"unstable: bare loop {bare['min']:.0f}–{bare['max']:.0f} steps/s across repetitions (machine load)"
-                    if spread > 1.3 else "")
+            note = (
+                f"unstable: bare loop {bare['min']:.0f}–{bare['max']:.0f} steps/s across repetitions (machine load)"
+                if spread > 1.3
+                else ""
+            )
             summary.append((f"1. vaebench / bare steps/s, {t} thread(s)", fmt(ratio, digits=3), "≥ 0.95", ver, note))
         summary += tuned_rows
-        sec.append("\n*Per CPU-second*: vaebench / bare in steps per CPU-second of each loop's process instead of "
-                   "wall time (a check on the wall-time ratio under load, not the target).\n")
-        sec.append("Where a vaebench trial's time goes (seconds per epoch, median over repetitions), beside the "
-                   "bare loops' epochs:\n")
-        sec.append("| threads | training loop | metrics (evaluate) | log_epoch | other (start/end trial, set-up) | "
-                   "bare epoch | bare fused epoch | bare tuned epoch |")
+        sec.append(
+            "\n*Per CPU-second*: vaebench / bare in steps per CPU-second of each loop's process instead of "
+            "wall time (a check on the wall-time ratio under load, not the target).\n"
+        )
+        sec.append(
+            "Where a vaebench trial's time goes (seconds per epoch, median over repetitions), beside the "
+            "bare loops' epochs:\n"
+        )
+        sec.append(
+            "| threads | training loop | metrics (evaluate) | log_epoch | other (start/end trial, set-up) | "
+            "bare epoch | bare fused epoch | bare tuned epoch |"
+        )
         sec.append("|---|---|---|---|---|---|---|---|")
         E = s["overhead_epochs"]
         for t, o in ov.items():
+
             def med(key: str, who: str = "vaebench") -> float:
                 vals = [rep[who].get(key, 0.0) for rep in o["reps"] if who in rep]  # noqa: B023 (called at once)
                 return statistics.median(vals) / E if vals else math.nan
-            sec.append(f"| {t} | {med('train_loop_s'):.3f} | {med('eval_s'):.3f} | {med('log_s'):.3f} | "
-                       f"{med('other_s'):.3f} | {med('seconds', 'bare'):.3f} | {med('seconds', 'bare_fused'):.3f} | "
-                       f"{med('seconds', 'bare_tuned'):.3f} |")
-        loads = ", ".join(f"{t} thread(s): " + ", ".join(f"{rep['loadavg'][0]:.1f}" for rep in o["reps"])
-                          for t, o in ov.items())
+
+            sec.append(
+                f"| {t} | {med('train_loop_s'):.3f} | {med('eval_s'):.3f} | {med('log_s'):.3f} | "
+                f"{med('other_s'):.3f} | {med('seconds', 'bare'):.3f} | {med('seconds', 'bare_fused'):.3f} | "
+                f"{med('seconds', 'bare_tuned'):.3f} |"
+            )
+        loads = ", ".join(
+            f"{t} thread(s): " + ", ".join(f"{rep['loadavg'][0]:.1f}" for rep in o["reps"]) for t, o in ov.items()
+        )
         sec.append(f"\nLoad average (1 min) after each repetition: {loads}.\n")
         if fp:
-            sec.append("**Full path**: a 1-trial grid study through `vaebench.sweep.run_sweep` (local Ray, driver, "
-                       "MLflow, checkpoint artifact). *in trial* = steps / the MLflow trial run's span "
-                       "(worker start, data load, training, metrics, artifacts); *end to end* = steps / the "
-                       "run_sweep call (Ray start and shutdown included). Ratios against the bare loop of the same "
-                       "thread count above (different processes, so not the same run).\n")
-            sec.append("| threads | run_sweep wall | Ray start | Ray shutdown | trial run | steps/s in trial | "
-                       "steps/s end to end | vs bare (in trial) | vs bare (end to end) |")
+            sec.append(
+                "**Full path**: a 1-trial grid study through `vaebench.sweep.run_sweep` (local Ray, driver, "
+                "MLflow, checkpoint artifact). *in trial* = steps / the MLflow trial run's span "
+                "(worker start, data load, training, metrics, artifacts); *end to end* = steps / the "
+                "run_sweep call (Ray start and shutdown included). Ratios against the bare loop of the same "
+                "thread count above (different processes, so not the same run).\n"
+            )
+            sec.append(
+                "| threads | run_sweep wall | Ray start | Ray shutdown | trial run | steps/s in trial | "
+                "steps/s end to end | vs bare (in trial) | vs bare (end to end) |"
+            )
             sec.append("|---|---|---|---|---|---|---|---|---|")
             for t, runs in fp.items():
                 t_key = t if t in ov else str(t)
-                bare = statistics.median(rep["bare"]["steps_per_s"] for rep in ov[t_key]["reps"]) if t_key in ov else math.nan
+                bare = (
+                    statistics.median(rep["bare"]["steps_per_s"] for rep in ov[t_key]["reps"])
+                    if t_key in ov
+                    else math.nan
+                )
                 st = lambda k: stats([x[k] for x in runs])  # noqa: E731, B023 (called at once)
-                sec.append(f"| {t} | {fmt(st('wall_s'), ' s', digits=1)} | {fmt(st('ray_start_s'), ' s', digits=1)} | "
-                           f"{fmt(st('ray_shutdown_s'), ' s', digits=1)} | "
-                           f"{fmt(stats([x['trial_run_s'][0] for x in runs]), ' s', digits=1)} | "
-                           f"{fmt(st('steps_per_s_trial'), digits=1)} | {fmt(st('steps_per_s_wall'), digits=1)} | "
-                           f"{statistics.median(x['steps_per_s_trial'] for x in runs) / bare:.3f} | "
-                           f"{statistics.median(x['steps_per_s_wall'] for x in runs) / bare:.3f} |")
+                sec.append(
+                    f"| {t} | {fmt(st('wall_s'), ' s', digits=1)} | {fmt(st('ray_start_s'), ' s', digits=1)} | "
+                    f"{fmt(st('ray_shutdown_s'), ' s', digits=1)} | "
+                    f"{fmt(stats([x['trial_run_s'][0] for x in runs]), ' s', digits=1)} | "
+                    f"{fmt(st('steps_per_s_trial'), digits=1)} | {fmt(st('steps_per_s_wall'), digits=1)} | "
+                    f"{statistics.median(x['steps_per_s_trial'] for x in runs) / bare:.3f} | "
+                    f"{statistics.median(x['steps_per_s_wall'] for x in runs) / bare:.3f} |"
+                )
             sec.append("")
         sections += sec
 
         sec = ["## 2. Metric cost: one evaluation of every validation metric vs one training epoch\n"]
         mc = next(iter(ov.values()))["metrics_config"]
-        sec.append(f"Default MetricsConfig: iw_samples K={mc['iw_samples']}, iw_examples={mc['iw_examples']}, "
-                   f"eval_batch_size={mc['eval_batch_size']}, mi_batch_size={mc['mi_batch_size']}, every={mc['every']}; "
-                   f"validation split {s['n_val']:,} examples. *fraction* = evaluate seconds / training-loop seconds "
-                   "of the same epoch (`train/epoch_seconds`), over every epoch of benchmark 1.\n")
+        sec.append(
+            f"Default MetricsConfig: iw_samples K={mc['iw_samples']}, iw_examples={mc['iw_examples']}, "
+            f"eval_batch_size={mc['eval_batch_size']}, mi_batch_size={mc['mi_batch_size']}, every={mc['every']}; "
+            f"validation split {s['n_val']:,} examples. *fraction* = evaluate seconds / training-loop seconds "
+            "of the same epoch (`train/epoch_seconds`), over every epoch of benchmark 1.\n"
+        )
         sec.append("| threads | training epoch | evaluate | fraction | target | | fraction of CPU time |")
         sec.append("|---|---|---|---|---|---|---|")
         for t, o in ov.items():
@@ -1089,13 +1361,24 @@ def render(res: dict) -> str:
             top = max(parts, key=parts.get)
             share = parts[top] / sum(parts.values())
             frac_cpu = stats([f for rep in o["reps"] for f in rep["vaebench"].get("metric_fraction_cpu", [])])
-            sec.append(f"| {t} | {fmt(o['epoch_seconds'], ' s')} | {fmt(ev, ' s', digits=3)} | "
-                       f"{fmt(frac, scale=100, unit=' %', digits=1)} | ≤ 10 % | {ver} | "
-                       f"{fmt(frac_cpu, scale=100, unit=' %', digits=1)} |")
-            summary.append((f"2. metrics / training epoch, {t} thread(s)", fmt(frac, scale=100, unit=' %', digits=1),
-                            "≤ 10 %", ver, f"{top} is {share:.0%} of it"))
-        sec.append("\nEach part timed separately on the trained model (median seconds; share of the sum of parts; "
-                   "share of a training epoch):\n")
+            sec.append(
+                f"| {t} | {fmt(o['epoch_seconds'], ' s')} | {fmt(ev, ' s', digits=3)} | "
+                f"{fmt(frac, scale=100, unit=' %', digits=1)} | ≤ 10 % | {ver} | "
+                f"{fmt(frac_cpu, scale=100, unit=' %', digits=1)} |"
+            )
+            summary.append(
+                (
+                    f"2. metrics / training epoch, {t} thread(s)",
+                    fmt(frac, scale=100, unit=" %", digits=1),
+                    "≤ 10 %",
+                    ver,
+                    f"{top} is {share:.0%} of it",
+                )
+            )
+        sec.append(
+            "\nEach part timed separately on the trained model (median seconds; share of the sum of parts; "
+            "share of a training epoch):\n"
+        )
         threads_cols = list(ov)
         sec.append("| part | " + " | ".join(f"{t} thread(s)" for t in threads_cols) + " |")
         sec.append("|---|" + "---|" * len(threads_cols))
@@ -1118,57 +1401,69 @@ def render(res: dict) -> str:
         ratio = stats([x["ratio"] for x in reps])
         ver = verdict(ratio["median"], TARGETS["scaling"], False)
         ctl = stats([x["control_ratio"] for x in reps if "control_ratio" in x])
-        summary.append(("3. sweep wall / (sum of single trials / 2)", fmt(ratio, digits=3), "≤ 1.15", ver,
-                        f"Ray start {statistics.median(x['sweep']['ray_start_s'] for x in reps):.1f} s; the same trials "
-                        f"in 2 plain processes at once (no Ray): {ctl['median']:.3f} x ideal"))
+        summary.append(
+            (
+                "3. sweep wall / (sum of single trials / 2)",
+                fmt(ratio, digits=3),
+                "≤ 1.15",
+                ver,
+                f"Ray start {statistics.median(x['sweep']['ray_start_s'] for x in reps):.1f} s; the same trials "
+                f"in 2 plain processes at once (no Ray): {ctl['median']:.3f} x ideal",
+            )
+        )
         fixed = [x["sweep"]["wall_s"] - x["sweep"].get("makespan_s", math.nan) for x in reps]
         share = [x["sweep"].get("makespan_s", math.nan) / x["ideal_s"] for x in reps]
         # fixed + share * ideal <= 1.15 * ideal  <=>  ideal >= fixed / (1.15 - share); trial = ideal * workers / n
-        breakeven = [f / (TARGETS["scaling"] - m) * sc["workers"] / sc["trials"] if m < TARGETS["scaling"] else math.inf
-                     for f, m in zip(fixed, share)]
-        sec = ["## 3. Sweep scaling: 8 identical short trials\n",
-               f"Each trial: the benchmark-1 model, {sc['epochs']} epoch(s) on the full data, default metrics, "
-               "seeds 0-7. *Single*: `vaebench.trial.run_trial` one after another in one process, 1 thread, each "
-               "timed from config to end message (data load and checkpoint included, imports excluded). *Sweep*: "
-               f"one grid study through `run_sweep`, cpus_per_trial 1, {sc['workers']} workers, wall time of the "
-               "call: Ray start, worker start-up and imports, driver logging and Ray shutdown included.\n",
-               "| figure | value |", "|---|---|",
-               f"| single trial | {fmt(stats([t for x in reps for t in x['sequential']['trial_s']]), ' s')} |",
-               f"| sum of {sc['trials']} single trials | {fmt(stats([x['sum_single_s'] for x in reps]), ' s', digits=1)} |",
-               f"| ideal 2-worker time (sum / 2) | {fmt(stats([x['ideal_s'] for x in reps]), ' s', digits=1)} |",
-               f"| sweep wall | {fmt(stats([x['sweep']['wall_s'] for x in reps]), ' s', digits=1)} |",
-               f"| of which Ray start (`ray.init`, connect_ray) | {fmt(stats([x['sweep']['ray_start_s'] for x in reps]), ' s')} |",
-               f"| of which driver set-up (`Driver.__init__`: MLflow store and record) | "
-               f"{fmt(stats([x['sweep'].get('driver_init_s', math.nan) for x in reps]), ' s')} |",
-               f"| first trial run created, from the start of the call | "
-               f"{fmt(stats([x['sweep'].get('first_trial_start_s', math.nan) for x in reps]), ' s')} |",
-               f"| trials' makespan (first trial run created → last ended) | "
-               f"{fmt(stats([x['sweep'].get('makespan_s', math.nan) for x in reps]), ' s', digits=1)} |",
-               f"| after the last trial (end of study, Ray shutdown) | "
-               f"{fmt(stats([x['sweep']['wall_s'] - x['sweep'].get('last_trial_end_s', math.nan) for x in reps]), ' s')} |",
-               f"| of which Ray shutdown | {fmt(stats([x['sweep']['ray_shutdown_s'] for x in reps]), ' s')} |",
-               f"| trial run span in the sweep (MLflow start→end) | {fmt(stats([t for x in reps for t in x['sweep']['trial_run_s']]), ' s')} |",
-               f"| **sweep / ideal** (target ≤ 1.15) | **{fmt(ratio, digits=3)} {ver}** |",
-               f"| sweep without Ray start / ideal | {fmt(stats([x['ratio_without_ray_start'] for x in reps]), digits=3)} |",
-               f"| *control*: the same {sc['trials']} trials in {sc['workers']} plain processes at once (no Ray, "
-               f"driver or MLflow; imports done before the clock starts) | "
-               f"{fmt(stats([x['control']['wall_s'] for x in reps if 'control' in x]), ' s', digits=1)} |",
-               f"| **control / ideal**: what sharing the cores costs two trials by themselves | "
-               f"**{fmt(stats([x['control_ratio'] for x in reps if 'control_ratio' in x]), digits=3)}** |",
-               f"| sweep / control: what vaebench and Ray add to that | "
-               f"{fmt(stats([x['sweep']['wall_s'] / x['control']['wall_s'] for x in reps if 'control' in x]), digits=3)} |",
-               f"| fixed cost: sweep wall − trials' makespan | {fmt(stats(fixed), ' s', digits=1)} |",
-               f"| makespan / ideal (how well the trials themselves share the 2 cores) | "
-               f"{fmt(stats(share), digits=3)} |",
-               f"| single-trial length above which the target holds, given that fixed cost and sharing | "
-               f"{fmt(stats([b for b in breakeven if math.isfinite(b)]), ' s', digits=1) if any(map(math.isfinite, breakeven)) else 'none: the trials alone take over 1.15 x ideal'} (these trials: "
-               f"{statistics.median(t for x in reps for t in x['sequential']['trial_s']):.1f} s) |",
-               f"| CPU time of the single trials (sum) | {fmt(stats([sum(x['sequential']['trial_cpu_s']) for x in reps]), ' s', digits=1)} |",
-               f"| CPU time of the sweep: driver + all Ray processes | "
-               f"{fmt(stats([x['sweep']['driver_cpu_s'] + x['sweep']['ray_processes_cpu_s'] for x in reps]), ' s', digits=1)} |",
-               f"| of which the driver process | {fmt(stats([x['sweep']['driver_cpu_s'] for x in reps]), ' s', digits=1)} |",
-               "\nLoad average (1 min) after each sweep: "
-               + ", ".join(f"{x['sweep']['loadavg'][0]:.1f}" for x in reps) + ".\n"]
+        breakeven = [
+            f / (TARGETS["scaling"] - m) * sc["workers"] / sc["trials"] if m < TARGETS["scaling"] else math.inf
+            for f, m in zip(fixed, share)
+        ]
+        sec = [
+            "## 3. Sweep scaling: 8 identical short trials\n",
+            f"Each trial: the benchmark-1 model, {sc['epochs']} epoch(s) on the full data, default metrics, "
+            "seeds 0-7. *Single*: `vaebench.trial.run_trial` one after another in one process, 1 thread, each "
+            "timed from config to end message (data load and checkpoint included, imports excluded). *Sweep*: "
+            f"one grid study through `run_sweep`, cpus_per_trial 1, {sc['workers']} workers, wall time of the "
+            "call: Ray start, worker start-up and imports, driver logging and Ray shutdown included.\n",
+            "| figure | value |",
+            "|---|---|",
+            f"| single trial | {fmt(stats([t for x in reps for t in x['sequential']['trial_s']]), ' s')} |",
+            f"| sum of {sc['trials']} single trials | {fmt(stats([x['sum_single_s'] for x in reps]), ' s', digits=1)} |",
+            f"| ideal 2-worker time (sum / 2) | {fmt(stats([x['ideal_s'] for x in reps]), ' s', digits=1)} |",
+            f"| sweep wall | {fmt(stats([x['sweep']['wall_s'] for x in reps]), ' s', digits=1)} |",
+            f"| of which Ray start (`ray.init`, connect_ray) | {fmt(stats([x['sweep']['ray_start_s'] for x in reps]), ' s')} |",
+            f"| of which driver set-up (`Driver.__init__`: MLflow store and record) | "
+            f"{fmt(stats([x['sweep'].get('driver_init_s', math.nan) for x in reps]), ' s')} |",
+            f"| first trial run created, from the start of the call | "
+            f"{fmt(stats([x['sweep'].get('first_trial_start_s', math.nan) for x in reps]), ' s')} |",
+            f"| trials' makespan (first trial run created → last ended) | "
+            f"{fmt(stats([x['sweep'].get('makespan_s', math.nan) for x in reps]), ' s', digits=1)} |",
+            f"| after the last trial (end of study, Ray shutdown) | "
+            f"{fmt(stats([x['sweep']['wall_s'] - x['sweep'].get('last_trial_end_s', math.nan) for x in reps]), ' s')} |",
+            f"| of which Ray shutdown | {fmt(stats([x['sweep']['ray_shutdown_s'] for x in reps]), ' s')} |",
+            f"| trial run span in the sweep (MLflow start→end) | {fmt(stats([t for x in reps for t in x['sweep']['trial_run_s']]), ' s')} |",
+            f"| **sweep / ideal** (target ≤ 1.15) | **{fmt(ratio, digits=3)} {ver}** |",
+            f"| sweep without Ray start / ideal | {fmt(stats([x['ratio_without_ray_start'] for x in reps]), digits=3)} |",
+            f"| *control*: the same {sc['trials']} trials in {sc['workers']} plain processes at once (no Ray, "
+            f"driver or MLflow; imports done before the clock starts) | "
+            f"{fmt(stats([x['control']['wall_s'] for x in reps if 'control' in x]), ' s', digits=1)} |",
+            f"| **control / ideal**: what sharing the cores costs two trials by themselves | "
+            f"**{fmt(stats([x['control_ratio'] for x in reps if 'control_ratio' in x]), digits=3)}** |",
+            f"| sweep / control: what vaebench and Ray add to that | "
+            f"{fmt(stats([x['sweep']['wall_s'] / x['control']['wall_s'] for x in reps if 'control' in x]), digits=3)} |",
+            f"| fixed cost: sweep wall − trials' makespan | {fmt(stats(fixed), ' s', digits=1)} |",
+            f"| makespan / ideal (how well the trials themselves share the 2 cores) | {fmt(stats(share), digits=3)} |",
+            f"| single-trial length above which the target holds, given that fixed cost and sharing | "
+            f"{fmt(stats([b for b in breakeven if math.isfinite(b)]), ' s', digits=1) if any(map(math.isfinite, breakeven)) else 'none: the trials alone take over 1.15 x ideal'} (these trials: "
+            f"{statistics.median(t for x in reps for t in x['sequential']['trial_s']):.1f} s) |",
+            f"| CPU time of the single trials (sum) | {fmt(stats([sum(x['sequential']['trial_cpu_s']) for x in reps]), ' s', digits=1)} |",
+            f"| CPU time of the sweep: driver + all Ray processes | "
+            f"{fmt(stats([x['sweep']['driver_cpu_s'] + x['sweep']['ray_processes_cpu_s'] for x in reps]), ' s', digits=1)} |",
+            f"| of which the driver process | {fmt(stats([x['sweep']['driver_cpu_s'] for x in reps]), ' s', digits=1)} |",
+            "\nLoad average (1 min) after each sweep: "
+            + ", ".join(f"{x['sweep']['loadavg'][0]:.1f}" for x in reps)
+            + ".\n",
+        ]
         sections += sec
 
     # ---- 4
@@ -1176,49 +1471,66 @@ def render(res: dict) -> str:
     if rc:
         b = rc["build"]
         sample_cost = stats([x["log_epoch_mean_s"] for x in rc["sample"]])
-        sec = ["## 4. Record and report at scale\n",
-               f"A grid study of {rc['trials']:,} trials ({' x '.join(map(str, s['record_grid']))} = beta levels x "
-               f"free_bits levels x seeds) x {rc['epochs']} epochs x "
-               f"{b['metrics_per_epoch']} metrics, written into a fresh SQLite MLflow store through "
-               "`vaebench.tracking.Record` exactly as the sweep driver calls it (start_study; per trial start_trial "
-               "with the flattened config and the driver's tags, one log_epoch per epoch, end_trial; no artifacts). "
-               "The store is built once and cached in `benchmarks/.cache/` (keyed by the sizes, the MLflow and "
-               "SQLAlchemy versions and the source of the `Record` methods the driver writes with); the logging "
-               "cost is also measured on a fresh store every run.\n",
-               "| figure | value |", "|---|---|",
-               f"| logging cost per trial-epoch, fresh store, this run | {fmt(sample_cost, ' ms', 1000, 1)} "
-               f"(CPU {fmt(stats([x.get('log_epoch_cpu_mean_s', math.nan) for x in rc['sample']]), ' ms', 1000, 1)}) |",
-               f"| logging cost per trial-epoch over the whole {rc['trials']:,}-trial build | "
-               f"{b['log_epoch_mean_s'] * 1000:.1f} ms mean, {b['log_epoch_s']['median'] * 1000:.1f} ms median "
-               f"({'this run' if b['this_run'] else 'cached build of ' + b['built']}; load {b['loadavg'][0]:.1f}) |",
-               f"| start_trial / end_trial per trial (build) | {b['start_trial_s']['median'] * 1000:.0f} ms / "
-               f"{b['end_trial_s']['median'] * 1000:.0f} ms |",
-               f"| whole build | {b['wall_s'] / 60:.1f} min, {b['per_trial_s']:.2f} s per trial; store "
-               f"{b['db_mib']:.0f} MiB |"]
+        sec = [
+            "## 4. Record and report at scale\n",
+            f"A grid study of {rc['trials']:,} trials ({' x '.join(map(str, s['record_grid']))} = beta levels x "
+            f"free_bits levels x seeds) x {rc['epochs']} epochs x "
+            f"{b['metrics_per_epoch']} metrics, written into a fresh SQLite MLflow store through "
+            "`vaebench.tracking.Record` exactly as the sweep driver calls it (start_study; per trial start_trial "
+            "with the flattened config and the driver's tags, one log_epoch per epoch, end_trial; no artifacts). "
+            "The store is built once and cached in `benchmarks/.cache/` (keyed by the sizes, the MLflow and "
+            "SQLAlchemy versions and the source of the `Record` methods the driver writes with); the logging "
+            "cost is also measured on a fresh store every run.\n",
+            "| figure | value |",
+            "|---|---|",
+            f"| logging cost per trial-epoch, fresh store, this run | {fmt(sample_cost, ' ms', 1000, 1)} "
+            f"(CPU {fmt(stats([x.get('log_epoch_cpu_mean_s', math.nan) for x in rc['sample']]), ' ms', 1000, 1)}) |",
+            f"| logging cost per trial-epoch over the whole {rc['trials']:,}-trial build | "
+            f"{b['log_epoch_mean_s'] * 1000:.1f} ms mean, {b['log_epoch_s']['median'] * 1000:.1f} ms median "
+            f"({'this run' if b['this_run'] else 'cached build of ' + b['built']}; load {b['loadavg'][0]:.1f}) |",
+            f"| start_trial / end_trial per trial (build) | {b['start_trial_s']['median'] * 1000:.0f} ms / "
+            f"{b['end_trial_s']['median'] * 1000:.0f} ms |",
+            f"| whole build | {b['wall_s'] / 60:.1f} min, {b['per_trial_s']:.2f} s per trial; store "
+            f"{b['db_mib']:.0f} MiB |",
+        ]
         reports = rc["report"]
         if reports and all(x["rc"] == 0 for x in reports):
             rs = stats([x["wall_s"] for x in reports])
             ver = verdict(rs["median"], TARGETS["report_s"], False)
-            sec.append(f"| **`{rc['report_how']}`** (whole process, `--no-log`), target < 15 s | "
-                       f"**{fmt(rs, ' s', digits=1)} {ver}** |")
-            sec.append(f"| its CPU time (user + system) | {fmt(stats([x['cpu_s'] for x in reports]), ' s', digits=1)}; "
-                       f"load {', '.join(str(x['loadavg'][0]) for x in reports)} |")
-            summary.append((f"4. `vaebench report`, {rc['trials']:,} x {rc['epochs']}", fmt(rs, " s", digits=1),
-                            "< 15 s", ver, ""))
+            sec.append(
+                f"| **`{rc['report_how']}`** (whole process, `--no-log`), target < 15 s | "
+                f"**{fmt(rs, ' s', digits=1)} {ver}** |"
+            )
+            sec.append(
+                f"| its CPU time (user + system) | {fmt(stats([x['cpu_s'] for x in reports]), ' s', digits=1)}; "
+                f"load {', '.join(str(x['loadavg'][0]) for x in reports)} |"
+            )
+            summary.append(
+                (f"4. `vaebench report`, {rc['trials']:,} x {rc['epochs']}", fmt(rs, " s", digits=1), "< 15 s", ver, "")
+            )
         elif reports:
             sec.append(f"| `{rc['report_how']}` | failed (exit {reports[-1]['rc']}); see the run's report.log |")
             summary.append(("4. `vaebench report`", "failed", "< 15 s", "n/a", ""))
         else:
             sec.append(f"| report | {rc['report_how']} |")
             summary.append(("4. `vaebench report`", "not available", "< 15 s", "n/a", ""))
-        summary.append(("4. logging cost per trial-epoch", fmt(sample_cost, " ms", 1000, 1), "(reported)", "",
-                        f"{b['metrics_per_epoch']} metrics in one log_batch"))
+        summary.append(
+            (
+                "4. logging cost per trial-epoch",
+                fmt(sample_cost, " ms", 1000, 1),
+                "(reported)",
+                "",
+                f"{b['metrics_per_epoch']} metrics in one log_batch",
+            )
+        )
         rb = rc["readback"]
         sec.append(f"| `mlflow.search_runs` (all {rb['search_runs_rows']:,} runs) | {fmt(rb['search_runs_s'], ' s')} |")
         if "trials_frame_s" in rb:
             sec.append(f"| `vaebench.results.trials_frame` | {fmt(rb['trials_frame_s'], ' s')} |")
-            sec.append(f"| `vaebench.results.histories_frame`, every metric ({rb['history_rows']:,} rows) | "
-                       f"{fmt(rb['histories_frame_s'], ' s')} |")
+            sec.append(
+                f"| `vaebench.results.histories_frame`, every metric ({rb['history_rows']:,} rows) | "
+                f"{fmt(rb['histories_frame_s'], ' s')} |"
+            )
         else:
             sec.append(f"| vaebench.results | {rb.get('results')} |")
         sec.append("")
@@ -1228,40 +1540,69 @@ def render(res: dict) -> str:
     mem = []
     if ov:
         for t, o in ov.items():
-            mem.append((f"benchmark-1 vaebench loop process ({t} thread(s)): data + trial + SQLite logging",
-                        o["maxrss_mib"]))
+            mem.append(
+                (f"benchmark-1 vaebench loop process ({t} thread(s)): data + trial + SQLite logging", o["maxrss_mib"])
+            )
     if sc:
         seq = sc["reps"][0]["sequential"]
-        mem.append(("**one trial**: `run_trial` process, 1 thread, full data (peak over 8 sequential trials)",
-                    max(x["sequential"]["maxrss_mib"] for x in sc["reps"])))
+        mem.append(
+            (
+                "**one trial**: `run_trial` process, 1 thread, full data (peak over 8 sequential trials)",
+                max(x["sequential"]["maxrss_mib"] for x in sc["reps"]),
+            )
+        )
         mem.append(("  of which Python + torch + vaebench after imports", seq["rss_after_imports_mib"]))
-        mem.append(("one trial in a Ray worker (peak RSS of a `ray::` worker, sampled)",
-                    max(x["sweep"]["ray_worker_peak_mib"] for x in sc["reps"])))
-        mem.append((f"**driver**: `run_sweep` process, {sc['trials']} trials, 2 workers",
-                    max(x["sweep"]["driver_maxrss_mib"] for x in sc["reps"])))
-        mem.append(("all Ray processes of that sweep together (raylet, GCS, workers; peak of sampled sum)",
-                    max(x["sweep"]["ray_processes_peak_mib"] for x in sc["reps"])))
+        mem.append(
+            (
+                "one trial in a Ray worker (peak RSS of a `ray::` worker, sampled)",
+                max(x["sweep"]["ray_worker_peak_mib"] for x in sc["reps"]),
+            )
+        )
+        mem.append(
+            (
+                f"**driver**: `run_sweep` process, {sc['trials']} trials, 2 workers",
+                max(x["sweep"]["driver_maxrss_mib"] for x in sc["reps"]),
+            )
+        )
+        mem.append(
+            (
+                "all Ray processes of that sweep together (raylet, GCS, workers; peak of sampled sum)",
+                max(x["sweep"]["ray_processes_peak_mib"] for x in sc["reps"]),
+            )
+        )
     if fp:
         for t, runs in fp.items():
             mem.append((f"driver: 1-trial `run_sweep` process, {t} cpu(s)", max(x["driver_maxrss_mib"] for x in runs)))
     if rc:
-        mem.append((f"driver logging path: process writing the {rc['trials']:,}-trial record",
-                    rc["build"]["maxrss_mib"]))
+        mem.append(
+            (f"driver logging path: process writing the {rc['trials']:,}-trial record", rc["build"]["maxrss_mib"])
+        )
         if rc["report"]:
             mem.append((f"`{rc['report_how']}` process on that record", max(x["maxrss_mib"] for x in rc["report"])))
         if "maxrss_mib" in rc["readback"]:
             mem.append(("read-back process (search_runs, trials_frame, histories_frame)", rc["readback"]["maxrss_mib"]))
     if mem:
-        sec = ["## 5. Peak memory\n", "Peak resident set size (`getrusage` ru_maxrss of the process; Ray workers "
-               "from /proc VmHWM).\n", "| process | peak RSS |", "|---|---|"]
+        sec = [
+            "## 5. Peak memory\n",
+            "Peak resident set size (`getrusage` ru_maxrss of the process; Ray workers from /proc VmHWM).\n",
+            "| process | peak RSS |",
+            "|---|---|",
+        ]
         sec += [f"| {k} | {v:.0f} MiB |" for k, v in mem]
         sec.append("")
         sections += sec
         drv = [v for k, v in mem if k.startswith("**driver**")]
         tri = [v for k, v in mem if k.startswith("**one trial**")]
         if drv or tri:
-            summary.append(("5. peak RSS: driver / one trial", f"{drv[0] if drv else math.nan:.0f} MiB / "
-                            f"{tri[0] if tri else math.nan:.0f} MiB", "(reported)", "", ""))
+            summary.append(
+                (
+                    "5. peak RSS: driver / one trial",
+                    f"{drv[0] if drv else math.nan:.0f} MiB / {tri[0] if tri else math.nan:.0f} MiB",
+                    "(reported)",
+                    "",
+                    "",
+                )
+            )
 
     add("## Summary\n")
     add("| benchmark | measured | target | | note |\n|---|---|---|---|---|")
@@ -1280,18 +1621,35 @@ def render(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 repetition (development)")
-    ap.add_argument("--only", default="1,3,4", help="benchmarks to run, comma-separated from 1,3,4 "
-                    "(1 includes 2; 5 is collected from the others). Default: all")
+    ap.add_argument(
+        "--only",
+        default="1,3,4",
+        help="benchmarks to run, comma-separated from 1,3,4 "
+        "(1 includes 2; 5 is collected from the others). Default: all",
+    )
     ap.add_argument("--threads", default="1,2", help="thread counts of benchmark 1 (default 1,2)")
-    ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/RESULTS.md; "
-                    "--quick: benchmarks/.cache/RESULTS-quick.md)")
-    ap.add_argument("--rebuild-record", action="store_true", help="write the 1,000-trial record again "
-                    "instead of reusing the cached one")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default benchmarks/RESULTS.md; --quick: benchmarks/.cache/RESULTS-quick.md)",
+    )
+    ap.add_argument(
+        "--rebuild-record",
+        action="store_true",
+        help="write the 1,000-trial record again instead of reusing the cached one",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder under /tmp")
-    ap.add_argument("--previous", default="", help="benchmarks (from 1,3,4) to take from the last full run "
-                    "(benchmarks/.cache/last-run.json) instead of measuring them; RESULTS.md says so")
+    ap.add_argument(
+        "--previous",
+        default="",
+        help="benchmarks (from 1,3,4) to take from the last full run "
+        "(benchmarks/.cache/last-run.json) instead of measuring them; RESULTS.md says so",
+    )
     ap.add_argument("--child", nargs=2, metavar=("NAME", "STEM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -1304,11 +1662,20 @@ def main() -> None:
     out = args.out or (synthetic.CACHE / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md")
     work = Path(tempfile.mkdtemp(prefix="vaebench-bench-", dir="/tmp"))
     started, t0 = datetime.now(UTC), perf()
-    res: dict[str, Any] = {"quick": args.quick, "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-                           "sizes": asdict(sz), "loadavg_start": loadavg(), "machine": machine_info(),
-                           "git": git_info(), "notes": []}
-    print(f"vaebench benchmarks ({'quick' if args.quick else 'full'}); work folder {work}; "
-          f"load average {res['loadavg_start']}", flush=True)
+    res: dict[str, Any] = {
+        "quick": args.quick,
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "sizes": asdict(sz),
+        "loadavg_start": loadavg(),
+        "machine": machine_info(),
+        "git": git_info(),
+        "notes": [],
+    }
+    print(
+        f"vaebench benchmarks ({'quick' if args.quick else 'full'}); work folder {work}; "
+        f"load average {res['loadavg_start']}",
+        flush=True,
+    )
     res["versions"] = versions()
     print(f"  data: synthetic {sz.n_train:,} + {sz.n_val:,} x 784 binary", flush=True)
     data = synthetic.dataset_path(sz.n_train, sz.n_val)
@@ -1320,8 +1687,10 @@ def main() -> None:
             for key in {"1": ("overhead", "fullpath"), "3": ("scaling",), "4": ("record",)}[b]:
                 if key in last:
                     res[key] = last[key]
-            res["notes"].append(f"Benchmark {b} was not measured in this run: its figures are from the run of "
-                                f"{last['date']} at commit {last['git']['commit']} ({last['git']['subject']}).")
+            res["notes"].append(
+                f"Benchmark {b} was not measured in this run: its figures are from the run of "
+                f"{last['date']} at commit {last['git']['commit']} ({last['git']['subject']})."
+            )
         only -= previous
     try:
         if "1" in only:
@@ -1335,8 +1704,11 @@ def main() -> None:
         res["loadavg_end"] = loadavg()
         res["duration_s"] = perf() - t0
         synthetic.CACHE.mkdir(parents=True, exist_ok=True)
-        raw = out.with_suffix(".json") if args.out else synthetic.CACHE / ("last-run-quick.json" if args.quick
-                                                                            else "last-run.json")
+        raw = (
+            out.with_suffix(".json")
+            if args.out
+            else synthetic.CACHE / ("last-run-quick.json" if args.quick else "last-run.json")
+        )
         raw.write_text(json.dumps(res, indent=1, default=str))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -45,7 +45,7 @@ def synthetic_binary(n: int, seed: int, side: int = SIDE, chunk: int = 5000) -> 
         ink = rng.uniform(0.08, 0.20, size=c)  # fraction of pixels set, per image
         order = np.sort(field, axis=1)
         k = np.clip(np.round((1 - ink) * field.shape[1]).astype(int), 0, field.shape[1] - 1)
-        out[start:start + c] = field > order[np.arange(c), k][:, None]
+        out[start : start + c] = field > order[np.arange(c), k][:, None]
     return out
 
 

@@ -69,18 +69,29 @@ def ray_cluster(tmp_path_factory) -> RayCluster:
     port = free_port()
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
     log = open(tmp / "ray.log", "w")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     procs = [head]
     worker_cmd = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", *common]
     try:
+
         def port_open() -> bool:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
+
         wait_for(port_open, "the Ray head", timeout=300)
-        procs.append(subprocess.Popen(worker_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        probe = (f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
-                 "import sys; sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) == 2 else 1)")
+        procs.append(
+            subprocess.Popen(worker_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
+        probe = (
+            f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
+            "import sys; sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) == 2 else 1)"
+        )
         restarts = 0
 
         def two_nodes() -> bool:
@@ -89,13 +100,17 @@ def ray_cluster(tmp_path_factory) -> RayCluster:
             nonlocal restarts
             if procs[-1].poll() is not None and restarts < 2:
                 restarts += 1
-                procs.append(subprocess.Popen(worker_cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
+                procs.append(
+                    subprocess.Popen(worker_cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                )
             try:
-                return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                                      timeout=90).returncode == 0
+                return (
+                    subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=90).returncode
+                    == 0
+                )
             except subprocess.TimeoutExpired:
                 return False
+
         wait_for(two_nodes, "two live Ray nodes", timeout=300)
         yield RayCluster(f"127.0.0.1:{port}", env)
     finally:
@@ -111,10 +126,27 @@ def mlflow_server(tmp_path_factory) -> str:
     port = free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
-         "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/server.db",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_ok(f"{url}/health"), "the MLflow server")

@@ -37,19 +37,29 @@ def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: i
     active = float(sum(k > 0.05 for k in kl_dims))
     collapsed = float(sum(k < 0.01 for k in kl_dims))
     m = {
-        "train/loss": recon + beta * kl, "train/recon": recon, "train/kl": kl, "train/regulariser": kl,
-        "train/kl_weight": beta, "train/epoch_seconds": 0.1 + rng.uniform(0, 0.01),
-        "val/elbo": -(recon + kl), "val/recon": recon, "val/kl": kl, "val/active_units": active,
-        "val/mi": min(kl, 5.5) * 0.9, "val/iw_nll": recon + kl - 0.3 - rng.uniform(0, 0.1),
-        "val/collapsed_dims": collapsed, "val/collapsed_fraction": collapsed / J,
+        "train/loss": recon + beta * kl,
+        "train/recon": recon,
+        "train/kl": kl,
+        "train/regulariser": kl,
+        "train/kl_weight": beta,
+        "train/epoch_seconds": 0.1 + rng.uniform(0, 0.01),
+        "val/elbo": -(recon + kl),
+        "val/recon": recon,
+        "val/kl": kl,
+        "val/active_units": active,
+        "val/mi": min(kl, 5.5) * 0.9,
+        "val/iw_nll": recon + kl - 0.3 - rng.uniform(0, 0.1),
+        "val/collapsed_dims": collapsed,
+        "val/collapsed_fraction": collapsed / J,
         "val/posterior_collapse": float(collapsed == J),
     }
     m.update({f"val/kl_dim/{j:02d}": v for j, v in enumerate(kl_dims)})
     return m
 
 
-def write_synthetic_study(uri: str, study: dict[str, Any], *, states: dict[int, str] | None = None,
-                          per_epoch_calls: bool = True) -> Record:
+def write_synthetic_study(
+    uri: str, study: dict[str, Any], *, states: dict[int, str] | None = None, per_epoch_calls: bool = True
+) -> Record:
     """Write a finished record of ``study`` (a study mapping, as in a YAML file) to ``uri``.
 
     ``states`` maps a trial's index (expansion order) to a final state other than completed:
@@ -59,16 +69,26 @@ def write_synthetic_study(uri: str, study: dict[str, Any], *, states: dict[int, 
     st = Study.model_validate(study)
     states = states or {}
     rec = Record(uri, st.name)
-    parent = rec.start_study(st.description, yaml.safe_dump(study, sort_keys=False), {
-        "vaebench.factors": json.dumps(list(st.space)), "vaebench.search": st.search.kind,
-        "vaebench.seeds": json.dumps(st.seeds)})
+    parent = rec.start_study(
+        st.description,
+        yaml.safe_dump(study, sort_keys=False),
+        {
+            "vaebench.factors": json.dumps(list(st.space)),
+            "vaebench.search": st.search.kind,
+            "vaebench.seeds": json.dumps(st.seeds),
+        },
+    )
     if st.search.kind != "grid":
         rec.client.set_tag(parent.info.run_id, OPTUNA_STUDY, f"{st.name}-{parent.info.run_id[:8]}")
     epochs = st.train.epochs
     for i, spec in enumerate(expand(st)):
         state = states.get(i, "completed")
-        tags = {HASH: spec.config_hash, POINT: json.dumps(spec.point), "vaebench.point_key": spec.point_key,
-                "vaebench.attempt": "0"}
+        tags = {
+            HASH: spec.config_hash,
+            POINT: json.dumps(spec.point),
+            "vaebench.point_key": spec.point_key,
+            "vaebench.attempt": "0",
+        }
         if st.search.kind != "grid":
             tags[OPTUNA_TRIAL] = str(i // len(st.seeds))
         name = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in spec.point.items()) + f" s{spec.seed}"
@@ -88,7 +108,7 @@ def write_synthetic_study(uri: str, study: dict[str, Any], *, states: dict[int, 
                 now = int(time.time() * 1000)
                 batch += [Metric(k, float(v), now, e) for k, v in m.items()]
         for j in range(0, len(batch), 1000):
-            rec.client.log_batch(run_id, metrics=batch[j:j + 1000])
+            rec.client.log_batch(run_id, metrics=batch[j : j + 1000])
         extra = {"vaebench.diverged_epoch": str(last + 1)} if state == "diverged" else {}
         rec.end_trial(run_id, state, extra)
     rec.end_study(parent.info.run_id)
@@ -98,11 +118,14 @@ def write_synthetic_study(uri: str, study: dict[str, Any], *, states: dict[int, 
 def grid_study(name: str = "synth", *, epochs: int = 4, seeds=(0, 1, 2), **space: Any) -> dict[str, Any]:
     """A small grid study mapping; ``space`` as keyword args with '__' for '.'."""
     return {
-        "name": name, "description": f"Synthetic study {name} for the report tests.",
-        "data": {"kind": "digits"}, "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
-        "train": {"epochs": epochs, "batch_size": 256}, "metrics": {"iw_samples": 4},
-        "space": {k.replace("__", "."): v for k, v in space.items()} or
-                 {"objective.beta": [0.5, 2.0], "objective.free_bits": [0.0, 0.5]},
+        "name": name,
+        "description": f"Synthetic study {name} for the report tests.",
+        "data": {"kind": "digits"},
+        "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
+        "train": {"epochs": epochs, "batch_size": 256},
+        "metrics": {"iw_samples": 4},
+        "space": {k.replace("__", "."): v for k, v in space.items()}
+        or {"objective.beta": [0.5, 2.0], "objective.free_bits": [0.0, 0.5]},
         "seeds": list(seeds),
     }
 
@@ -111,10 +134,15 @@ if __name__ == "__main__":  # a big record for the report benchmark
     import sys
 
     uri = sys.argv[1] if len(sys.argv) > 1 else "sqlite:////tmp/vaebench-bench/mlflow.db"
-    big = grid_study("bench", epochs=50, seeds=range(5), objective__beta=[0.25, 0.5, 1.0, 2.0, 4.0],
-                     objective__free_bits=[0.0, 0.25, 0.5, 1.0],
-                     objective__anneal=["none", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}],
-                     model__latent_dim=[2, 4, 8, 16, 32])
+    big = grid_study(
+        "bench",
+        epochs=50,
+        seeds=range(5),
+        objective__beta=[0.25, 0.5, 1.0, 2.0, 4.0],
+        objective__free_bits=[0.0, 0.25, 0.5, 1.0],
+        objective__anneal=["none", {"kind": "cyclical", "cycles": 4, "ratio": 0.5}],
+        model__latent_dim=[2, 4, 8, 16, 32],
+    )
     t = time.perf_counter()
     write_synthetic_study(uri, big, per_epoch_calls=False, states={3: "failed", 10: "diverged"})
     print(f"wrote 1000 trials x 50 epochs to {uri} in {time.perf_counter() - t:.0f} s")

@@ -43,7 +43,11 @@ def test_linear_rise_is_measured_exactly():
 
 def test_units_switching_on_is_moving_even_with_a_flat_elbo():
     out = convergence(history([-20.0] * 40, [3.0] * 35 + [4.0] * 5), 40)
-    assert out["conv/elbo_rel_change"] == pytest.approx(0, abs=1e-12) and out["conv/active_units_change"] == 1 and out["conv/still_moving"] == 1
+    assert (
+        out["conv/elbo_rel_change"] == pytest.approx(0, abs=1e-12)
+        and out["conv/active_units_change"] == 1
+        and out["conv/still_moving"] == 1
+    )
 
 
 def test_noise_alone_is_rarely_moving():
@@ -67,10 +71,14 @@ def test_sparse_evaluations_reach_back_and_one_evaluation_gives_nothing():
 
 
 def digits_config(epochs: int) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "data": {"kind": "digits", "binarize": True}, "model": {"kind": "mlp", "latent_dim": 8, "hidden": [64]},
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "device": "cpu"},
-        "metrics": {"iw_samples": 2, "iw_examples": 50}})
+    return TrialConfig.model_validate(
+        {
+            "data": {"kind": "digits", "binarize": True},
+            "model": {"kind": "mlp", "latent_dim": 8, "hidden": [64]},
+            "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "device": "cpu"},
+            "metrics": {"iw_samples": 2, "iw_examples": 50},
+        }
+    )
 
 
 def test_a_trial_cut_short_is_still_moving():

@@ -138,9 +138,7 @@ def test_shapes_stay_inside_image_at_max_scale():
             area = img.sum(axis=(1, 2))
             # no pixels cut: area independent of position up to sub-pixel aliasing
             assert np.abs(area / np.median(area) - 1).max() < 0.15, (shape, orient)
-            border = (
-                img[:, 0].any() or img[:, -1].any() or img[:, :, 0].any() or img[:, :, -1].any()
-            )
+            border = img[:, 0].any() or img[:, -1].any() or img[:, :, 0].any() or img[:, :, -1].any()
             assert not border
     # the extreme positions reach to within a pixel of the border: the free area is used
     ell = ds.render(np.array([[1, 5, 0, 0, 16], [1, 5, 0, 31, 16]]))  # long axis horizontal
@@ -281,18 +279,14 @@ def test_idx_loader(tmp_path):
     assert d.train.shape == (36, 1, 6, 5) and d.val.shape == (4, 1, 6, 5)
     assert d.meta.shape == (1, 6, 5) and d.meta.value_range == (0.0, 1.0)
     d2 = load_data(
-        IdxData(
-            train_images=str(tmp_path / "train"), val_images=str(tmp_path / "val"), binarize=True
-        ),
+        IdxData(train_images=str(tmp_path / "train"), val_images=str(tmp_path / "val"), binarize=True),
         seed=0,
     )
     assert d2.train.shape[0] == 40 and d2.val.shape[0] == 10 and d2.meta.binary
     assert set(torch.unique(d2.train).tolist()) <= {0.0, 1.0}
     (tmp_path / "odd").write_bytes(_idx_bytes(_images(10, h=7)))
     with pytest.raises(DataError, match="odd"):
-        load_data(
-            IdxData(train_images=str(tmp_path / "train"), val_images=str(tmp_path / "odd")), 0
-        )
+        load_data(IdxData(train_images=str(tmp_path / "train"), val_images=str(tmp_path / "odd")), 0)
 
 
 # ------------------------------------------------------------------------------- npz

@@ -18,20 +18,38 @@ from vaebench.study import StudyError, load_study
 from vaebench.train import train
 
 NAMES = ["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]
-KEYS = ["beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap",
-        "modularity"]
+KEYS = [
+    "beta_vae",
+    "factor_vae",
+    "mig",
+    "dci_disentanglement",
+    "dci_completeness",
+    "dci_informativeness",
+    "sap",
+    "modularity",
+]
 
 
 def cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "vaebench.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
 
 
 def test_metrics_on_digits_are_a_bad_input(tmp_path):
     study = tmp_path / "bad.yaml"
-    study.write_text("name: bad\ndata: {kind: digits}\nmetrics:\n  disentanglement: [mig, sap]\n"
-                     "space: {objective.beta: [1, 2]}\n")
-    with pytest.raises(StudyError, match=r"bad.yaml \(line 4\): metrics.disentanglement: .*data.kind 'digits'.*dsprites"):
+    study.write_text(
+        "name: bad\ndata: {kind: digits}\nmetrics:\n  disentanglement: [mig, sap]\nspace: {objective.beta: [1, 2]}\n"
+    )
+    with pytest.raises(
+        StudyError, match=r"bad.yaml \(line 4\): metrics.disentanglement: .*data.kind 'digits'.*dsprites"
+    ):
         load_study(study)
     for cmd in (["validate", str(study)], ["sweep", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]):
         proc = cli(*cmd, cwd=tmp_path)
@@ -40,17 +58,22 @@ def test_metrics_on_digits_are_a_bad_input(tmp_path):
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m.db").exists()  # nothing written
     # a space level that sets such data is refused too, naming the level
-    study.write_text("name: bad\ndata: {kind: dsprites}\nmetrics: {disentanglement: [mig]}\n"
-                     "space: {data: [{kind: digits}]}\n")
+    study.write_text(
+        "name: bad\ndata: {kind: dsprites}\nmetrics: {disentanglement: [mig]}\nspace: {data: [{kind: digits}]}\n"
+    )
     with pytest.raises(StudyError, match="metrics.disentanglement"):
         load_study(study)
 
 
 def tiny(**metrics):
-    return TrialConfig.model_validate({
-        "data": {"kind": "dsprites", "n_samples": 600}, "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
-        "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
-        "metrics": {"iw_samples": 2, **metrics}})
+    return TrialConfig.model_validate(
+        {
+            "data": {"kind": "dsprites", "n_samples": 600},
+            "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
+            "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+            "metrics": {"iw_samples": 2, **metrics},
+        }
+    )
 
 
 def test_training_loop_records_every_metric_at_the_final_epoch():
@@ -73,13 +96,15 @@ def test_every_n_epochs():
 
 
 TINY_STUDY = {
-    "name": "dis_tiny", "description": "tiny dSprites study with disentanglement metrics",
+    "name": "dis_tiny",
+    "description": "tiny dSprites study with disentanglement metrics",
     "data": {"kind": "dsprites", "n_samples": 500},
     "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
     "train": {"epochs": 1, "batch_size": 64, "device": "cpu"},
     "metrics": {"iw_samples": 2, "disentanglement": NAMES},
     "space": {"objective.kind": ["beta_vae", "beta_tcvae"], "objective.beta": [1.0, 4.0]},
-    "seeds": [0], "search": {"kind": "grid"},
+    "seeds": [0],
+    "search": {"kind": "grid"},
 }
 
 
@@ -140,8 +165,13 @@ def good_frame():
     for kind in ("beta_vae", "beta_tcvae"):
         for beta in (1.0, 8.0):
             for seed in (0, 1):
-                row = {"state": "completed", "seed": seed, "objective.kind": kind, "objective.beta": beta,
-                       "train/tc": (30.0 if beta == 1 else 25.0) if kind == "beta_tcvae" else math.nan}
+                row = {
+                    "state": "completed",
+                    "seed": seed,
+                    "objective.kind": kind,
+                    "objective.beta": beta,
+                    "train/tc": (30.0 if beta == 1 else 25.0) if kind == "beta_tcvae" else math.nan,
+                }
                 row.update({f"val/dis/{k}": 0.6 for k in KEYS})
                 rows.append(row)
     return pd.DataFrame(rows)
@@ -165,7 +195,9 @@ def test_reproduction_checks_pass_on_a_good_record_and_fail_otherwise():
     bad.loc[3, "val/dis/beta_vae"] = 0.3
     assert failed(bad) == ["trained models: BetaVAE score of every trial"]
     bad = good_frame()
-    bad.loc[(bad["objective.kind"] == "beta_tcvae") & (bad["seed"] == 1) & (bad["objective.beta"] == 8), "train/tc"] = 31
+    bad.loc[(bad["objective.kind"] == "beta_tcvae") & (bad["seed"] == 1) & (bad["objective.beta"] == 8), "train/tc"] = (
+        31
+    )
     assert failed(bad) == ["beta_tcvae seed=1: train/tc at beta 8 below beta 1 (nats)"]
     bad = good_frame()
     bad.loc[0, "state"] = "failed"

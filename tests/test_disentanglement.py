@@ -40,8 +40,14 @@ def constant(x):
 
 
 def noise(x):  # a fixed function of each observation (a stable hash seeds it), independent of the factors' values
-    return np.stack([np.random.default_rng(int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
-                                                          "little")).normal(size=x.shape[1]) for r in x.numpy()])
+    return np.stack(
+        [
+            np.random.default_rng(
+                int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
+            ).normal(size=x.shape[1])
+            for r in x.numpy()
+        ]
+    )
 
 
 def duplicated(x):
@@ -49,10 +55,23 @@ def duplicated(x):
 
 
 # small sample sizes: the oracle answers hold at any size
-SMALL = dataclasses.replace(D.PRESETS["default"], beta_vae_batch=16, beta_vae_train=300, beta_vae_eval=200,
-                            factor_vae_batch=16, factor_vae_variance=2000, factor_vae_train=300, factor_vae_eval=200,
-                            mig_points=3000, dci_train=500, dci_test=300, dci_estimators=10, sap_train=1000,
-                            sap_test=500, modularity_points=3000)
+SMALL = dataclasses.replace(
+    D.PRESETS["default"],
+    beta_vae_batch=16,
+    beta_vae_train=300,
+    beta_vae_eval=200,
+    factor_vae_batch=16,
+    factor_vae_variance=2000,
+    factor_vae_train=300,
+    factor_vae_eval=200,
+    mig_points=3000,
+    dci_train=500,
+    dci_test=300,
+    dci_estimators=10,
+    sap_train=1000,
+    sap_test=500,
+    modularity_points=3000,
+)
 
 
 def score(metric, represent, preset=SMALL, seed=0):

@@ -46,16 +46,23 @@ GRID_SPACE = "  objective.beta: [0.5, 2.0]\n  train.lr: [1.0e-3, 3.0e-3]"
 SEARCH_SPACE = "  train.lr: [1.0e-3, 3.0e-3, 1.0e-2]\n  objective.beta: {low: 0.5, high: 2.0}"
 
 
-def study_file(tmp: Path, name: str = "g", epochs: int = 2, seeds: str = "[0, 1]", space: str = GRID_SPACE,
-               search: str = "{kind: grid}") -> Path:
+def study_file(
+    tmp: Path,
+    name: str = "g",
+    epochs: int = 2,
+    seeds: str = "[0, 1]",
+    space: str = GRID_SPACE,
+    search: str = "{kind: grid}",
+) -> Path:
     p = tmp / f"{name}.yaml"
     p.write_text(STUDY.format(name=name, epochs=epochs, space=space, seeds=seeds, search=search))
     return p
 
 
 def search_file(tmp: Path, budget: int = 3, seeds: str = "[0, 1]", name: str = "s", pruner: str = "none") -> Path:
-    return study_file(tmp, name, seeds=seeds, space=SEARCH_SPACE,
-                      search=f"{{kind: random, budget: {budget}, pruner: {pruner}}}")
+    return study_file(
+        tmp, name, seeds=seeds, space=SEARCH_SPACE, search=f"{{kind: random, budget: {budget}, pruner: {pruner}}}"
+    )
 
 
 def opts(tmp: Path, **kw) -> SweepOptions:
@@ -70,8 +77,13 @@ def sweep(path: Path, tmp: Path, overrides: list[str] | None = None, executor=No
 def runs(tmp: Path, name: str, view=ViewType.ACTIVE_ONLY, role: str = "trial"):
     client = MlflowClient(f"sqlite:///{tmp}/m.db")
     exp = client.get_experiment_by_name(name)
-    return client.search_runs([exp.experiment_id], f"tags.`vaebench.role` = '{role}'", run_view_type=view,
-                              max_results=5000, order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [exp.experiment_id],
+        f"tags.`vaebench.role` = '{role}'",
+        run_view_type=view,
+        max_results=5000,
+        order_by=["attributes.start_time ASC"],
+    )
 
 
 def optuna_study(tmp: Path, name: str) -> optuna.Study:
@@ -160,8 +172,9 @@ def test_grid_record_and_resume(tmp_path):
         assert set(r.data.params) == set(spec.config.params()) | {"seed"} and "model.channels" not in r.data.params
     assert len({r.info.run_name for r in first}) == 8
     # the parent keeps the definition in force
-    assert json.loads(Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text()) \
-        == definition(load_study(path))
+    assert json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "definition.json", str(tmp_path))).read_text()
+    ) == definition(load_study(path))
     again = sweep(path, tmp_path)
     assert again.exit_code == 0 and again.skipped == 8
     assert {r.info.run_id for r in check_record(tmp_path, "g", hashes)} == {r.info.run_id for r in first}
@@ -179,9 +192,17 @@ def test_report_reads_only_the_records_definition(tmp_path):
     (parent,) = runs(tmp_path, "g", role="study")
     spec = expand(load_study(path))[0]
     rec = Record(uri, "g")
-    stray = rec.start_trial(parent.info.run_id, "stray", {**spec.config.params(), "seed": spec.seed},
-                            {"vaebench.config_hash": spec.config_hash, "vaebench.point": json.dumps(spec.point),
-                             "vaebench.point_key": spec.point_key, DEFINITION_TAG: "another"})
+    stray = rec.start_trial(
+        parent.info.run_id,
+        "stray",
+        {**spec.config.params(), "seed": spec.seed},
+        {
+            "vaebench.config_hash": spec.config_hash,
+            "vaebench.point": json.dumps(spec.point),
+            "vaebench.point_key": spec.point_key,
+            DEFINITION_TAG: "another",
+        },
+    )
     rec.end_trial(stray, "completed")
     frame = trials_frame("g", uri)
     assert len(frame) == 8 and stray not in set(frame["run_id"])
@@ -190,12 +211,16 @@ def test_report_reads_only_the_records_definition(tmp_path):
 def test_changed_definition_is_refused_before_any_write(tmp_path):
     path = study_file(tmp_path)
     sweep(path, tmp_path, max_trials=2)
-    before = [(r.info.run_id, r.info.status, r.info.end_time) for r in runs(tmp_path, "g") + runs(tmp_path, "g", role="study")]
+    before = [
+        (r.info.run_id, r.info.status, r.info.end_time) for r in runs(tmp_path, "g") + runs(tmp_path, "g", role="study")
+    ]
     with pytest.raises(SweepError) as e:
         sweep(path, tmp_path, ["train.epochs=3", "train.batch_size=64"])
     msg = str(e.value)
     assert "train.epochs: 2 -> 3" in msg and "train.batch_size: 128 -> 64" in msg and "--fresh" in msg
-    after = [(r.info.run_id, r.info.status, r.info.end_time) for r in runs(tmp_path, "g") + runs(tmp_path, "g", role="study")]
+    after = [
+        (r.info.run_id, r.info.status, r.info.end_time) for r in runs(tmp_path, "g") + runs(tmp_path, "g", role="study")
+    ]
     assert after == before  # nothing written
     path.write_text(path.read_text().replace("objective.beta: [0.5, 2.0]", "objective.beta: [0.5]"))
     with pytest.raises(SweepError, match=r"space.objective.beta: \[0.5, 2.0\] -> \[0.5\]"):
@@ -228,6 +253,23 @@ def test_extension_adds_levels_and_seeds(tmp_path):
     assert shown == path.read_text()  # the parent shows the study file in force
 
 
+def test_new_description_is_recorded_without_rerunning(tmp_path):
+    """Rewording the study's description keeps the record (same definition: nothing reruns) and
+    the parent shows the new words and the study file as it is now."""
+    path = study_file(tmp_path)
+    sweep(path, tmp_path)
+    path.write_text("description: what the runs found\n" + path.read_text())
+    s = sweep(path, tmp_path)
+    assert s.exit_code == 0 and s.skipped == 8 and any("description" in n for n in s.notes)
+    (parent,) = runs(tmp_path, "g", role="study")
+    assert parent.data.tags["mlflow.note.content"] == "what the runs found"
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    shown = Path(client.download_artifacts(parent.info.run_id, "study.yaml", str(tmp_path / "dl"))).read_text()
+    assert shown == path.read_text()
+    again = sweep(path, tmp_path)
+    assert not again.notes  # said once
+
+
 def test_definition_changes_are_listed():
     from vaebench.study import Study
 
@@ -236,13 +278,15 @@ def test_definition_changes_are_listed():
     assert changes(old, definition(Study.model_validate({**base, "seeds": [0, 1]}))) == []
     assert changes(old, definition(Study.model_validate({**base, "space": {"objective.beta": [1, 2, 3]}}))) == []
     assert changes(old, definition(Study.model_validate({**base, "seeds": [1]}))) == [("seeds", [0], [1])]
-    assert changes(old, definition(Study.model_validate({**base, "space": {"objective.beta": [1, 2], "train.lr": [0.1]}}))) \
-        == [("space.train.lr", None, [0.1])]
+    assert changes(
+        old, definition(Study.model_validate({**base, "space": {"objective.beta": [1, 2], "train.lr": [0.1]}}))
+    ) == [("space.train.lr", None, [0.1])]
     s = {**base, "search": {"kind": "random", "budget": 4}}
     old = definition(Study.model_validate(s))
     assert changes(old, definition(Study.model_validate({**s, "search": {"kind": "random", "budget": 8}}))) == []
-    assert changes(old, definition(Study.model_validate({**s, "search": {"kind": "random", "budget": 2}}))) \
-        == [("search.budget", 4, 2)]
+    assert changes(old, definition(Study.model_validate({**s, "search": {"kind": "random", "budget": 2}}))) == [
+        ("search.budget", 4, 2)
+    ]
 
 
 def test_equal_configs_run_once(tmp_path):
@@ -254,9 +298,16 @@ def test_equal_configs_run_once(tmp_path):
         load_study(path)
     except StudyError as e:
         assert "objective.beta" in str(e)
-    study = Study.model_validate({"name": "g", "data": {"kind": "ppca", "n_samples": 400}, "seeds": [0],
-                                  "model": {"kind": "mlp", "latent_dim": 2, "hidden": [8], "likelihood": "gaussian"},
-                                  "train": {"epochs": 2}, "space": {"objective.beta": [1.0, 1, 2.0]}})
+    study = Study.model_validate(
+        {
+            "name": "g",
+            "data": {"kind": "ppca", "n_samples": 400},
+            "seeds": [0],
+            "model": {"kind": "mlp", "latent_dim": 2, "hidden": [8], "likelihood": "gaussian"},
+            "train": {"epochs": 2},
+            "space": {"objective.beta": [1.0, 1, 2.0]},
+        }
+    )
     s = run_sweep(study, "name: g\n", opts(tmp_path))  # the search itself never runs a config twice
     assert s.counts == {"completed": 2}
     check_record(tmp_path, "g", {sp.config_hash for sp in expand(study)})
@@ -276,6 +327,7 @@ def term_after(epochs: int):
                 if seen["n"] == epochs:
                     os.kill(os.getpid(), signal.SIGTERM)
             yield msg
+
     return trial
 
 
@@ -339,6 +391,7 @@ def test_dead_worker_restarts_in_a_fresh_run(tmp_path):
                 state["died"] = True
                 raise RuntimeError("worker lost")
             yield msg
+
     s = sweep(path, tmp_path, executor=InlineExecutor(trial=dies_once))
     assert s.exit_code == 0
     (run,) = check_record(tmp_path, "g", {sp.config_hash for sp in expand(load_study(path))})
@@ -378,6 +431,7 @@ def crash_at(monkeypatch, where: str, n: int) -> None:
                 if seen["n"] >= n:
                     raise Killed(where)
             return out
+
         monkeypatch.setattr(owner, name, wrapper)
 
     if where == "before_parent":
@@ -404,8 +458,10 @@ def killed(monkeypatch, where: str, n: int, path: Path, tmp: Path) -> None:
     monkeypatch.chdir(tmp)
 
 
-@pytest.mark.parametrize("where,n", [("before_parent", 1), ("after_state_tag", 3), ("before_close", 3),
-                                     ("between_flushes", 5), ("during_artifact", 2)])
+@pytest.mark.parametrize(
+    "where,n",
+    [("before_parent", 1), ("after_state_tag", 3), ("before_close", 3), ("between_flushes", 5), ("during_artifact", 2)],
+)
 def test_grid_killed_then_resumed(tmp_path, monkeypatch, where, n):
     path = study_file(tmp_path)
     killed(monkeypatch, where, n, path, tmp_path)
@@ -425,8 +481,10 @@ def test_grid_killed_then_resumed(tmp_path, monkeypatch, where, n):
     assert len(runs(tmp_path, "g", role="study")) == 1
 
 
-@pytest.mark.parametrize("where,n", [("before_tell", 2), ("after_state_tag", 4), ("between_flushes", 6),
-                                     ("during_artifact", 3), ("before_close", 2)])
+@pytest.mark.parametrize(
+    "where,n",
+    [("before_tell", 2), ("after_state_tag", 4), ("between_flushes", 6), ("during_artifact", 3), ("before_close", 2)],
+)
 def test_search_killed_then_resumed(tmp_path, monkeypatch, where, n):
     path = search_file(tmp_path, budget=3)
     killed(monkeypatch, where, n, path, tmp_path)
@@ -466,10 +524,18 @@ sys.exit(3)  # not reached when the crash point was hit
 def test_killed_child_process_then_resumed(tmp_path):
     """A real process death (os._exit: no clean-up, no finally, the lock released by the kernel)."""
     path = search_file(tmp_path, budget=3)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(tmp_path), "6"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(tmp_path), "6"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 9, proc.stderr[-3000:]
     s = sweep(path, tmp_path)
     assert s.exit_code == 0
@@ -498,9 +564,23 @@ def test_cli_lock_refusal_exit_2(tmp_path):
     path = study_file(tmp_path)
     holder = Record(f"sqlite:///{tmp_path}/m.db", "g")
     holder.lock()
-    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(path), "--inline", "--tracking-uri",
-                           f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaebench.cli",
+            "sweep",
+            str(path),
+            "--inline",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/m.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     holder.unlock()
     assert proc.returncode == 2, proc.stderr
     assert "another driver" in proc.stderr and f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
@@ -513,9 +593,23 @@ def test_cli_refused_search_leaves_no_folder(tmp_path):
     path = search_file(tmp_path)
     holder = Record(f"sqlite:///{tmp_path}/m.db", "s")
     holder.lock()
-    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(path), "--inline", "--tracking-uri",
-                           f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaebench.cli",
+            "sweep",
+            str(path),
+            "--inline",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/m.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     holder.unlock()
     assert proc.returncode == 2 and "another driver" in proc.stderr, proc.stderr
     assert not (tmp_path / "sweeps").exists()
@@ -534,9 +628,11 @@ def test_artifact_store_failure_ends_cleanly(tmp_path):
                 # the artifact folder becomes a file: every later artifact write fails (as on a full disk)
                 blocked["done"] = True
                 import shutil
+
                 shutil.rmtree(tmp_path / "artifacts" / "g")
                 (tmp_path / "artifacts" / "g").write_text("")
             yield msg
+
     s = sweep(path, tmp_path, executor=InlineExecutor(workers=2, trial=block_artifacts_after_first))
     assert s.exit_code == 1 and s.store_error and f"sqlite:///{tmp_path}/m.db" in s.store_error
     (parent,) = runs(tmp_path, "g", role="study")
@@ -552,7 +648,9 @@ def test_tracking_server_down_fails_within_bounds(tmp_path):
         port = sock.getsockname()[1]  # nothing listens there once closed
     path = study_file(tmp_path)
     t0 = time.monotonic()
-    s = run_sweep(load_study(path), path.read_text(), SweepOptions(tracking_uri=f"http://127.0.0.1:{port}", inline=True))
+    s = run_sweep(
+        load_study(path), path.read_text(), SweepOptions(tracking_uri=f"http://127.0.0.1:{port}", inline=True)
+    )
     assert time.monotonic() - t0 < 60
     assert s.exit_code == 1 and f"http://127.0.0.1:{port}" in s.store_error
 
@@ -586,15 +684,29 @@ def test_duplicate_seeds_are_refused_or_merged(tmp_path, kind):
 
 def cli(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vaebench.cli", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_cli_changed_definition_exit_2(tmp_path):
     path = study_file(tmp_path)
     sweep(path, tmp_path, max_trials=1)
-    proc = cli("sweep", str(path), "--inline", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.epochs=3",
-               cwd=tmp_path)
+    proc = cli(
+        "sweep",
+        str(path),
+        "--inline",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        "--set",
+        "train.epochs=3",
+        cwd=tmp_path,
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
     assert "train.epochs: 2 -> 3" in err and "--fresh" in err and "Traceback" not in err
@@ -612,6 +724,7 @@ def test_cli_interrupt_after_fresh_says_how_to_resume(tmp_path):
             return bool(runs(tmp_path, "g"))
         except Exception:  # no store or experiment yet
             return False
+
     deadline = time.monotonic() + 120
     while not training() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -634,6 +747,7 @@ def test_deleted_database_ends_cleanly(tmp_path):
                 gone["done"] = True
                 (tmp_path / "m.db").unlink()
             yield msg
+
     t0 = time.monotonic()
     s = sweep(path, tmp_path, executor=InlineExecutor(workers=2, trial=delete_store_after_first))
     assert time.monotonic() - t0 < 60
@@ -645,9 +759,14 @@ def test_pruned_points_stop_early_and_are_told_pruned(tmp_path):
     """The median pruner through the whole loop (InlineExecutor, cancel, record, tell): pruned
     points stop before their last epoch, their runs tagged pruned; what Optuna was told at each
     epoch is the run's recorded history."""
-    path = study_file(tmp_path, "p", epochs=8, seeds="[0]",
-                      space="  train.lr: [1.0e-2, 5.0e-3, 1.0e-7]\n  objective.beta: {low: 0.5, high: 2.0}",
-                      search="{kind: random, budget: 8, pruner: median}")
+    path = study_file(
+        tmp_path,
+        "p",
+        epochs=8,
+        seeds="[0]",
+        space="  train.lr: [1.0e-2, 5.0e-3, 1.0e-7]\n  objective.beta: {low: 0.5, high: 2.0}",
+        search="{kind: random, budget: 8, pruner: median}",
+    )
     s = sweep(path, tmp_path)
     assert s.exit_code == 0 and s.counts["pruned"] >= 1
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")

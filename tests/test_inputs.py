@@ -46,8 +46,10 @@ space:
   objective.beta: [0.5, 2.0]
 seeds: [0, 1]
 """
-SEARCH = GOOD.replace("objective.beta: [0.5, 2.0]", "objective.beta: {low: 0.5, high: 2.0}") + \
-    "search: {kind: random, budget: 2}\n"
+SEARCH = (
+    GOOD.replace("objective.beta: [0.5, 2.0]", "objective.beta: {low: 0.5, high: 2.0}")
+    + "search: {kind: random, budget: 2}\n"
+)
 
 
 def alias_bomb(levels: int = 9, width: int = 10, field: str = "search: {kind: *a%d}") -> str:
@@ -138,8 +140,13 @@ def test_alias_bomb_fails_fast_without_printing_the_input(tmp_path, command):
     study = write(tmp_path / "bomb.yaml", alias_bomb())
     assert len(study.read_bytes()) < 700
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", command, str(study)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaebench.cli", command, str(study)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert time.perf_counter() - started < 60
     assert "bomb.yaml" in proc.stderr and "aliases" in proc.stderr
@@ -154,22 +161,36 @@ def test_a_smaller_bomb_in_a_literal_prints_a_bounded_value(tmp_path):
     assert len(msg) < 1500
 
 
-@pytest.mark.parametrize("case,text,fragments", [
-    ("duplicate_section", GOOD + "train: {lr: 0.1}\n", ["duplicate key 'train'", "(line 8)", "first at line 4"]),
-    ("duplicate_nested", GOOD.replace("epochs: 1", "epochs: 1, epochs: 2"), ["duplicate key 'epochs'", "(line 4)"]),
-    ("not_utf8", GOOD.encode() + b"description: caf\xe9\n", ["not UTF-8", "0xe9", "line 8"]),
-    ("oversize", GOOD + "#" * 1_000_001 + "\n", ["bytes", "at most 1,000,000"]),
-    ("recursive", GOOD + "x: &a [*a]\n", ["recursive"]),
-    ("huge_literal", GOOD + "search: {kind: " + "x" * 200_000 + "}\n", ["search.kind", "allowed"]),
-    ("huge_key", GOOD + "y" * 1000 + ": 1\n", ["unknown key", "yyy..."]),
-    ("huge_space_key", GOOD.replace("objective.beta:", "objective." + "b" * 1000 + ":"), ["names no setting"]),
-    ("huge_simple_key", GOOD + "y" * 100_000 + ": 1\n", ["not valid YAML", "..."]),
-    ("duplicate_seeds", GOOD.replace("seeds: [0, 1]", "seeds: [0, 1, 0]"), ["seeds", "(line 7)", "0 repeated", "once"]),
-    ("duplicate_seeds_search", SEARCH.replace("seeds: [0, 1]", "seeds: [3, 3]"), ["seeds", "3 repeated"]),
-    ("duplicate_levels", GOOD.replace("[0.5, 2.0]", "[2, 0.5, 2.0]"), ["space.objective.beta", "2 and 2.0", "same"]),
-    ("duplicate_anneal", GOOD.replace("objective.beta: [0.5, 2.0]", "objective.anneal: [none, {kind: none}]"),
-     ["space.objective.anneal", "same setting"]),
-])
+@pytest.mark.parametrize(
+    "case,text,fragments",
+    [
+        ("duplicate_section", GOOD + "train: {lr: 0.1}\n", ["duplicate key 'train'", "(line 8)", "first at line 4"]),
+        ("duplicate_nested", GOOD.replace("epochs: 1", "epochs: 1, epochs: 2"), ["duplicate key 'epochs'", "(line 4)"]),
+        ("not_utf8", GOOD.encode() + b"description: caf\xe9\n", ["not UTF-8", "0xe9", "line 8"]),
+        ("oversize", GOOD + "#" * 1_000_001 + "\n", ["bytes", "at most 1,000,000"]),
+        ("recursive", GOOD + "x: &a [*a]\n", ["recursive"]),
+        ("huge_literal", GOOD + "search: {kind: " + "x" * 200_000 + "}\n", ["search.kind", "allowed"]),
+        ("huge_key", GOOD + "y" * 1000 + ": 1\n", ["unknown key", "yyy..."]),
+        ("huge_space_key", GOOD.replace("objective.beta:", "objective." + "b" * 1000 + ":"), ["names no setting"]),
+        ("huge_simple_key", GOOD + "y" * 100_000 + ": 1\n", ["not valid YAML", "..."]),
+        (
+            "duplicate_seeds",
+            GOOD.replace("seeds: [0, 1]", "seeds: [0, 1, 0]"),
+            ["seeds", "(line 7)", "0 repeated", "once"],
+        ),
+        ("duplicate_seeds_search", SEARCH.replace("seeds: [0, 1]", "seeds: [3, 3]"), ["seeds", "3 repeated"]),
+        (
+            "duplicate_levels",
+            GOOD.replace("[0.5, 2.0]", "[2, 0.5, 2.0]"),
+            ["space.objective.beta", "2 and 2.0", "same"],
+        ),
+        (
+            "duplicate_anneal",
+            GOOD.replace("objective.beta: [0.5, 2.0]", "objective.anneal: [none, {kind: none}]"),
+            ["space.objective.anneal", "same setting"],
+        ),
+    ],
+)
 @pytest.mark.parametrize("command", ["validate", "sweep"])
 def test_bad_study_file(project, command, case, text, fragments):
     study = write(project / f"{case}.yaml", text)
@@ -177,17 +198,20 @@ def test_bad_study_file(project, command, case, text, fragments):
     assert len(msg) < 2000  # never the unbounded input
 
 
-@pytest.mark.parametrize("setting,fragments", [
-    ("train.epochs=[", ["--set 'train.epochs=['", "not valid YAML"]),
-    ("train.epochs={a: [}", ["not valid YAML"]),
-    ("train.epochs", ["expected dotted.path=value"]),
-    ("=3", ["expected dotted.path=value"]),
-    ("model.hidden.x=1", ["'model.hidden.x' does not name a setting"]),
-    ("seeds=[0, 0]", ["seeds", "0 repeated"]),
-    ("space.objective.beta=[1, 1.0]", ["space.objective.beta", "same setting"]),
-    ("train.epochs=" + "9" * 200_001, ["longer than 100,000 bytes"]),
-    ("a=" + "&x [" * 3 + "]" * 3, ["not valid YAML"]),
-])
+@pytest.mark.parametrize(
+    "setting,fragments",
+    [
+        ("train.epochs=[", ["--set 'train.epochs=['", "not valid YAML"]),
+        ("train.epochs={a: [}", ["not valid YAML"]),
+        ("train.epochs", ["expected dotted.path=value"]),
+        ("=3", ["expected dotted.path=value"]),
+        ("model.hidden.x=1", ["'model.hidden.x' does not name a setting"]),
+        ("seeds=[0, 0]", ["seeds", "0 repeated"]),
+        ("space.objective.beta=[1, 1.0]", ["space.objective.beta", "same setting"]),
+        ("train.epochs=" + "9" * 200_001, ["longer than 100,000 bytes"]),
+        ("a=" + "&x [" * 3 + "]" * 3, ["not valid YAML"]),
+    ],
+)
 @pytest.mark.parametrize("command", ["validate", "sweep"])
 def test_bad_set_values(project, command, setting, fragments):
     study = write(project / "s.yaml", GOOD)
@@ -203,26 +227,35 @@ def test_set_a_space_factor(tmp_path):
 
 # ----------------------------------------------------------------------------- counting, lazily
 
-BIG = GOOD.replace("  objective.beta: [0.5, 2.0]\n", "".join(
-    f"  {k}: [{', '.join(str(v) for v in vals)}]\n" for k, vals in {
-        "objective.beta": [0.5 * i for i in range(1, 11)],
-        "objective.free_bits": [0.1 * i for i in range(10)],
-        "train.lr": [0.001 * i for i in range(1, 11)],
-        "train.epochs": list(range(1, 11)),
-        "train.batch_size": list(range(1, 11)),
-        "model.latent_dim": list(range(1, 11)),
-        "train.weight_decay": [0.1 * i for i in range(10)],
-        "metrics.iw_samples": list(range(1, 11)),
-        "metrics.active_threshold": [0.01 * i for i in range(1, 11)],
-    }.items()))  # 10^9 points x 2 seeds
+BIG = GOOD.replace(
+    "  objective.beta: [0.5, 2.0]\n",
+    "".join(
+        f"  {k}: [{', '.join(str(v) for v in vals)}]\n"
+        for k, vals in {
+            "objective.beta": [0.5 * i for i in range(1, 11)],
+            "objective.free_bits": [0.1 * i for i in range(10)],
+            "train.lr": [0.001 * i for i in range(1, 11)],
+            "train.epochs": list(range(1, 11)),
+            "train.batch_size": list(range(1, 11)),
+            "model.latent_dim": list(range(1, 11)),
+            "train.weight_decay": [0.1 * i for i in range(10)],
+            "metrics.iw_samples": list(range(1, 11)),
+            "metrics.active_threshold": [0.01 * i for i in range(1, 11)],
+        }.items()
+    ),
+)  # 10^9 points x 2 seeds
 
 
 @pytest.mark.parametrize("command", ["validate", "sweep"])
 def test_a_grid_above_the_limit_is_refused_by_arithmetic(project, command):
     study = write(project / "big.yaml", BIG)
     started = time.perf_counter()
-    refused(project.parent.parent, command, str(study),
-            fragments=("big.yaml", "2,000,000,000 trials", "10 objective.beta x", "2 seeds", "trial_limit (100,000)"))
+    refused(
+        project.parent.parent,
+        command,
+        str(study),
+        fragments=("big.yaml", "2,000,000,000 trials", "10 objective.beta x", "2 seeds", "trial_limit (100,000)"),
+    )
     assert time.perf_counter() - started < 20  # building 2e9 configs would take hours and terabytes
 
 
@@ -234,9 +267,13 @@ def test_search_budget_counts_against_the_limit(project):
 def test_validate_counts_a_raised_limit_without_building_trials(tmp_path):
     study = write(tmp_path / "big.yaml", BIG)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "validate", str(study),
-                           "--set", "trial_limit=10000000000"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaebench.cli", "validate", str(study), "--set", "trial_limit=10000000000"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1,000,000,000 points x 2 seeds = 2,000,000,000 trials" in " ".join(proc.stdout.split())
     assert time.perf_counter() - started < 60
@@ -276,13 +313,19 @@ def data_files(project) -> dict[str, Path]:
     return {p.name: p for p in d.iterdir()}
 
 
-@pytest.mark.parametrize("case,data,fragments", [
-    ("corrupt_gzip", "{kind: idx, train_images: DATA/corrupt.gz}", ["data.train_images", "corrupt.gz", "gzip"]),
-    ("wrong_shape", "{kind: npz, path: DATA/flat.npz}", ["data.path", "flat.npz", "shape (10,)"]),
-    ("object_array", "{kind: npz, path: DATA/objects.npz}", ["data.path", "objects.npz", "allow_pickle"]),
-    ("val_shape", "{kind: idx, train_images: DATA/good-idx.gz, val_images: DATA/other-idx}",
-     ["data.train_images / data.val_images", "other-idx", "differs from the training shape"]),
-])
+@pytest.mark.parametrize(
+    "case,data,fragments",
+    [
+        ("corrupt_gzip", "{kind: idx, train_images: DATA/corrupt.gz}", ["data.train_images", "corrupt.gz", "gzip"]),
+        ("wrong_shape", "{kind: npz, path: DATA/flat.npz}", ["data.path", "flat.npz", "shape (10,)"]),
+        ("object_array", "{kind: npz, path: DATA/objects.npz}", ["data.path", "objects.npz", "allow_pickle"]),
+        (
+            "val_shape",
+            "{kind: idx, train_images: DATA/good-idx.gz, val_images: DATA/other-idx}",
+            ["data.train_images / data.val_images", "other-idx", "differs from the training shape"],
+        ),
+    ],
+)
 @pytest.mark.parametrize("command", ["validate", "sweep"])
 def test_unreadable_data_fails_before_any_trial(project, data_files, command, case, data, fragments):
     text = GAUSS.replace("{kind: digits}", data.replace("DATA", str(project.parent / "data")))
@@ -293,7 +336,8 @@ def test_unreadable_data_fails_before_any_trial(project, data_files, command, ca
 def test_a_bad_file_among_space_levels(project, data_files):
     d = project.parent / "data"
     text = GAUSS.replace("{kind: digits}", f"{{kind: npz, path: {d}/good.npz}}").replace(
-        "objective.beta: [0.5, 2.0]", f"data.path: [{d}/good.npz, {d}/flat.npz]")
+        "objective.beta: [0.5, 2.0]", f"data.path: [{d}/good.npz, {d}/flat.npz]"
+    )
     study = write(project / "levels.yaml", text)
     refused(project.parent.parent, "validate", str(study), fragments=("space.data.path", "flat.npz", "(line 6)"))
 
@@ -308,8 +352,12 @@ def test_readable_data_passes(project, data_files):
 @pytest.mark.parametrize("command", ["validate", "sweep"])
 def test_cuda_without_gpus_per_trial(project, command):
     study = write(project / "cuda.yaml", GOOD.replace("epochs: 1", "epochs: 1, device: cuda"))
-    refused(project.parent.parent, command, str(study),
-            fragments=("cuda.yaml", "train.device is cuda", "gpus_per_trial is 0"))
+    refused(
+        project.parent.parent,
+        command,
+        str(study),
+        fragments=("cuda.yaml", "train.device is cuda", "gpus_per_trial is 0"),
+    )
 
 
 @pytest.mark.parametrize("command", ["validate", "sweep"])
@@ -334,14 +382,17 @@ def test_cuda_as_a_level_is_checked():
 # ----------------------------------------------------------------------------- command-line values
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--tracking-uri", "foo://x"], ["--tracking-uri 'foo://x'", "allowed", "sqlite:///PATH.db", "http(s)://"]),
-    (["--tracking-uri", "some/folder"], ["--tracking-uri 'some/folder'", "a PATH ending in .db"]),
-    (["--tracking-uri", "sqlite://"], ["allowed"]),
-    (["--storage", "foo://x"], ["--storage 'foo://x'", "sqlite:///PATH.db", "postgresql://"]),
-    (["--address", "nope"], ["--address 'nope'", "HOST:PORT"]),
-    (["--address", "127.0.0.1:99999"], ["HOST:PORT"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--tracking-uri", "foo://x"], ["--tracking-uri 'foo://x'", "allowed", "sqlite:///PATH.db", "http(s)://"]),
+        (["--tracking-uri", "some/folder"], ["--tracking-uri 'some/folder'", "a PATH ending in .db"]),
+        (["--tracking-uri", "sqlite://"], ["allowed"]),
+        (["--storage", "foo://x"], ["--storage 'foo://x'", "sqlite:///PATH.db", "postgresql://"]),
+        (["--address", "nope"], ["--address 'nope'", "HOST:PORT"]),
+        (["--address", "127.0.0.1:99999"], ["HOST:PORT"]),
+    ],
+)
 @pytest.mark.parametrize("kind", ["grid", "search"])
 def test_bad_option_values(project, args, fragments, kind):
     study = write(project / "s.yaml", GOOD if kind == "grid" else SEARCH)
@@ -382,12 +433,21 @@ def test_a_file_where_sweeps_should_be(project):
 def test_a_store_path_that_is_a_folder(project, tmp_path):
     (tmp_path / "m.db").mkdir()
     study = write(project / "s.yaml", GOOD)
-    refused(project.parent.parent, "sweep", str(study), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-            fragments=("is not a file",))
+    refused(
+        project.parent.parent,
+        "sweep",
+        str(study),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        fragments=("is not a file",),
+    )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits: a read-only folder is "
-                                                 "writable for root, so there is nothing to refuse")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes through permission bits: a read-only folder is "
+    "writable for root, so there is nothing to refuse",
+)
 def test_a_read_only_sweeps_folder(project):
     (project.parent / "sweeps").mkdir(mode=0o555)
     study = write(project / "s.yaml", GOOD)
@@ -419,8 +479,14 @@ def _free_port() -> int:
 def test_an_unreachable_address_fails_in_seconds(project):
     study = write(project / "s.yaml", GOOD)
     started = time.perf_counter()
-    refused(project.parent.parent, "sweep", str(study), "--address", f"127.0.0.1:{_free_port()}",
-            fragments=("cannot reach a Ray cluster", "ray start --head"))
+    refused(
+        project.parent.parent,
+        "sweep",
+        str(study),
+        "--address",
+        f"127.0.0.1:{_free_port()}",
+        fragments=("cannot reach a Ray cluster", "ray start --head"),
+    )
     assert time.perf_counter() - started < 15
 
 
@@ -449,8 +515,14 @@ def test_a_tracking_server_that_does_not_answer(project, command):
     write(project / "s.yaml", GOOD)
     url = f"http://127.0.0.1:{_free_port()}"
     started = time.perf_counter()
-    refused(project.parent.parent, command, str(project / "s.yaml"), "--tracking-uri", url,
-            fragments=(f"tracking server {url}", "nothing answers"))
+    refused(
+        project.parent.parent,
+        command,
+        str(project / "s.yaml"),
+        "--tracking-uri",
+        url,
+        fragments=(f"tracking server {url}", "nothing answers"),
+    )
     assert time.perf_counter() - started < 15  # MLflow's own client retries for minutes
 
 
@@ -534,8 +606,13 @@ def test_report_of_a_store_name_that_would_escape(tmp_path, monkeypatch):
 
 
 def test_help_is_one_clean_line():
-    proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "--help"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "COLUMNS": "100"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaebench.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "100"},
+    )
     assert proc.returncode == 0
     assert "Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports." in proc.stdout
     for outside in (".md", "DESIGN", "REFERENCE", "/work", "shared"):
@@ -565,15 +642,23 @@ def test_a_sweep_from_another_folder_resumes_the_same_store(tmp_path):
     and then from another folder: one store beside the project, the second run reruns nothing."""
     proj = tmp_path / "proj"
     (proj / "studies").mkdir(parents=True)
-    study = write(proj / "studies" / "here.yaml", GOOD.replace("name: tiny", "name: here")
-                  .replace("[0.5, 2.0]", "[1.0]").replace("seeds: [0, 1]", "seeds: [0]"))
+    study = write(
+        proj / "studies" / "here.yaml",
+        GOOD.replace("name: tiny", "name: here").replace("[0.5, 2.0]", "[1.0]").replace("seeds: [0, 1]", "seeds: [0]"),
+    )
     (tmp_path / "other").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     store = proj / "sweeps" / "mlflow.db"
     outputs = []
     for cwd in (proj, tmp_path / "other"):
-        proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(study)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vaebench.cli", "sweep", str(study)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
         assert f"store: sqlite:///{store}" in proc.stderr
         outputs.append(" ".join(proc.stderr.split()))

@@ -41,13 +41,15 @@ def test_closed_form_matches_worked_example():
 
 
 def linear_config(beta: float) -> TrialConfig:
-    return TrialConfig.model_validate({
-        "data": {"kind": "ppca", "eigenvalues": EIGEN, "n_samples": 5000},
-        "model": {"kind": "linear", "latent_dim": 4, "likelihood": "gaussian", "sigma": math.sqrt(SIGMA2)},
-        "objective": {"beta": beta},
-        "train": {"epochs": 300, "batch_size": 500, "lr": 0.01, "device": "cpu"},
-        "metrics": {"every": 20, "iw_samples": 64, "iw_examples": None},  # every 20: the convergence window
-    })
+    return TrialConfig.model_validate(
+        {
+            "data": {"kind": "ppca", "eigenvalues": EIGEN, "n_samples": 5000},
+            "model": {"kind": "linear", "latent_dim": 4, "likelihood": "gaussian", "sigma": math.sqrt(SIGMA2)},
+            "objective": {"beta": beta},
+            "train": {"epochs": 300, "batch_size": 500, "lr": 0.01, "device": "cpu"},
+            "metrics": {"every": 20, "iw_samples": 64, "iw_examples": None},  # every 20: the convergence window
+        }
+    )
 
 
 @functools.cache

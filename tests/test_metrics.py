@@ -25,7 +25,8 @@ def test_kl_per_dim_metric_matches_torch_distributions():
     metrics = evaluate(model, x, MetricsConfig(), torch.Generator().manual_seed(0))
     mu, logvar = model.encode(x)
     ref = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), torch.distributions.Normal(0.0, 1.0)).mean(0)
+        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), torch.distributions.Normal(0.0, 1.0)
+    ).mean(0)
     for j in range(2):
         assert metrics[f"kl_dim/{j:02d}"] == pytest.approx(ref[j].item(), rel=1e-5)
     assert metrics["kl"] == pytest.approx(ref.sum().item(), rel=1e-5)
@@ -68,8 +69,12 @@ def test_collapse_epsilon_delta():
     m = collapse(None, enc, MetricsConfig(collapse_delta=0.05), None)
     assert m["collapsed_dims"] == 2.0
     kl[:, 2] = 0.0
-    assert collapse(None, Encoded(enc.x, enc.mu, enc.logvar, kl), MetricsConfig(collapse_delta=0.05), None)[
-        "posterior_collapse"] == 1.0
+    assert (
+        collapse(None, Encoded(enc.x, enc.mu, enc.logvar, kl), MetricsConfig(collapse_delta=0.05), None)[
+            "posterior_collapse"
+        ]
+        == 1.0
+    )
 
 
 def test_mutual_information_matches_closed_form():
@@ -112,9 +117,16 @@ def test_iw_nll_k1_equals_minus_elbo_and_tightens():
     # more samples: a tighter (lower) bound, and every bound above the exact NLL of this linear Gaussian model
     W = model.decoder.weight.detach().double()
     C = W @ W.T + 0.49 * torch.eye(2, dtype=torch.float64)
-    exact = -torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), C).log_prob(x.double()).mean().item()
-    bounds = [iw_nll(model, enc, MetricsConfig(iw_samples=k, iw_examples=None), torch.Generator().manual_seed(1))["iw_nll"]
-              for k in (1, 10, 100, 1000)]
+    exact = (
+        -torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), C)
+        .log_prob(x.double())
+        .mean()
+        .item()
+    )
+    bounds = [
+        iw_nll(model, enc, MetricsConfig(iw_samples=k, iw_examples=None), torch.Generator().manual_seed(1))["iw_nll"]
+        for k in (1, 10, 100, 1000)
+    ]
     assert all(b1 > b2 for b1, b2 in zip(bounds, bounds[1:])), bounds
     assert bounds[-1] > exact - 0.01
     assert bounds[-1] - exact < 0.1 * (bounds[0] - exact)  # K=1000 closes most of the gap

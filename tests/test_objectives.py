@@ -61,7 +61,8 @@ def test_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
     mu, logvar = torch.randn(64, 7, generator=g), torch.randn(64, 7, generator=g)
     ref = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), torch.distributions.Normal(0.0, 1.0))
+        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), torch.distributions.Normal(0.0, 1.0)
+    )
     torch.testing.assert_close(kl_per_dim(mu, logvar), ref)
 
 

@@ -41,17 +41,24 @@ MODEL = {
 MEMBERS = [
     {"seed": 0},
     {"seed": 1, "objective": {"beta": 4.0, "anneal": {"kind": "linear", "start": 0.3}, "free_bits": 0.1}},
-    {"seed": 2, "objective": {"beta": 2.0, "anneal": "sigmoid", "free_bits": 0.5, "free_bits_mode": "total"},
-     "train": {"lr": 1e-2, "grad_clip": 0.5}},
+    {
+        "seed": 2,
+        "objective": {"beta": 2.0, "anneal": "sigmoid", "free_bits": 0.5, "free_bits_mode": "total"},
+        "train": {"lr": 1e-2, "grad_clip": 0.5},
+    },
     {"seed": 3, "objective": {"anneal": {"kind": "capacity", "c_max": 5.0, "gamma": 10.0}}, "train": {"lr": 3e-3}},
     {"seed": 4, "objective": {"beta": 0.5, "anneal": {"kind": "cyclical", "cycles": 2, "ratio": 0.5}}},
 ]
 
 
 def config(kind: str, seed: int = 0, epochs: int = 2, **over) -> dict:
-    d = {"data": dict(DATA[kind]), "model": dict(MODEL[kind]), "seed": seed,
-         "train": {"epochs": epochs, "batch_size": 64, "lr": 2e-3, "device": "cpu"},
-         "metrics": {"iw_samples": 4, "iw_examples": 100}}
+    d = {
+        "data": dict(DATA[kind]),
+        "model": dict(MODEL[kind]),
+        "seed": seed,
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 2e-3, "device": "cpu"},
+        "metrics": {"iw_samples": 4, "iw_examples": 100},
+    }
     for k, v in over.items():
         d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
     return TrialConfig.model_validate(d).model_dump(mode="json")
@@ -93,7 +100,7 @@ def test_members_start_and_take_their_first_step_as_alone(kind):
     assert [m["member"] for m in starts] == list(range(len(configs)))
     perms = torch.stack([torch.randperm(pt.n, generator=m.order) for m in pt.live])
     w, c = pt.objective.tables(0, 1)
-    loss = pt.losses(perms[:, :pt.bs], w[0], c[0])[0]
+    loss = pt.losses(perms[:, : pt.bs], w[0], c[0])[0]
     loss.sum().backward()
     for k, cfg in enumerate(configs):
         init, idx, noise, solo_loss, solo_grads = solo_first_step(cfg)
@@ -101,15 +108,17 @@ def test_members_start_and_take_their_first_step_as_alone(kind):
         assert state.keys() == init.keys()
         for name in init:
             assert torch.equal(state[name], init[name]), f"{kind} member {k}: initial {name} differs"  # bit for bit
-        assert torch.equal(perms[k, :pt.bs], idx)  # the same first minibatch
+        assert torch.equal(perms[k, : pt.bs], idx)  # the same first minibatch
         assert torch.equal(pt.live[k].noise.get_state(), noise.get_state())  # the same noise drawn so far
         assert rel(loss[k].detach(), solo_loss) <= 1e-5
         for name in init:
             assert rel(grads[name], solo_grads[name]) <= 1e-5, f"{kind} member {k}: gradient of {name}"
 
 
-@pytest.mark.parametrize("kind,likelihood", [("mlp", "bernoulli"), ("linear", "gaussian"), ("conv", "bernoulli"),
-                                             ("mlp", "gaussian_learned")])
+@pytest.mark.parametrize(
+    "kind,likelihood",
+    [("mlp", "bernoulli"), ("linear", "gaussian"), ("conv", "bernoulli"), ("mlp", "gaussian_learned")],
+)
 def test_batched_evaluation_gives_each_member_its_solo_metrics(kind, likelihood):
     """Every validation metric of a member, evaluated with its pack mates in one batched pass,
     equals vaebench.metrics.evaluate on the member alone (same generator seed) within 1e-5
@@ -119,9 +128,16 @@ def test_batched_evaluation_gives_each_member_its_solo_metrics(kind, likelihood)
     from vaebench.pack import SharedInput
 
     binarize = {"binarize": likelihood == "bernoulli"} if kind != "linear" else {}
-    configs = [config(kind, seed=s, model={"likelihood": likelihood}, data=binarize,
-                      metrics={"iw_samples": 8, "iw_examples": 300, "mi_batch_size": 64, "eval_batch_size": 100})
-               for s in range(4)]
+    configs = [
+        config(
+            kind,
+            seed=s,
+            model={"likelihood": likelihood},
+            data=binarize,
+            metrics={"iw_samples": 8, "iw_examples": 300, "mi_batch_size": 64, "eval_batch_size": 100},
+        )
+        for s in range(4)
+    ]
     pt = PackTrainer(configs, threads=1)
     pt._start()
     with torch.no_grad():  # one epoch's worth of drift, so members differ beyond their inits
@@ -169,8 +185,9 @@ def test_optimizer_step_matches_torch_optim_per_member(kind):
     solos = []
     for k in range(3):
         mod = torch.nn.ParameterList(torch.nn.Parameter(p[k].detach().clone()) for p in stacked)
-        cfg = TrialConfig.model_validate({"train": {"optimizer": kind, "lr": lrs[k], "weight_decay": wds[k],
-                                                    "grad_clip": clips[k]}})
+        cfg = TrialConfig.model_validate(
+            {"train": {"optimizer": kind, "lr": lrs[k], "weight_decay": wds[k], "grad_clip": clips[k]}}
+        )
         solos.append((mod, make_optimizer(cfg, mod), clips[k]))
     packed = PackedOptimizer(stacked, kind, lrs, wds, clips)
     for _ in range(6):
@@ -202,14 +219,20 @@ def run_pack(configs: list[dict], stop_after: dict[int, list[int]] | None = None
 
 
 def metrics_of(msgs: list[dict], member: int) -> list[dict]:
-    return [{k: v for k, v in m["metrics"].items() if k != "train/epoch_seconds"}
-            for m in msgs if m["kind"] == "epoch" and m["member"] == member]
+    return [
+        {k: v for k, v in m["metrics"].items() if k != "train/epoch_seconds"}
+        for m in msgs
+        if m["kind"] == "epoch" and m["member"] == member
+    ]
 
 
 def test_a_diverging_member_ends_alone_and_leaves_the_others_as_without_it():
     # SGD at lr 1e4 on a Gaussian likelihood with sigma 0.05 overflows in the first epoch (as in test_train)
-    base = {"data": {"kind": "digits"}, "model": {"likelihood": "gaussian", "sigma": 0.05},
-            "train": {"optimizer": "sgd", "lr": 1e-3}}
+    base = {
+        "data": {"kind": "digits"},
+        "model": {"likelihood": "gaussian", "sigma": 0.05},
+        "train": {"optimizer": "sgd", "lr": 1e-3},
+    }
     a = config("mlp", seed=0, epochs=3, **base)
     bad = config("mlp", seed=1, epochs=3, **{**base, "train": {"optimizer": "sgd", "lr": 1e4}})
     c = config("mlp", seed=2, epochs=3, **{**base, "objective": {"beta": 2.0}})
@@ -241,7 +264,12 @@ def test_a_forced_nan_diverges_only_its_member():
     while not pt.done:
         msgs += pt.step()
     assert {m["member"]: m["state"] for m in msgs if m["kind"] == "end"} == {
-        0: "completed", 1: "completed", 2: "diverged", 3: "completed", 4: "completed"}
+        0: "completed",
+        1: "completed",
+        2: "diverged",
+        3: "completed",
+        4: "completed",
+    }
     for member_with, member_without in ((0, 0), (1, 1), (3, 2), (4, 3)):  # exactly equal, bit for bit
         assert metrics_of(msgs, member_with) == metrics_of(without, member_without)
 
@@ -261,8 +289,11 @@ def test_stop_masks_a_member_and_messages_match_run_trials():
         assert set(p) == set(s) | {"member"}
         if s["kind"] == "epoch":
             assert set(p["metrics"]) == set(s["metrics"])
-    assert set(packed[-1]["artifacts"]) == set(solo[-1]["artifacts"]) == {"checkpoint.pt", "reconstructions.png",
-                                                                          "traversals.png"}
+    assert (
+        set(packed[-1]["artifacts"])
+        == set(solo[-1]["artifacts"])
+        == {"checkpoint.pt", "reconstructions.png", "traversals.png"}
+    )
     # the checkpoint is the solo layout: it loads strictly into the solo model
     state = torch.load(io.BytesIO(packed[-1]["artifacts"]["checkpoint.pt"]))
     cfg = TrialConfig.model_validate(configs[2])
@@ -299,14 +330,17 @@ def test_unsupported_settings_are_named_and_not_packed():
     assert unsupported(future) == ["objective.kind='tcvae'"] and pack_key(future) is None
     # beta-TCVAE and the ground-truth-factor metrics are not computed in packs: those trials run solo
     assert pack_key(config("mlp", objective={"kind": "beta_tcvae"})) is None
-    dsprites = TrialConfig.model_validate({"data": {"kind": "dsprites", "n_samples": 100},
-                                           "metrics": {"disentanglement": ["mig"]}}).model_dump(mode="json")
+    dsprites = TrialConfig.model_validate(
+        {"data": {"kind": "dsprites", "n_samples": 100}, "metrics": {"disentanglement": ["mig"]}}
+    ).model_dump(mode="json")
     assert unsupported(dsprites) == ["metrics.disentanglement=['mig']"]
 
 
 def test_pack_module_imports_no_ray_mlflow_or_optuna():
-    code = ("import sys, vaebench.pack; bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+    code = (
+        "import sys, vaebench.pack; bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 

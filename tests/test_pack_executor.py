@@ -21,10 +21,15 @@ pytestmark = pytest.mark.integration
 
 
 def config(seed: int, epochs: int = 3, **train) -> dict:
-    return TrialConfig.model_validate({
-        "data": {"kind": "digits"}, "model": {"latent_dim": 2, "hidden": [16], "likelihood": "gaussian", "sigma": 0.3},
-        "train": {"epochs": epochs, "batch_size": 128, "optimizer": "sgd", "lr": 1e-3, **train},
-        "metrics": {"iw_samples": 4}, "seed": seed}).model_dump(mode="json")
+    return TrialConfig.model_validate(
+        {
+            "data": {"kind": "digits"},
+            "model": {"latent_dim": 2, "hidden": [16], "likelihood": "gaussian", "sigma": 0.3},
+            "train": {"epochs": epochs, "batch_size": 128, "optimizer": "sgd", "lr": 1e-3, **train},
+            "metrics": {"iw_samples": 4},
+            "seed": seed,
+        }
+    ).model_dump(mode="json")
 
 
 def drain(ex: PackedExecutor, until, timeout: float = 240) -> list:
@@ -90,8 +95,9 @@ def test_packed_sweep_records_each_member_as_its_own_run(tmp_path, monkeypatch):
     summary = run_sweep(study, STUDY, SweepOptions(uri, workers=2))
     assert summary.exit_code == 0
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["packed"], output_format="list",
-                              filter_string="tags.`vaebench.role` = 'trial'")
+    runs = mlflow.search_runs(
+        experiment_names=["packed"], output_format="list", filter_string="tags.`vaebench.role` = 'trial'"
+    )
     specs = {s.config_hash: s for s in expand(study)}
     assert len(runs) == 8 and {r.data.tags["vaebench.config_hash"] for r in runs} == set(specs)
     for r in runs:
@@ -125,22 +131,42 @@ def test_sigkill_of_the_driver_mid_pack_then_resume(ray_cluster, tmp_path, monke
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     study = tmp_path / "midpack.yaml"
-    study.write_text(STUDY.replace("name: packed", "name: midpack").replace("epochs: 3", "epochs: 40")
-                     .replace("train.lr: [1.0e-3, 1.0e+4]     # 1e4: the loss becomes NaN -> diverged; its pack mates go on",
-                              "train.lr: [1.0e-3, 2.0e-3]"))
+    study.write_text(
+        STUDY.replace("name: packed", "name: midpack")
+        .replace("epochs: 3", "epochs: 40")
+        .replace(
+            "train.lr: [1.0e-3, 1.0e+4]     # 1e4: the loss becomes NaN -> diverged; its pack mates go on",
+            "train.lr: [1.0e-3, 2.0e-3]",
+        )
+    )
     uri = f"sqlite:///{tmp_path}/m.db"
-    args = [sys.executable, "-m", "vaebench.cli", "sweep", str(study), "--address", ray_cluster.address,
-            "--tracking-uri", uri]
+    args = [
+        sys.executable,
+        "-m",
+        "vaebench.cli",
+        "sweep",
+        str(study),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        uri,
+    ]
     # metrics flushed every epoch, so that the kill lands early in the packs (epoch 2 of 40), never
     # between the ends of one pack's members (a member left alone would rerun solo, untagged)
-    proc = subprocess.Popen(args, env={**ray_cluster.env, "VAEBENCH_FLUSH_SECONDS": "0"}, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        env={**ray_cluster.env, "VAEBENCH_FLUSH_SECONDS": "0"},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
 
     def trials():
-        return mlflow.search_runs(experiment_names=["midpack"], output_format="list",
-                                  filter_string="tags.`vaebench.role` = 'trial'")
+        return mlflow.search_runs(
+            experiment_names=["midpack"], output_format="list", filter_string="tags.`vaebench.role` = 'trial'"
+        )
 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -153,8 +179,9 @@ def test_sigkill_of_the_driver_mid_pack_then_resume(ray_cluster, tmp_path, monke
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait()
     assert any(r.info.status == "RUNNING" for r in trials())  # packs in flight, left behind by the dead driver
-    again = subprocess.run(args, env=ray_cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=400,
-                           check=False)
+    again = subprocess.run(
+        args, env=ray_cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=400, check=False
+    )
     assert again.returncode == 0, again.stderr
     final = trials()
     hashes = [r.data.tags["vaebench.config_hash"] for r in final]

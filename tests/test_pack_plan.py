@@ -79,7 +79,9 @@ def test_bad_pack_value_exits_2_and_writes_nothing(tmp_path, monkeypatch, value,
     monkeypatch.chdir(tmp_path)
     study = tmp_path / "tiny.yaml"
     study.write_text(GOOD + f"resources: {{pack: {value}}}\n")
-    args = [command, str(study)] + (["--tracking-uri", f"sqlite:///{tmp_path}/store/mlflow.db"] if command == "sweep" else [])
+    args = [command, str(study)] + (
+        ["--tracking-uri", f"sqlite:///{tmp_path}/store/mlflow.db"] if command == "sweep" else []
+    )
     result = CliRunner().invoke(app, args)
     message = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
@@ -93,7 +95,8 @@ def test_bad_pack_option_exits_2_and_writes_nothing(tmp_path, monkeypatch, comma
     study = tmp_path / "tiny.yaml"
     study.write_text(GOOD)
     args = [command, str(study), "--pack", "many"] + (
-        ["--tracking-uri", f"sqlite:///{tmp_path}/store/mlflow.db"] if command == "sweep" else [])
+        ["--tracking-uri", f"sqlite:///{tmp_path}/store/mlflow.db"] if command == "sweep" else []
+    )
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "--pack 'many'" in " ".join(result.output.split())
@@ -111,7 +114,16 @@ def test_validate_prints_the_packing(tmp_path):
 
 
 def test_auto_keeps_conv_solo_on_cpu_but_n_packs_it():
-    conv = [TrialConfig.model_validate({"data": {"kind": "dsprites", "n_samples": 100}, "model": {"kind": "conv"},
-                                        "seed": s, "train": {"device": "cpu"}}) for s in range(4)]
+    conv = [
+        TrialConfig.model_validate(
+            {
+                "data": {"kind": "dsprites", "n_samples": 100},
+                "model": {"kind": "conv"},
+                "seed": s,
+                "train": {"device": "cpu"},
+            }
+        )
+        for s in range(4)
+    ]
     assert plan_packs(conv, "auto", slots=1) == [[0], [1], [2], [3]]  # grouped convolutions are slower on a CPU
     assert plan_packs(conv, 2, slots=1) == [[0, 1], [2, 3]]

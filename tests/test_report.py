@@ -39,17 +39,24 @@ from vaebench.results import (  # noqa: E402
 )
 
 TINY = {
-    "name": "tiny", "description": "A tiny real study: beta x free bits on digits.",
-    "data": {"kind": "digits"}, "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
-    "train": {"epochs": 2, "batch_size": 256}, "metrics": {"iw_samples": 4},
-    "space": {"objective.beta": [0.5, 2.0], "objective.free_bits": [0.0, 0.5]}, "seeds": [0, 1],
+    "name": "tiny",
+    "description": "A tiny real study: beta x free bits on digits.",
+    "data": {"kind": "digits"},
+    "model": {"kind": "mlp", "latent_dim": 4, "hidden": [32]},
+    "train": {"epochs": 2, "batch_size": 256},
+    "metrics": {"iw_samples": 4},
+    "space": {"objective.beta": [0.5, 2.0], "objective.free_bits": [0.0, 0.5]},
+    "seeds": [0, 1],
 }
 GAUSSIAN_MLP = {"kind": "mlp", "latent_dim": 4, "hidden": [32], "likelihood": "gaussian"}
 BROKEN = {
-    "name": "broken", "description": "Trials that fail (conv on 8x8) and diverge (SGD at lr 1e4).",
-    "data": {"kind": "digits"}, "model": GAUSSIAN_MLP, "metrics": {"iw_samples": 4},
+    "name": "broken",
+    "description": "Trials that fail (conv on 8x8) and diverge (SGD at lr 1e4).",
+    "data": {"kind": "digits"},
+    "model": GAUSSIAN_MLP,
+    "metrics": {"iw_samples": 4},
     "train": {"epochs": 2, "batch_size": 256, "optimizer": "sgd"},
-    "space": {"model": [GAUSSIAN_MLP, {"kind": "conv", "latent_dim": 4}], "train.lr": [1.0e-3, 1.0e+4]},
+    "space": {"model": [GAUSSIAN_MLP, {"kind": "conv", "latent_dim": 4}], "train.lr": [1.0e-3, 1.0e4]},
     "seeds": [0],
 }
 FIGURES = ["rate_distortion", "active_units", "kl_per_dim", "collapse_map", "training_curves"]
@@ -69,9 +76,24 @@ def store(tmp_path_factory, ray_cluster):
     for d in (TINY, BROKEN):
         files[d["name"]] = root / f"{d['name']}.yaml"
         files[d["name"]].write_text(yaml.safe_dump(d, sort_keys=False))
-        proc = subprocess.run([sys.executable, "-m", "vaebench.cli", "sweep", str(files[d["name"]]), "--address",
-                               ray_cluster.address, "--tracking-uri", uri], env=ray_cluster.env, cwd=root,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vaebench.cli",
+                "sweep",
+                str(files[d["name"]]),
+                "--address",
+                ray_cluster.address,
+                "--tracking-uri",
+                uri,
+            ],
+            env=ray_cluster.env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode in (0, 1), proc.stderr  # 1: BROKEN has failed trials
     return {"uri": uri, "root": root, "files": files}
 
@@ -123,8 +145,8 @@ def test_table_numbers_equal_search_runs(store, tiny_report):
             got = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+) \((\d+)\)", md_cells[3 + j])
             assert got, md_cells[3 + j]
             decimals = len(got.group(1).split(".")[1])
-            assert float(got.group(1)) == pytest.approx(mean, abs=0.5 * 10 ** -decimals + 1e-9)
-            assert float(got.group(2)) == pytest.approx(std, abs=0.5 * 10 ** -decimals + 1e-9)
+            assert float(got.group(1)) == pytest.approx(mean, abs=0.5 * 10**-decimals + 1e-9)
+            assert float(got.group(2)) == pytest.approx(std, abs=0.5 * 10**-decimals + 1e-9)
             assert int(got.group(3)) == 2
             checked += 1
     assert checked == 4 * len(METRICS)
@@ -139,6 +161,7 @@ def test_table_numbers_equal_search_runs(store, tiny_report):
         r = csv.loc[i]
         g = runs[(runs["beta"] == r["objective.beta"]) & (runs["fb"] == r["objective.free_bits"])]
         return g.sort_values("params.seed")["metrics.val/elbo"].astype(float).to_numpy()
+
     a, b = per_seed(order[0]), per_seed(order[1])
     d = a - b
     if d.std(ddof=1) > 0:
@@ -164,8 +187,20 @@ def test_latex_table_is_booktabs_and_matches(store, tiny_report):
 
 def test_baseline_deltas(store):
     out = store["root"] / "reports" / "tiny-baseline"
-    res = cli("tiny", "--tracking-uri", store["uri"], "--out", str(out), "--group-by", "beta,free_bits",
-              "--baseline", "free_bits=0", "--format", "csv,tex", "--no-log")
+    res = cli(
+        "tiny",
+        "--tracking-uri",
+        store["uri"],
+        "--out",
+        str(out),
+        "--group-by",
+        "beta,free_bits",
+        "--baseline",
+        "free_bits=0",
+        "--format",
+        "csv,tex",
+        "--no-log",
+    )
     assert res.exit_code == 0, res.output
     csv = pd.read_csv(out / "ablation.csv")
     assert list(csv["baseline"]) == [True, False, True, False]
@@ -194,6 +229,7 @@ def test_every_figure_is_a_sensible_png(tiny_report):
         assert 10_000 < len(blob) < 3_000_000, (key, len(blob))
         # a real image: decodes, and is not one flat colour
         from PIL import Image
+
         img = Image.open(io.BytesIO(blob)).convert("L")
         lo, hi = img.getextrema()
         assert hi - lo > 100, key
@@ -205,8 +241,9 @@ def test_every_figure_is_a_sensible_png(tiny_report):
 def test_index_html_is_self_contained(tiny_report):
     page = (tiny_report / "index.html").read_text()
     refs = re.findall(r"""(?:src|href|srcset|action|data)\s*=\s*['"]([^'"]*)['"]""", page, flags=re.I)
-    assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs), \
-        [r[:40] for r in refs if not r.startswith(("data:", "#"))]
+    assert refs and all(r.startswith("data:image/png;base64,") or r.startswith("#") for r in refs), [
+        r[:40] for r in refs if not r.startswith(("data:", "#"))
+    ]
     for bad in ("<script", "<link", "@import", "url(", "<iframe", "<object", "<embed"):
         assert bad not in page.lower()
     assert page.count("data:image/png;base64,") == len(FIGURES)
@@ -291,6 +328,7 @@ def test_client_path_reads_the_same(store, monkeypatch):
 
     def no_sql(uri):
         raise ValueError("as for a tracking server")
+
     monkeypatch.setattr(results.SqlHistories, "open", no_sql)
     t_api = trials_frame("broken", store["uri"])
     h_api = histories_frame("broken", store["uri"], metrics=["val/elbo", "train/loss"], trials=t_api)
@@ -303,7 +341,10 @@ def test_parse_and_labels():
     assert parse_param("1e-05") == 1e-05 and parse_param("[32, 32]") == [32, 32] and parse_param("adam") == "adam"
     assert math.isnan(parse_param("nan"))
     assert short_names(["objective.beta", "model.kind", "data.kind"]) == {
-        "objective.beta": "beta", "model.kind": "model.kind", "data.kind": "data.kind"}
+        "objective.beta": "beta",
+        "model.kind": "model.kind",
+        "data.kind": "data.kind",
+    }
     assert level_label({"kind": "cyclical", "cycles": 4, "ratio": 0.5}) == "cyclical(cycles=4, ratio=0.5)"
     assert level_label({"kind": "cyclical", "cycles": 4}, kind_unique=True) == "cyclical"
 
@@ -325,11 +366,14 @@ def test_unknown_grouping_factor(store):
     assert not (store["root"] / "y").exists()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--baseline", "beta=7"], ["7", "0.5"]),
-    (["--baseline", "beta"], ["dotted.path=value"]),
-    (["--format", "pdf"], ["pdf"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--baseline", "beta=7"], ["7", "0.5"]),
+        (["--baseline", "beta"], ["dotted.path=value"]),
+        (["--format", "pdf"], ["pdf"]),
+    ],
+)
 def test_other_bad_options(store, args, words):
     res = cli("tiny", "--tracking-uri", store["uri"], "--out", str(store["root"] / "z"), *args)
     assert res.exit_code == 2, res.output
@@ -362,20 +406,27 @@ def test_search_study_with_optuna_figures(store, tmp_path):
     import optuna
 
     uri = store["uri"]
-    d = grid_study("search", epochs=3, seeds=(0,), objective__beta=[0.25, 0.5, 1.0, 2.0, 4.0],
-                   objective__free_bits=[0.0, 0.5])
+    d = grid_study(
+        "search", epochs=3, seeds=(0,), objective__beta=[0.25, 0.5, 1.0, 2.0, 4.0], objective__free_bits=[0.0, 0.5]
+    )
     d["search"] = {"kind": "nsga2", "budget": 10, "objectives": {"val/recon": "min", "val/kl": "min"}}
     rec = write_synthetic_study(uri, d, per_epoch_calls=False)
     trials = trials_frame("search", uri)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    st = optuna.create_study(storage=storage, study_name=trials.attrs["optuna_study"],
-                             directions=["minimize", "minimize"])
+    st = optuna.create_study(
+        storage=storage, study_name=trials.attrs["optuna_study"], directions=["minimize", "minimize"]
+    )
     for _, r in trials.iterrows():
-        st.add_trial(optuna.trial.create_trial(
-            params={"objective.beta": r["objective.beta"], "objective.free_bits": r["objective.free_bits"]},
-            distributions={"objective.beta": optuna.distributions.CategoricalDistribution([0.25, 0.5, 1.0, 2.0, 4.0]),
-                           "objective.free_bits": optuna.distributions.CategoricalDistribution([0.0, 0.5])},
-            values=[r["val/recon"], r["val/kl"]]))
+        st.add_trial(
+            optuna.trial.create_trial(
+                params={"objective.beta": r["objective.beta"], "objective.free_bits": r["objective.free_bits"]},
+                distributions={
+                    "objective.beta": optuna.distributions.CategoricalDistribution([0.25, 0.5, 1.0, 2.0, 4.0]),
+                    "objective.free_bits": optuna.distributions.CategoricalDistribution([0.0, 0.5]),
+                },
+                values=[r["val/recon"], r["val/kl"]],
+            )
+        )
     out = tmp_path / "out"
     res = cli("search", "--tracking-uri", uri, "--out", str(out), "--storage", storage, "--no-log")
     assert res.exit_code == 0, res.output
@@ -392,13 +443,26 @@ def test_search_study_with_optuna_figures(store, tmp_path):
 def test_list_levels_group_rows(store, tmp_path):
     """A factor with list levels (model.hidden) groups the table's rows by its levels."""
     uri = store["uri"]
-    write_synthetic_study(uri, grid_study("lists", epochs=2, seeds=(0, 1), model__latent_dim=[2, 4],
-                                          model__hidden=[[16], [32, 32]]), per_epoch_calls=False)
+    write_synthetic_study(
+        uri,
+        grid_study("lists", epochs=2, seeds=(0, 1), model__latent_dim=[2, 4], model__hidden=[[16], [32, 32]]),
+        per_epoch_calls=False,
+    )
     t = trials_frame("lists", uri)
     assert set(t["model.hidden"]) == {(16,), (32, 32)}
     out = tmp_path / "out"
-    res = cli("lists", "--tracking-uri", uri, "--out", str(out), "--format", "csv", "--no-log",
-              "--baseline", "model.hidden=[16]")
+    res = cli(
+        "lists",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(out),
+        "--format",
+        "csv",
+        "--no-log",
+        "--baseline",
+        "model.hidden=[16]",
+    )
     assert res.exit_code == 0, res.output
     csv = pd.read_csv(out / "ablation.csv")
     assert list(csv["model.hidden"]) == ["[16]", "[32, 32]", "[16]", "[32, 32]"]

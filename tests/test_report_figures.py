@@ -25,8 +25,15 @@ DRAWN = ["rate_distortion", "active_units", "kl_per_dim", "collapse_map", "train
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('figs') / 'mlflow.db'}"
-    four = grid_study("four", epochs=4, seeds=(0, 1), model__latent_dim=[4, 8], objective__beta=[0.5, 8.0],
-                      objective__anneal=["none", "linear"], objective__free_bits=[0.0, 0.5])
+    four = grid_study(
+        "four",
+        epochs=4,
+        seeds=(0, 1),
+        model__latent_dim=[4, 8],
+        objective__beta=[0.5, 8.0],
+        objective__anneal=["none", "linear"],
+        objective__free_bits=[0.0, 0.5],
+    )
     write_synthetic_study(uri, four, per_epoch_calls=False, states={1: "failed"})
     one = grid_study("one", epochs=3, seeds=(0,), objective__beta=[0.5, 4.0], objective__free_bits=[0.0, 0.5])
     write_synthetic_study(uri, one, per_epoch_calls=False)
@@ -77,6 +84,7 @@ def test_bands_are_over_seeds_and_never_below_zero(store):
     # with nothing pooled (curves by beta over a study of beta x latent only) the band is the seeds' min-max
     sub = trials[(trials["objective.anneal"] == "none") & (trials["objective.free_bits"] == 0)]
     from vaebench.results import histories_frame
+
     h = histories_frame("four", store, metrics=list(F.CURVE_METRICS), trials=sub[sub["state"] == "completed"])
     h.attrs["factors"] = ["model.latent_dim", "objective.beta"]
     fig = F.training_curves(h, "objective.beta", col="model.latent_dim")

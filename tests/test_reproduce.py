@@ -105,8 +105,9 @@ def test_a_failing_check_exits_1(linear_run, monkeypatch):
         bad.loc[bad.index[0], "val/kl_dim/00"] += 0.1
         return linear_collapse_checks(bad)
 
-    monkeypatch.setitem(mod.REPRODUCTIONS, "linear_collapse",
-                        dataclasses.replace(mod.REPRODUCTIONS["linear_collapse"], checks=doctored))
+    monkeypatch.setitem(
+        mod.REPRODUCTIONS, "linear_collapse", dataclasses.replace(mod.REPRODUCTIONS["linear_collapse"], checks=doctored)
+    )
     result = CliRunner().invoke(app, ["reproduce", "linear_collapse", "--tracking-uri", uri])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output
@@ -136,10 +137,17 @@ def linear_frame(betas=(0.3, 1.0, 2.5, 20.0), seeds=(0, 1)) -> pd.DataFrame:
     for beta in betas:
         kl, active, collapsed = linear_closed_form([5, 2, 0.8, 0.3, 0.1], 0.5, beta, 4)
         for seed in seeds:
-            row = {"state": "completed", "seed": seed, "objective.beta": beta,
-                   "data.eigenvalues": [5.0, 2.0, 0.8, 0.3, 0.1], "model.sigma": math.sqrt(0.5),
-                   "model.latent_dim": 4, "metrics.active_threshold": 0.01,
-                   "val/active_units": float(active), "val/collapsed_dims": float(collapsed)}
+            row = {
+                "state": "completed",
+                "seed": seed,
+                "objective.beta": beta,
+                "data.eigenvalues": [5.0, 2.0, 0.8, 0.3, 0.1],
+                "model.sigma": math.sqrt(0.5),
+                "model.latent_dim": 4,
+                "metrics.active_threshold": 0.01,
+                "val/active_units": float(active),
+                "val/collapsed_dims": float(collapsed),
+            }
             row.update({f"val/kl_dim/{j:02d}": v + 0.005 for j, v in enumerate(reversed(kl))})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -170,8 +178,11 @@ def test_linear_checks_fail_for_a_trial_that_did_not_complete():
     for c in [c for c in bad.columns if c.startswith("val/")]:
         bad.loc[2, c] = math.nan
     assert set(failed(linear_collapse_checks(bad))) == {
-        "trials completed", "beta=1 seed=0: KL per dim, sorted (nats)",
-        "beta=1: active units, seeds 0, 1", "beta=1: collapsed dims, seeds 0, 1"}
+        "trials completed",
+        "beta=1 seed=0: KL per dim, sorted (nats)",
+        "beta=1: active units, seeds 0, 1",
+        "beta=1: collapsed dims, seeds 0, 1",
+    }
     assert failed(linear_collapse_checks(bad.iloc[0:0])) == ["trials completed"]
 
 
@@ -184,8 +195,17 @@ def dsprites_frame() -> pd.DataFrame:
     for i, beta in enumerate(DSPRITES_BETAS):
         for seed in (0, 1):
             rate, dist = 30.0 / (i + 1) + seed, 95.0 + 20 * i - seed
-            rows.append({"state": "completed", "seed": seed, "objective.beta": beta, "val/kl": rate,
-                         "val/recon": dist, "val/elbo": -(rate + dist), "val/iw_nll": rate + dist - 5.0})
+            rows.append(
+                {
+                    "state": "completed",
+                    "seed": seed,
+                    "objective.beta": beta,
+                    "val/kl": rate,
+                    "val/recon": dist,
+                    "val/elbo": -(rate + dist),
+                    "val/iw_nll": rate + dist - 5.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -234,10 +254,19 @@ def annealing_frame() -> pd.DataFrame:
                     au, cd, elbo = (5, 19, -18.4) if anneal == "none" else (8, 6, -18.3)
                 else:
                     au, cd, elbo = 32, 0, -21.5
-                rows.append({"state": "completed", "seed": seed, "objective.anneal": anneal,
-                             "objective.free_bits": fb, "model.latent_dim": 32,
-                             "val/active_units": float(au), "val/collapsed_dims": float(cd),
-                             "val/collapsed_fraction": cd / 32, "val/elbo": elbo})
+                rows.append(
+                    {
+                        "state": "completed",
+                        "seed": seed,
+                        "objective.anneal": anneal,
+                        "objective.free_bits": fb,
+                        "model.latent_dim": 32,
+                        "val/active_units": float(au),
+                        "val/collapsed_dims": float(cd),
+                        "val/collapsed_fraction": cd / 32,
+                        "val/elbo": elbo,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -245,9 +274,14 @@ def test_annealing_checks_pass_on_the_verified_pattern():
     checks = annealing_checks(annealing_frame())
     assert not failed(checks)
     verdicts = {c.name.split(":")[0]: c.measured.split(":")[0] for c in checks if "avoids collapse" in c.name}
-    assert verdicts == {"anneal=none free_bits=0": "no", "anneal=none free_bits=0.25": "yes",
-                        "anneal=linear free_bits=0": "no", "anneal=linear free_bits=0.25": "yes",
-                        "anneal=cyclical free_bits=0": "no", "anneal=cyclical free_bits=0.25": "yes"}
+    assert verdicts == {
+        "anneal=none free_bits=0": "no",
+        "anneal=none free_bits=0.25": "yes",
+        "anneal=linear free_bits=0": "no",
+        "anneal=linear free_bits=0.25": "yes",
+        "anneal=cyclical free_bits=0": "no",
+        "anneal=cyclical free_bits=0.25": "yes",
+    }
 
 
 def test_annealing_checks_fail_when_the_pattern_does_not_hold():
@@ -256,14 +290,19 @@ def test_annealing_checks_fail_when_the_pattern_does_not_hold():
     base = (bad["objective.anneal"] == "none") & (bad["objective.free_bits"] == 0)
     bad.loc[base, ["val/active_units", "val/collapsed_dims", "val/collapsed_fraction"]] = [32.0, 0.0, 0.0]
     assert [n.split(":")[0] for n in failed(annealing_checks(bad))] == [
-        "baseline (none, free bits 0)", "baseline (none, free bits 0)", "anneal=none free_bits=0"]
+        "baseline (none, free bits 0)",
+        "baseline (none, free bits 0)",
+        "anneal=none free_bits=0",
+    ]
 
     # one dim collapses under free bits with linear annealing, seed 1
     bad = annealing_frame()
     i = bad.index[(bad["objective.anneal"] == "linear") & (bad["objective.free_bits"] > 0) & (bad["seed"] == 1)][0]
     bad.loc[i, ["val/active_units", "val/collapsed_dims"]] = [31.0, 1.0]
-    assert failed(annealing_checks(bad)) == ["anneal=linear free_bits=0.25: avoids collapse",
-                                             "free bits > 0: active units of every trial"]
+    assert failed(annealing_checks(bad)) == [
+        "anneal=linear free_bits=0.25: avoids collapse",
+        "free bits > 0: active units of every trial",
+    ]
 
     # free bits cost nothing: the ELBO-cost check fails
     bad = annealing_frame()
@@ -276,5 +315,7 @@ def test_annealing_checks_fail_for_a_failed_trial():
     bad.loc[3, "state"] = "failed"  # none, free bits 0.25, seed 1
     bad.loc[3, ["val/active_units", "val/collapsed_dims", "val/collapsed_fraction", "val/elbo"]] = math.nan
     assert set(failed(annealing_checks(bad))) == {
-        "trials completed", "anneal=none free_bits=0.25: avoids collapse",
-        "free bits > 0: active units of every trial"}
+        "trials completed",
+        "anneal=none free_bits=0.25: avoids collapse",
+        "free bits > 0: active units of every trial",
+    }

@@ -38,6 +38,7 @@ def test_sql_and_public_api_paths_agree(uri, monkeypatch):
 
     def refuse(cls, uri):
         raise ValueError("a tracking server")
+
     monkeypatch.setattr(SqlHistories, "open", classmethod(refuse))
     t_api, h_api = frames(uri)
     pd.testing.assert_frame_equal(t_sql, t_api)

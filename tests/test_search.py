@@ -13,8 +13,13 @@ RANGE = {"objective.beta": {"low": 0.5, "high": 4.0}}  # continuous: the sampler
 
 
 def study(**kw) -> Study:
-    base = {"name": "s", "data": {"kind": "ppca", "n_samples": 100}, "space": {"objective.beta": [1.0, 2.0, 4.0]},
-            "seeds": [0, 1], "train": {"epochs": 8}}
+    base = {
+        "name": "s",
+        "data": {"kind": "ppca", "n_samples": 100},
+        "space": {"objective.beta": [1.0, 2.0, 4.0]},
+        "seeds": [0, 1],
+        "train": {"epochs": 8},
+    }
     return Study.model_validate({**base, **kw})
 
 

@@ -32,8 +32,10 @@ def frame(shift_sigma: float, paired: bool = True, same_noise: bool = False) -> 
     noise = standard(rng.normal(size=10))
     other = noise if same_noise else standard(rng.normal(size=10))
     rows = [{"beta": 1.0, "seed": s, "val/elbo": -20 + noise[i]} for i, s in enumerate(SEEDS)]
-    rows += [{"beta": 2.0, "seed": s if paired else 100 + s, "val/elbo": -20 + shift_sigma + other[i] * 1.0}
-             for i, s in enumerate(SEEDS)]
+    rows += [
+        {"beta": 2.0, "seed": s if paired else 100 + s, "val/elbo": -20 + shift_sigma + other[i] * 1.0}
+        for i, s in enumerate(SEEDS)
+    ]
     t = pd.DataFrame(rows)
     t["state"] = "completed"
     t.attrs["factors"] = ["beta"]

@@ -24,24 +24,55 @@ seeds: [0, 1]
 BAD = [
     ("syntax", "name: x\nspace: {objective.beta: [1, 2\n", ["not valid YAML", "line"]),
     ("unknown_top_key", GOOD + "epochz: 3\n", ["epochz", "unknown key", "(line 8)"]),
-    ("unknown_nested_key", GOOD.replace("latent_dim: 4", "latnt_dim: 4"), ["model.latnt_dim", "unknown key", "(line 3)"]),
+    (
+        "unknown_nested_key",
+        GOOD.replace("latent_dim: 4", "latnt_dim: 4"),
+        ["model.latnt_dim", "unknown key", "(line 3)"],
+    ),
     ("wrong_type", GOOD.replace("epochs: 1", "epochs: many"), ["train.epochs", "integer", "(line 4)"]),
     ("empty_space", GOOD.replace("space:\n  objective.beta: [0.5, 2.0]\n", "space: {}\n"), ["space", "empty"]),
     ("empty_levels", GOOD.replace("[0.5, 2.0]", "[]"), ["space.objective.beta", "no levels"]),
-    ("bad_dotted_path", GOOD.replace("objective.beta:", "model.latnt_dim:"), ["space.model.latnt_dim", "names no setting", "model.latent_dim"]),
+    (
+        "bad_dotted_path",
+        GOOD.replace("objective.beta:", "model.latnt_dim:"),
+        ["space.model.latnt_dim", "names no setting", "model.latent_dim"],
+    ),
     ("negative_beta", GOOD + "objective: {beta: -1.0}\n", ["objective.beta", "greater than or equal to 0"]),
-    ("negative_beta_level", GOOD.replace("[0.5, 2.0]", "[0.5, -2.0]"), ["space.objective.beta", "-2.0", "greater than or equal to 0"]),
-    ("negative_free_bits", GOOD + "objective: {free_bits: -0.1}\n", ["objective.free_bits", "greater than or equal to 0"]),
+    (
+        "negative_beta_level",
+        GOOD.replace("[0.5, 2.0]", "[0.5, -2.0]"),
+        ["space.objective.beta", "-2.0", "greater than or equal to 0"],
+    ),
+    (
+        "negative_free_bits",
+        GOOD + "objective: {free_bits: -0.1}\n",
+        ["objective.free_bits", "greater than or equal to 0"],
+    ),
     ("latent_zero", GOOD.replace("latent_dim: 4", "latent_dim: 0"), ["model.latent_dim", "greater than or equal to 1"]),
-    ("unknown_likelihood", GOOD.replace("hidden: [16]", "hidden: [16], likelihood: poisson"), ["model.likelihood", "poisson", "bernoulli"]),
-    ("missing_data_file", GOOD.replace("{kind: digits}", "{kind: idx, train_images: /nonexistent/train-images.gz}"),
-     ["data.train_images", "no such file", "/nonexistent/train-images.gz"]),
+    (
+        "unknown_likelihood",
+        GOOD.replace("hidden: [16]", "hidden: [16], likelihood: poisson"),
+        ["model.likelihood", "poisson", "bernoulli"],
+    ),
+    (
+        "missing_data_file",
+        GOOD.replace("{kind: digits}", "{kind: idx, train_images: /nonexistent/train-images.gz}"),
+        ["data.train_images", "no such file", "/nonexistent/train-images.gz"],
+    ),
     ("range_in_grid", GOOD.replace("[0.5, 2.0]", "{low: 0.5, high: 2.0}"), ["space.objective.beta", "range", "grid"]),
     ("pruner_on_grid", GOOD + "search: {kind: grid, pruner: median}\n", ["search", "pruner"]),
     ("search_without_budget", GOOD + "search: {kind: tpe}\n", ["search", "budget"]),
     ("nsga2_one_objective", GOOD + "search: {kind: nsga2, budget: 4}\n", ["nsga2", "two"]),
-    ("unknown_objective", GOOD + "search: {kind: tpe, budget: 4, objectives: {val/elbow: max}}\n", ["val/elbow", "allowed"]),
-    ("bad_anneal", GOOD.replace("[0.5, 2.0]", "[0.5]") + "objective: {anneal: cosine}\n", ["objective.anneal", "cosine"]),
+    (
+        "unknown_objective",
+        GOOD + "search: {kind: tpe, budget: 4, objectives: {val/elbow: max}}\n",
+        ["val/elbow", "allowed"],
+    ),
+    (
+        "bad_anneal",
+        GOOD.replace("[0.5, 2.0]", "[0.5]") + "objective: {anneal: cosine}\n",
+        ["objective.anneal", "cosine"],
+    ),
     ("not_a_mapping", "- just\n- a list\n", ["mapping"]),
 ]
 
@@ -98,8 +129,9 @@ def test_set_overrides(tmp_path):
 
 def test_mapping_levels_and_shorthand(tmp_path):
     study = tmp_path / "s.yaml"
-    study.write_text(GOOD.replace("objective.beta: [0.5, 2.0]",
-                                  "objective.anneal: [none, {kind: cyclical, cycles: 2, ratio: 0.25}]"))
+    study.write_text(
+        GOOD.replace("objective.beta: [0.5, 2.0]", "objective.anneal: [none, {kind: cyclical, cycles: 2, ratio: 0.25}]")
+    )
     specs = expand(load_study(study))
     anneals = [s.config.objective.anneal for s in specs]
     assert anneals[0].kind == "none" and anneals[-1].kind == "cyclical" and anneals[-1].cycles == 2

@@ -34,8 +34,16 @@ space:
 seeds: [0, 1]
 """
 
-VAL = ["val/elbo", "val/recon", "val/kl", "val/active_units", "val/mi", "val/iw_nll", "val/collapsed_dims",
-       "val/collapsed_fraction"]
+VAL = [
+    "val/elbo",
+    "val/recon",
+    "val/kl",
+    "val/active_units",
+    "val/mi",
+    "val/iw_nll",
+    "val/collapsed_dims",
+    "val/collapsed_fraction",
+]
 TRAIN = ["train/loss", "train/recon", "train/kl", "train/kl_weight"]
 
 
@@ -45,22 +53,36 @@ def write(tmp: Path, text: str, name: str = "study.yaml") -> Path:
     return p
 
 
-def vaebench(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vaebench.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+def vaebench(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vaebench.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def spawn(*args: str, env: dict, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vaebench.cli", *args], env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vaebench.cli", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 pytestmark = pytest.mark.integration
 
 
 def children(uri: str, name: str, view=ViewType.ACTIVE_ONLY):
-    runs = mlflow.search_runs(experiment_names=[name], output_format="list", run_view_type=view,
-                              filter_string="tags.`vaebench.role` = 'trial'", max_results=5000)
+    runs = mlflow.search_runs(
+        experiment_names=[name],
+        output_format="list",
+        run_view_type=view,
+        filter_string="tags.`vaebench.role` = 'trial'",
+        max_results=5000,
+    )
     return runs
 
 
@@ -80,8 +102,9 @@ def grid_record(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grid")
     study = write(tmp, TINY.format(name="tiny", epochs=2))
     uri = f"sqlite:///{tmp}/mlflow.db"
-    proc = vaebench("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri,
-                    env=ray_cluster.env, cwd=tmp)
+    proc = vaebench(
+        "sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, env=ray_cluster.env, cwd=tmp
+    )
     return tmp, study, uri, proc
 
 
@@ -106,7 +129,9 @@ def test_grid_sweep_record(grid_record):
     for r in kids:
         spec = by_hash[r.data.tags["vaebench.config_hash"]]
         # params: the config flattened with dotted names (the settings of its model kind), plus the seed
-        expected = {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in spec.config.params().items()}
+        expected = {
+            k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in spec.config.params().items()
+        }
         expected["seed"] = str(spec.seed)
         assert r.data.params == expected
         assert json.loads(r.data.tags["vaebench.point"]) == spec.point
@@ -124,8 +149,9 @@ def test_rerun_resumes_without_duplicates(grid_record, ray_cluster):
     tmp, study, uri, _ = grid_record
     mlflow.set_tracking_uri(uri)
     before = {r.info.run_id for r in children(uri, "tiny")}
-    proc = vaebench("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri,
-                    env=ray_cluster.env, cwd=tmp)
+    proc = vaebench(
+        "sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, env=ray_cluster.env, cwd=tmp
+    )
     assert proc.returncode == 0, proc.stderr
     assert "8 already done" in proc.stderr
     mlflow.set_tracking_uri(uri)
@@ -136,8 +162,16 @@ def test_rerun_resumes_without_duplicates(grid_record, ray_cluster):
 
 def test_remote_tracking_server_records_the_same(grid_record, ray_cluster, mlflow_server):
     tmp, study, uri, _ = grid_record
-    proc = vaebench("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", mlflow_server,
-                    env=ray_cluster.env, cwd=tmp)
+    proc = vaebench(
+        "sweep",
+        str(study),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        mlflow_server,
+        env=ray_cluster.env,
+        cwd=tmp,
+    )
     assert proc.returncode == 0, proc.stderr
     mlflow.set_tracking_uri(uri)
     local = {r.data.tags["vaebench.config_hash"]: r for r in children(uri, "tiny")}
@@ -147,8 +181,9 @@ def test_remote_tracking_server_records_the_same(grid_record, ray_cluster, mlflo
     for h, r in remote.items():
         # same configs, same seeds, on CPU: the very same numbers (all but the wall-clock time)
         timing = "train/epoch_seconds"
-        assert {k: v for k, v in r.data.metrics.items() if k != timing} == \
-            {k: v for k, v in local[h].data.metrics.items() if k != timing}
+        assert {k: v for k, v in r.data.metrics.items() if k != timing} == {
+            k: v for k, v in local[h].data.metrics.items() if k != timing
+        }
         assert r.data.params == local[h].data.params
     client = MlflowClient(mlflow_server)
     some = next(iter(remote.values()))
@@ -157,8 +192,13 @@ def test_remote_tracking_server_records_the_same(grid_record, ray_cluster, mlflo
 
 def test_default_local_ray_and_store(tmp_path):
     """No --address, no --tracking-uri: vaebench starts its own Ray and writes sweeps/mlflow.db."""
-    study = write(tmp_path, TINY.format(name="local", epochs=1).replace("[0.5, 2.0]", "[1.0]")
-                  .replace("[0.0, 0.5]", "[0.0]").replace("seeds: [0, 1]", "seeds: [0]"))
+    study = write(
+        tmp_path,
+        TINY.format(name="local", epochs=1)
+        .replace("[0.5, 2.0]", "[1.0]")
+        .replace("[0.0, 0.5]", "[0.0]")
+        .replace("seeds: [0, 1]", "seeds: [0]"),
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     proc = vaebench("sweep", str(study), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -185,14 +225,27 @@ space:
 seeds: [0]
 """
     uri = f"sqlite:///{tmp_path}/m.db"
-    proc = vaebench("sweep", str(write(tmp_path, text)), "--address", ray_cluster.address, "--tracking-uri", uri,
-                    env=ray_cluster.env, cwd=tmp_path)
+    proc = vaebench(
+        "sweep",
+        str(write(tmp_path, text)),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        uri,
+        env=ray_cluster.env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr  # some trial failed
     assert "failed" in proc.stderr and "stride-2 layers" in proc.stderr
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    runs = {(json.loads(r.data.tags["vaebench.point"])["model.kind"], json.loads(r.data.tags["vaebench.point"])["train.lr"]): r
-            for r in children(uri, "faults")}
+    runs = {
+        (
+            json.loads(r.data.tags["vaebench.point"])["model.kind"],
+            json.loads(r.data.tags["vaebench.point"])["train.lr"],
+        ): r
+        for r in children(uri, "faults")
+    }
     assert len(runs) == 4
     assert runs[("mlp", 1e-3)].data.tags["vaebench.trial_state"] == "completed"
     div = runs[("mlp", 1e4)]
@@ -218,6 +271,7 @@ def test_sigkill_driver_then_resume(ray_cluster, tmp_path):
             return sum(r.data.tags.get("vaebench.trial_state") == "completed" for r in children(uri, "killed")) >= 2
         except Exception:  # the experiment does not exist yet
             return False
+
     wait_for(some_completed, what="two completed trials")
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait()
@@ -240,8 +294,9 @@ def test_sigkill_driver_then_resume(ray_cluster, tmp_path):
 def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
     study = write(tmp_path, TINY.format(name="term", epochs=30))
     uri = f"sqlite:///{tmp_path}/m.db"
-    proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri,
-                 env=ray_cluster.env, cwd=tmp_path)
+    proc = spawn(
+        "sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, env=ray_cluster.env, cwd=tmp_path
+    )
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
 
@@ -250,6 +305,7 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
             return any(client.get_metric_history(r.info.run_id, "val/elbo") for r in children(uri, "term"))
         except Exception:
             return False
+
     wait_for(training, what="a trial with a logged epoch")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
@@ -258,8 +314,9 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
     assert runs and not any(r.info.status == "RUNNING" for r in runs)
     killed = [r for r in runs if r.data.tags["vaebench.trial_state"] == "killed"]
     assert killed and all(r.info.status == "KILLED" for r in killed)
-    parent = mlflow.search_runs(experiment_names=["term"], output_format="list",
-                                filter_string="tags.`vaebench.role` = 'study'")[0]
+    parent = mlflow.search_runs(
+        experiment_names=["term"], output_format="list", filter_string="tags.`vaebench.role` = 'study'"
+    )[0]
     assert parent.info.status == "KILLED"
 
 
@@ -268,8 +325,18 @@ def test_dead_worker_is_retried(ray_cluster, tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     env = {**ray_cluster.env, "VAEBENCH_FLUSH_SECONDS": "0"}  # every epoch visible at once: the kill lands mid-training
     # --pack off: one Ray task per trial (RayExecutor); tests/test_pack_executor.py kills a pack's worker
-    proc = spawn("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, "--pack", "off",
-                 env=env, cwd=tmp_path)
+    proc = spawn(
+        "sweep",
+        str(study),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        uri,
+        "--pack",
+        "off",
+        env=env,
+        cwd=tmp_path,
+    )
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     victim: dict[str, object] = {}
@@ -284,11 +351,14 @@ def test_dead_worker_is_retried(ray_cluster, tmp_path):
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
         for r in runs:
             if len(client.get_metric_history(r.info.run_id, "val/elbo")) >= 2:
-                pids = [int(line.split()[0]) for line in ps.splitlines() if f"ray::vaebench:crash:{r.info.run_name}" in line]
+                pids = [
+                    int(line.split()[0]) for line in ps.splitlines() if f"ray::vaebench:crash:{r.info.run_name}" in line
+                ]
                 if pids:
                     victim.update(name=r.info.run_name, pid=pids[0])
                     return True
         return False
+
     wait_for(mid_training, what="a trial two epochs into training")
     os.kill(victim["pid"], signal.SIGKILL)
     out, _ = proc.communicate(timeout=240)
@@ -306,8 +376,17 @@ def test_dead_worker_is_retried(ray_cluster, tmp_path):
 
 def test_gpu_request_without_gpus_fails_at_once(ray_cluster, tmp_path):
     study = write(tmp_path, TINY.format(name="gpu", epochs=1) + "resources: {gpus_per_trial: 1}\n")
-    proc = vaebench("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri",
-                    f"sqlite:///{tmp_path}/m.db", env=ray_cluster.env, cwd=tmp_path, timeout=120)
+    proc = vaebench(
+        "sweep",
+        str(study),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        env=ray_cluster.env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "gpus_per_trial" in proc.stderr and "GPU" in proc.stderr
     assert not (tmp_path / "m.db").exists()
@@ -331,19 +410,34 @@ search: {search}
 
 def optuna_trials(storage: str, uri: str, name: str):
     mlflow.set_tracking_uri(uri)
-    parent = mlflow.search_runs(experiment_names=[name], output_format="list",
-                                filter_string="tags.`vaebench.role` = 'study'")[0]
+    parent = mlflow.search_runs(
+        experiment_names=[name], output_format="list", filter_string="tags.`vaebench.role` = 'study'"
+    )[0]
     study = optuna.load_study(study_name=parent.data.tags["vaebench.optuna_study"], storage=storage)
     return study, {int(r.data.tags["vaebench.optuna_trial"]): r for r in children(uri, name)}
 
 
 def test_tpe_runs_its_budget(ray_cluster, tmp_path):
-    text = SEARCH.format(name="tpe", epochs=2, search="{kind: tpe, budget: 5, objectives: {val/elbo: max}}",
-                         space="  train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n  model.latent_dim: {low: 2, high: 6}\n"
-                               "  objective.anneal: [none, {kind: cyclical, cycles: 2, ratio: 0.5}]")
+    text = SEARCH.format(
+        name="tpe",
+        epochs=2,
+        search="{kind: tpe, budget: 5, objectives: {val/elbo: max}}",
+        space="  train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n  model.latent_dim: {low: 2, high: 6}\n"
+        "  objective.anneal: [none, {kind: cyclical, cycles: 2, ratio: 0.5}]",
+    )
     uri, storage = f"sqlite:///{tmp_path}/m.db", f"sqlite:///{tmp_path}/optuna.db"
-    proc = vaebench("sweep", str(write(tmp_path, text)), "--address", ray_cluster.address, "--tracking-uri", uri,
-                    "--storage", storage, env=ray_cluster.env, cwd=tmp_path)
+    proc = vaebench(
+        "sweep",
+        str(write(tmp_path, text)),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        uri,
+        "--storage",
+        storage,
+        env=ray_cluster.env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     study, runs = optuna_trials(storage, uri, "tpe")
     assert len(study.trials) == 5 and len(runs) == 5
@@ -357,11 +451,27 @@ def test_tpe_runs_its_budget(ray_cluster, tmp_path):
 
 def test_median_pruner_prunes_bad_trials(ray_cluster, tmp_path):
     # one lr level cannot learn (1e-7): its ELBO trails the median at every epoch
-    text = SEARCH.format(name="prune", epochs=6, search="{kind: random, budget: 12, pruner: median}",
-                         space="  train.lr: [1.0e-2, 5.0e-3, 2.0e-3, 1.0e-7]\n  objective.beta: [0.5, 1.0]")
+    text = SEARCH.format(
+        name="prune",
+        epochs=6,
+        search="{kind: random, budget: 12, pruner: median}",
+        space="  train.lr: [1.0e-2, 5.0e-3, 2.0e-3, 1.0e-7]\n  objective.beta: [0.5, 1.0]",
+    )
     uri, storage = f"sqlite:///{tmp_path}/m.db", f"sqlite:///{tmp_path}/optuna.db"
-    proc = vaebench("sweep", str(write(tmp_path, text)), "--address", ray_cluster.address, "--tracking-uri", uri,
-                    "--storage", storage, "--workers", "1", env=ray_cluster.env, cwd=tmp_path)
+    proc = vaebench(
+        "sweep",
+        str(write(tmp_path, text)),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        uri,
+        "--storage",
+        storage,
+        "--workers",
+        "1",
+        env=ray_cluster.env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     study, runs = optuna_trials(storage, uri, "prune")
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -378,11 +488,25 @@ def test_median_pruner_prunes_bad_trials(ray_cluster, tmp_path):
 
 
 def test_nsga2_records_both_objectives(ray_cluster, tmp_path):
-    text = SEARCH.format(name="nsga", epochs=2, search="{kind: nsga2, budget: 4, objectives: {val/recon: min, val/kl: min}}",
-                         space="  objective.beta: {low: 0.1, high: 10.0, log: true}")
+    text = SEARCH.format(
+        name="nsga",
+        epochs=2,
+        search="{kind: nsga2, budget: 4, objectives: {val/recon: min, val/kl: min}}",
+        space="  objective.beta: {low: 0.1, high: 10.0, log: true}",
+    )
     uri, storage = f"sqlite:///{tmp_path}/m.db", f"sqlite:///{tmp_path}/optuna.db"
-    proc = vaebench("sweep", str(write(tmp_path, text)), "--address", ray_cluster.address, "--tracking-uri", uri,
-                    "--storage", storage, env=ray_cluster.env, cwd=tmp_path)
+    proc = vaebench(
+        "sweep",
+        str(write(tmp_path, text)),
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        uri,
+        "--storage",
+        storage,
+        env=ray_cluster.env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     study, runs = optuna_trials(storage, uri, "nsga")
     assert len(study.trials) == 4
@@ -395,7 +519,10 @@ def test_nsga2_records_both_objectives(ray_cluster, tmp_path):
 
 
 def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
-    study = write(tmp_path, TINY.format(name="opts", epochs=1).replace("[0.0, 0.5]", "[0.0]").replace("seeds: [0, 1]", "seeds: [0]"))
+    study = write(
+        tmp_path,
+        TINY.format(name="opts", epochs=1).replace("[0.0, 0.5]", "[0.0]").replace("seeds: [0, 1]", "seeds: [0]"),
+    )
     uri = f"sqlite:///{tmp_path}/m.db"
     base = ("sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri)
     first = vaebench(*base, "--max-trials", "1", "--set", "train.batch_size=64", env=ray_cluster.env, cwd=tmp_path)
@@ -409,12 +536,20 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
     assert len(old) == 2
     third = vaebench(*base, "--set", "train.batch_size=64", "--fresh", env=ray_cluster.env, cwd=tmp_path)
     assert third.returncode == 0, third.stderr
-    parents = mlflow.search_runs(experiment_names=["opts"], output_format="list",
-                                 filter_string="tags.`vaebench.role` = 'study'", order_by=["attributes.start_time ASC"])
+    parents = mlflow.search_runs(
+        experiment_names=["opts"],
+        output_format="list",
+        filter_string="tags.`vaebench.role` = 'study'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert len(parents) == 2
-    assert parents[0].data.tags.get("vaebench.superseded") == "true" and "vaebench.superseded" not in parents[1].data.tags
-    by_parent = {p.info.run_id: [r for r in children(uri, "opts") if r.data.tags["mlflow.parentRunId"] == p.info.run_id]
-                 for p in parents}
+    assert (
+        parents[0].data.tags.get("vaebench.superseded") == "true" and "vaebench.superseded" not in parents[1].data.tags
+    )
+    by_parent = {
+        p.info.run_id: [r for r in children(uri, "opts") if r.data.tags["mlflow.parentRunId"] == p.info.run_id]
+        for p in parents
+    }
     assert [len(v) for v in by_parent.values()] == [2, 2]  # the old record is still readable
     assert {r.info.run_id for r in by_parent[parents[0].info.run_id]} == {r.info.run_id for r in old}
 
@@ -425,13 +560,19 @@ def test_ui_serves_the_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     Record(uri, "served").start_study("d", "name: served\n", {})  # ui refuses a store that does not exist
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vaebench.cli", "ui", "--port", str(port), "--tracking-uri",
-                             uri], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaebench.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "vaebench ui", timeout=120)
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served"
-        wait_for(lambda: http_ok(api), "the store's experiment through the ui", timeout=60)  # first call opens the store
+        wait_for(
+            lambda: http_ok(api), "the store's experiment through the ui", timeout=60
+        )  # first call opens the store
     finally:
         stop(proc)
 
@@ -453,8 +594,9 @@ ray.shutdown()
 def test_local_ray_requires_its_token(tmp_path):
     """The local Ray vaebench starts takes no client without its token (see executors.local_ray_auth)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    proc = subprocess.run([sys.executable, "-c", LOCAL_RAY], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOCAL_RAY], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MODE token STRANGER 1" in proc.stdout, proc.stdout
 

@@ -35,8 +35,10 @@ def gaussian_tc(S: torch.Tensor) -> float:
 
 
 def mean_tc(S, estimator, n_data=10_000, m=1024, reps=8):
-    return sum(tc_decomposition(*gaussian_posteriors(S, 0.3, m, r), n_data, estimator)["tc"].item()
-               for r in range(reps)) / reps
+    return (
+        sum(tc_decomposition(*gaussian_posteriors(S, 0.3, m, r), n_data, estimator)["tc"].item() for r in range(reps))
+        / reps
+    )
 
 
 CORRELATED = torch.tensor([[1.0, 0.6, 0.3], [0.6, 1.0, 0.5], [0.3, 0.5, 1.0]], dtype=torch.float64)
@@ -47,7 +49,7 @@ def test_terms_sum_to_the_monte_carlo_kl(estimator):
     z, mu, logvar = gaussian_posteriors(CORRELATED, 0.3, 200, 0)
     t = tc_decomposition(z, mu, logvar, 5000, estimator)
     log_q = -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 / logvar.exp()).sum(1)
-    log_p = -0.5 * (math.log(2 * math.pi) + z ** 2).sum(1)
+    log_p = -0.5 * (math.log(2 * math.pi) + z**2).sum(1)
     assert (t["mi"] + t["tc"] + t["dwkl"]).item() == pytest.approx((log_q - log_p).mean().item(), abs=1e-9)
 
 
@@ -91,7 +93,7 @@ def test_tcvae_with_unit_weights_equals_the_plain_kl_up_to_monte_carlo_error():
     for est in ("mws", "mss"):
         tc = objective(log_lik, mu, logvar, z, ObjectiveConfig(kind="beta_tcvae", tc_estimator=est), 0, 1, 10_000)
         log_q = -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 / logvar.exp()).sum(1)
-        log_p = -0.5 * (math.log(2 * math.pi) + z ** 2).sum(1)
+        log_p = -0.5 * (math.log(2 * math.pi) + z**2).sum(1)
         diff = log_q - log_p - kl_per_dim(mu, logvar).sum(1)
         stderr = diff.std().item() / math.sqrt(m)
         assert abs(tc["regulariser"].item() - plain["regulariser"].item()) <= 4 * stderr
@@ -102,7 +104,9 @@ def test_tcvae_with_unit_weights_equals_the_plain_kl_up_to_monte_carlo_error():
 def test_weights_apply_to_their_terms():
     z, mu, logvar = gaussian_posteriors(CORRELATED, 0.3, 64, 1)
     log_lik = torch.full((64,), -5.0, dtype=torch.float64)
-    cfg = ObjectiveConfig(kind="beta_tcvae", alpha=0.5, beta=6.0, gamma=2.0, anneal={"kind": "linear", "warmup_steps": 10})
+    cfg = ObjectiveConfig(
+        kind="beta_tcvae", alpha=0.5, beta=6.0, gamma=2.0, anneal={"kind": "linear", "warmup_steps": 10}
+    )
     t = objective(log_lik, mu, logvar, z, cfg, 5, 100, 1000)
     assert t["regulariser"].item() == pytest.approx((0.5 * t["mi"] + 6 * t["tc"] + 2 * t["dwkl"]).item())
     assert t["loss"].item() == pytest.approx(5.0 + 0.5 * t["regulariser"].item())  # a_5 = 0.5 multiplies it all
@@ -116,11 +120,15 @@ def test_beta_tcvae_refuses_free_bits_and_capacity():
 
 
 def test_training_logs_the_terms():
-    cfg = TrialConfig.model_validate({
-        "data": {"kind": "ppca", "n_samples": 400}, "model": {"kind": "mlp", "latent_dim": 3, "hidden": [16],
-                                                               "likelihood": "gaussian"},
-        "objective": {"kind": "beta_tcvae", "beta": 4.0}, "train": {"epochs": 2, "batch_size": 50, "device": "cpu"},
-        "metrics": {"iw_samples": 2}})
+    cfg = TrialConfig.model_validate(
+        {
+            "data": {"kind": "ppca", "n_samples": 400},
+            "model": {"kind": "mlp", "latent_dim": 3, "hidden": [16], "likelihood": "gaussian"},
+            "objective": {"kind": "beta_tcvae", "beta": 4.0},
+            "train": {"epochs": 2, "batch_size": 50, "device": "cpu"},
+            "metrics": {"iw_samples": 2},
+        }
+    )
     reports = list(train(cfg))
     m = reports[-1].metrics
     assert reports[-1].state == "completed"
@@ -135,10 +143,16 @@ def test_config_hash_unchanged_for_configs_without_the_new_settings():
     # hashes computed by vaebench before objective.kind/alpha/gamma/tc_estimator and metrics.disentanglement*
     # existed (main at 4905eb1): records made then are still found on resume
     assert TrialConfig().config_hash() == "02d58afbd61fcbf1"
-    assert TrialConfig.model_validate({"data": {"kind": "dsprites"}, "objective": {"beta": 4}}).config_hash() \
+    assert (
+        TrialConfig.model_validate({"data": {"kind": "dsprites"}, "objective": {"beta": 4}}).config_hash()
         == "62e2de304dc628b2"
+    )
     base = TrialConfig.model_validate({"data": {"kind": "dsprites"}})
-    for change in ({"objective": {"kind": "beta_tcvae"}}, {"objective": {"tc_estimator": "mss"}},
-                   {"metrics": {"disentanglement": ["mig"]}}, {"metrics": {"disentanglement_preset": "publish"}}):
+    for change in (
+        {"objective": {"kind": "beta_tcvae"}},
+        {"objective": {"tc_estimator": "mss"}},
+        {"metrics": {"disentanglement": ["mig"]}},
+        {"metrics": {"disentanglement_preset": "publish"}},
+    ):
         other = TrialConfig.model_validate({"data": {"kind": "dsprites"}, **change})
         assert other.config_hash() != base.config_hash(), change

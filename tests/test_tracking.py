@@ -13,11 +13,14 @@ from vaebench.tracking import Record, new_sqlite_store
 def schema(db) -> tuple[set, list]:
     """Every table and index with its SQL, and the migration head. The SQL as a set of clauses:
     MLflow's own stores list a table's constraints in varying order (alembic's batch mode)."""
+
     def clauses(sql: str | None) -> frozenset[str]:
         return frozenset(line.strip().rstrip(",") for line in (sql or "").splitlines())
 
     with sqlite3.connect(db) as con:
-        objects = {(kind, name, clauses(sql)) for kind, name, sql in con.execute("SELECT type, name, sql FROM sqlite_master")}
+        objects = {
+            (kind, name, clauses(sql)) for kind, name, sql in con.execute("SELECT type, name, sql FROM sqlite_master")
+        }
         version = con.execute("SELECT version_num FROM alembic_version").fetchall()
     con.close()
     return objects, version
@@ -36,7 +39,10 @@ def test_new_store_is_a_copy_of_mlflows_own(tmp_path, monkeypatch):
     assert version == own_version  # the same migration head
     assert objects ^ own_objects == set()  # the same tables and indexes
     # the Default experiment is the one MLflow makes for a new store here, not the template's
-    default, own_default = rec.client.get_experiment("0"), MlflowClient(tracking_uri=f"sqlite:///{own}").get_experiment("0")
+    default, own_default = (
+        rec.client.get_experiment("0"),
+        MlflowClient(tracking_uri=f"sqlite:///{own}").get_experiment("0"),
+    )
     assert (default.name, default.artifact_location) == (own_default.name, own_default.artifact_location)
 
     parent = rec.start_study("d", "name: s\n", {})
@@ -49,8 +55,12 @@ def test_new_store_is_a_copy_of_mlflows_own(tmp_path, monkeypatch):
     other = tmp_path / "b" / "mlflow.db"
     Record(f"sqlite:///{other}", "s")
     assert len(list((tmp_path / "cache" / "vaebench").glob("mlflow-*.db"))) == 1
-    assert MlflowClient(tracking_uri=f"sqlite:///{other}").search_runs(
-        [e.experiment_id for e in MlflowClient(tracking_uri=f"sqlite:///{other}").search_experiments()]) == []
+    assert (
+        MlflowClient(tracking_uri=f"sqlite:///{other}").search_runs(
+            [e.experiment_id for e in MlflowClient(tracking_uri=f"sqlite:///{other}").search_experiments()]
+        )
+        == []
+    )
 
 
 def test_unwritable_cache_leaves_the_store_to_mlflow(tmp_path, monkeypatch):

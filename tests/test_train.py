@@ -15,8 +15,12 @@ from vaebench.train import train
 
 
 def digits_cfg(**over) -> TrialConfig:
-    base = {"data": {"kind": "digits", "binarize": True}, "model": {"latent_dim": 4, "hidden": [64]},
-            "train": {"epochs": 4, "batch_size": 64, "lr": 2e-3, "device": "cpu"}, "metrics": {"iw_samples": 8}}
+    base = {
+        "data": {"kind": "digits", "binarize": True},
+        "model": {"latent_dim": 4, "hidden": [64]},
+        "train": {"epochs": 4, "batch_size": 64, "lr": 2e-3, "device": "cpu"},
+        "metrics": {"iw_samples": 8},
+    }
     for k, v in over.items():
         base.setdefault(k, {}).update(v) if isinstance(v, dict) else base.__setitem__(k, v)
     return TrialConfig.model_validate(base)
@@ -54,9 +58,23 @@ def test_metrics_do_not_disturb_training():
 
 def test_every_metric_is_reported():
     last = run(digits_cfg())[-1].metrics
-    expected = {"val/elbo", "val/recon", "val/kl", "val/active_units", "val/mi", "val/iw_nll", "val/collapsed_dims",
-                "val/collapsed_fraction", "val/posterior_collapse", "train/loss", "train/recon", "train/kl",
-                "train/regulariser", "train/kl_weight", "train/epoch_seconds"} | {f"val/kl_dim/{j:02d}" for j in range(4)}
+    expected = {
+        "val/elbo",
+        "val/recon",
+        "val/kl",
+        "val/active_units",
+        "val/mi",
+        "val/iw_nll",
+        "val/collapsed_dims",
+        "val/collapsed_fraction",
+        "val/posterior_collapse",
+        "train/loss",
+        "train/recon",
+        "train/kl",
+        "train/regulariser",
+        "train/kl_weight",
+        "train/epoch_seconds",
+    } | {f"val/kl_dim/{j:02d}" for j in range(4)}
     expected |= {"conv/elbo_rel_change", "conv/active_units_change", "conv/still_moving"}  # the final epoch's
     assert set(last) == expected
     assert all(math.isfinite(v) for v in last.values())
@@ -75,8 +93,11 @@ def test_threads_are_set_and_denormals_flushed():
 
 
 def test_nan_loss_ends_as_diverged_not_exception():
-    cfg = digits_cfg(data={"kind": "digits", "binarize": False}, model={"likelihood": "gaussian", "sigma": 0.05},
-                     train={"optimizer": "sgd", "lr": 1.0e4, "epochs": 5})
+    cfg = digits_cfg(
+        data={"kind": "digits", "binarize": False},
+        model={"likelihood": "gaussian", "sigma": 0.05},
+        train={"optimizer": "sgd", "lr": 1.0e4, "epochs": 5},
+    )
     reports = run(cfg)
     assert reports[-1].state == "diverged"
     assert reports[-1].epoch < 5
@@ -84,8 +105,9 @@ def test_nan_loss_ends_as_diverged_not_exception():
 
 
 def test_kl_weight_follows_schedule():
-    cfg = digits_cfg(objective={"beta": 2.0, "anneal": {"kind": "cyclical", "cycles": 2, "ratio": 0.5}},
-                     train={"epochs": 4})
+    cfg = digits_cfg(
+        objective={"beta": 2.0, "anneal": {"kind": "cyclical", "cycles": 2, "ratio": 0.5}}, train={"epochs": 4}
+    )
     steps_per_epoch = math.ceil(len(range(1437)) / 64)  # digits: 1,797 images, 20% held out
     T = 4 * steps_per_epoch
     for r in run(cfg):
@@ -93,9 +115,16 @@ def test_kl_weight_follows_schedule():
         assert r.metrics["train/kl_weight"] == pytest.approx(2.0 * anneal_factor(cfg.objective.anneal, t_last, T))
 
 
-@pytest.mark.parametrize("objective", [
-    {"anneal": "linear"}, {"anneal": "sigmoid"}, {"anneal": {"kind": "capacity", "c_max": 5.0, "gamma": 10.0}},
-    {"free_bits": 0.5}, {"free_bits": 0.5, "free_bits_mode": "total"}])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"anneal": "linear"},
+        {"anneal": "sigmoid"},
+        {"anneal": {"kind": "capacity", "c_max": 5.0, "gamma": 10.0}},
+        {"free_bits": 0.5},
+        {"free_bits": 0.5, "free_bits_mode": "total"},
+    ],
+)
 def test_objective_variants_train(objective):
     last = run(digits_cfg(objective=objective, train={"epochs": 2}))[-1]
     assert last.state == "completed" and math.isfinite(last.metrics["val/elbo"])
@@ -109,15 +138,25 @@ def test_free_bits_keep_kl_up():
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "gaussian_learned"])
 def test_gaussian_likelihoods_train(likelihood):
-    last = run(digits_cfg(data={"kind": "digits", "binarize": False}, model={"likelihood": likelihood, "sigma": 0.3},
-                          train={"epochs": 2}))[-1]
+    last = run(
+        digits_cfg(
+            data={"kind": "digits", "binarize": False},
+            model={"likelihood": likelihood, "sigma": 0.3},
+            train={"epochs": 2},
+        )
+    )[-1]
     assert last.state == "completed" and math.isfinite(last.metrics["val/iw_nll"])
 
 
 def test_conv_on_dsprites():
-    cfg = TrialConfig.model_validate({
-        "data": {"kind": "dsprites", "n_samples": 256}, "model": {"kind": "conv", "latent_dim": 6, "channels": [8, 8, 16, 16]},
-        "train": {"epochs": 1, "batch_size": 64}, "metrics": {"iw_samples": 2}})
+    cfg = TrialConfig.model_validate(
+        {
+            "data": {"kind": "dsprites", "n_samples": 256},
+            "model": {"kind": "conv", "latent_dim": 6, "channels": [8, 8, 16, 16]},
+            "train": {"epochs": 1, "batch_size": 64},
+            "metrics": {"iw_samples": 2},
+        }
+    )
     last = run(cfg)[-1]
     assert last.state == "completed" and last.metrics["val/recon"] > 0
 
@@ -146,14 +185,17 @@ def test_logvar_is_clamped():
     assert logvar.tolist() == [[LOGVAR_MAX, LOGVAR_MIN]]
 
 
-@pytest.mark.parametrize("section,bad,field", [
-    ("model", {"likelihood": "poisson"}, "model.likelihood"),
-    ("model", {"latent_dim": 0}, "model.latent_dim"),
-    ("objective", {"beta": -1.0}, "objective.beta"),
-    ("objective", {"free_bits": -0.5}, "objective.free_bits"),
-    ("train", {"epochs": 0}, "train.epochs"),
-    ("model", {"kind": "linear", "likelihood": "bernoulli"}, "model"),
-])
+@pytest.mark.parametrize(
+    "section,bad,field",
+    [
+        ("model", {"likelihood": "poisson"}, "model.likelihood"),
+        ("model", {"latent_dim": 0}, "model.latent_dim"),
+        ("objective", {"beta": -1.0}, "objective.beta"),
+        ("objective", {"free_bits": -0.5}, "objective.free_bits"),
+        ("train", {"epochs": 0}, "train.epochs"),
+        ("model", {"kind": "linear", "likelihood": "bernoulli"}, "model"),
+    ],
+)
 def test_bad_config_is_refused(section, bad, field):
     with pytest.raises(ValidationError) as e:
         digits_cfg(**{section: bad})
@@ -169,6 +211,11 @@ def test_missing_data_file_fails_before_training(tmp_path):
 def test_npz_vectors_train(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x_train=(rng.random((300, 20)) > 0.5).astype(np.uint8) * 255)
-    cfg = TrialConfig.model_validate({"data": {"kind": "npz", "path": str(tmp_path / "d.npz")},
-                                      "model": {"latent_dim": 3, "hidden": [16]}, "train": {"epochs": 1}})
+    cfg = TrialConfig.model_validate(
+        {
+            "data": {"kind": "npz", "path": str(tmp_path / "d.npz")},
+            "model": {"latent_dim": 3, "hidden": [16]},
+            "train": {"epochs": 1},
+        }
+    )
     assert run(cfg)[-1].state == "completed"

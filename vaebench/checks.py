@@ -34,8 +34,10 @@ def parse_address(address: str) -> tuple[str, int] | None:
     m = _HOST_PORT.match(address)
     port = int(m.group(2)) if m else 0
     if not m or not 1 <= port <= 65535:
-        raise CheckError(f"--address {short(address)}: allowed: HOST:PORT of a Ray head (e.g. 10.0.0.5:6379), "
-                         "ray://HOST:PORT of a Ray client server, or auto (the cluster `ray start` left on this machine)")
+        raise CheckError(
+            f"--address {short(address)}: allowed: HOST:PORT of a Ray head (e.g. 10.0.0.5:6379), "
+            "ray://HOST:PORT of a Ray client server, or auto (the cluster `ray start` left on this machine)"
+        )
     return m.group(1).strip("[]"), port
 
 
@@ -49,8 +51,10 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     host, port = target
     why = _connect(host, port, timeout)
     if why is not None:
-        raise CheckError(f"--address {address}: cannot reach a Ray cluster there ({why}); start one with "
-                         f"`ray start --head --port={port}` on {host}, or leave out --address to start a local Ray")
+        raise CheckError(
+            f"--address {address}: cannot reach a Ray cluster there ({why}); start one with "
+            f"`ray start --head --port={port}` on {host}, or leave out --address to start a local Ray"
+        )
 
 
 def _connect(host: str, port: int, timeout: float) -> str | None:
@@ -73,8 +77,10 @@ def check_server(uri: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     why = _connect(parts.hostname, port, timeout)
     if why is not None:
-        raise CheckError(f"tracking server {uri}: nothing answers at {parts.hostname}:{port} ({why}); start "
-                         "`mlflow server` there, or give another --tracking-uri")
+        raise CheckError(
+            f"tracking server {uri}: nothing answers at {parts.hostname}:{port} ({why}); start "
+            "`mlflow server` there, or give another --tracking-uri"
+        )
 
 
 def requested_devices(study: Study) -> set[str]:
@@ -93,12 +99,16 @@ def check_device(study: Study, local: bool = True, where: str | None = None) -> 
         return
     where = where or study.name
     if study.resources.gpus_per_trial <= 0:
-        raise CheckError(f"{where}: train.device is cuda but resources.gpus_per_trial is 0, and Ray gives a "
-                         "trial without GPUs none; set resources.gpus_per_trial (e.g. 1 or 0.5), or train.device: auto")
+        raise CheckError(
+            f"{where}: train.device is cuda but resources.gpus_per_trial is 0, and Ray gives a "
+            "trial without GPUs none; set resources.gpus_per_trial (e.g. 1 or 0.5), or train.device: auto"
+        )
     if local:
         import torch
 
         if not torch.cuda.is_available():
-            raise CheckError(f"{where}: train.device is cuda but this machine has no CUDA device "
-                             f"(torch {torch.__version__}); use train.device: auto or cpu, or --address of a GPU "
-                             "cluster")
+            raise CheckError(
+                f"{where}: train.device is cuda but this machine has no CUDA device "
+                f"(torch {torch.__version__}); use train.device: auto or cpu, or --address of a GPU "
+                "cluster"
+            )

@@ -37,7 +37,9 @@ from vaebench.store import (
 from vaebench.study import Study, StudyError, load_study, resolve_path
 
 HELP = "Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None)  # plain help: flags without <bool>
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode=None
+)  # plain help: flags without <bool>
 
 
 def _load(study_file: str, overrides: list[str] | None = None) -> tuple[Path, Study]:
@@ -59,15 +61,22 @@ def _tracking_uri(cli: str | None, study_path: Path | None) -> str:
 def sweep(
     study_file: str = typer.Argument(..., help="study YAML file, or NAME for studies/NAME.yaml"),
     max_trials: Optional[int] = typer.Option(None, "--max-trials", min=1, help="start at most N new trial runs"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials at once (default: what the cluster fits)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
-                                                                  "(default: start a local Ray)"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="trials at once (default: what the cluster fits)"
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto (default: start a local Ray)"
+    ),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a setting: dotted.path=value (repeatable)"),
     fresh: bool = typer.Option(False, "--fresh", help="start a new study record; the old one stays readable"),
-    inline: bool = typer.Option(False, "--inline", help="run the trials one at a time in this process, without Ray "
-                                                        "(debugging a study: breakpoints and tracebacks work)"),
+    inline: bool = typer.Option(
+        False,
+        "--inline",
+        help="run the trials one at a time in this process, without Ray "
+        "(debugging a study: breakpoints and tracebacks work)",
+    ),
     pack: Optional[str] = typer.Option(None, "--pack", help="packed trials: auto|off|N (overrides resources.pack)"),
 ) -> None:
     """Run a study's trials on Ray, recording every epoch in MLflow; re-running resumes."""
@@ -95,8 +104,15 @@ def sweep(
     from vaebench.sweep import SweepError, SweepOptions, run_sweep
 
     made = ensure_folder(storage) if study.search.kind != "grid" else None  # SQLite makes the file, not its folder
-    opts = SweepOptions(tracking_uri=uri, storage=storage, address=address, workers=workers, max_trials=max_trials,
-                        fresh=fresh, inline=inline)
+    opts = SweepOptions(
+        tracking_uri=uri,
+        storage=storage,
+        address=address,
+        workers=workers,
+        max_trials=max_trials,
+        fresh=fresh,
+        inline=inline,
+    )
     try:
         summary = run_sweep(study, path.read_text(encoding="utf-8"), opts, Progress(enabled=True, console=err))
     except SweepError as e:
@@ -109,8 +125,11 @@ def sweep(
     for name, line in summary.failed:
         say(f"  failed: {name}: {line}")
     if summary.store_error:
-        fail(f"{summary.store_error}; the sweep stopped (runs in flight were ended as killed where the store "
-             "still took writes); run the same command again to resume once the store works", 1)
+        fail(
+            f"{summary.store_error}; the sweep stopped (runs in flight were ended as killed where the store "
+            "still took writes); run the same command again to resume once the store works",
+            1,
+        )
     if summary.interrupted:
         again = "the same command without --fresh" if fresh else "the same command"
         say(f"interrupted: in-flight trials were ended as killed; run {again} to resume this record")
@@ -127,10 +146,12 @@ def _set_pack(study, value: str) -> None:
 
 
 @app.command()
-def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAME"),
-             set_: Optional[list[str]] = typer.Option(None, "--set", help="override: dotted.path=value"),
-             tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-             pack: Optional[str] = typer.Option(None, "--pack", help="auto|off|N (overrides resources.pack)")) -> None:
+def validate(
+    study_file: str = typer.Argument(..., help="study YAML file, or NAME"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override: dotted.path=value"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    pack: Optional[str] = typer.Option(None, "--pack", help="auto|off|N (overrides resources.pack)"),
+) -> None:
     """Check a study file, its data files and device; print its factors, the number of trials it implies
     and how they would be packed."""
     path, study = _load(study_file, set_)
@@ -151,8 +172,10 @@ def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAM
     if study.search.kind == "grid":
         out.print(f"grid: {study.n_points():,} points x {seeds} seeds = {n:,} trials, {study.train.epochs} epochs each")
     else:
-        out.print(f"{study.search.kind} search: budget {study.search.budget} points x {seeds} seeds "
-                  f"= {n:,} trials; objectives {study.search.objectives}; pruner {study.search.pruner}")
+        out.print(
+            f"{study.search.kind} search: budget {study.search.budget} points x {seeds} seeds "
+            f"= {n:,} trials; objectives {study.search.objectives}; pruner {study.search.pruner}"
+        )
     from vaebench.pack import packing_summary
 
     out.print(packing_summary(study), highlight=False)
@@ -160,8 +183,10 @@ def validate(study_file: str = typer.Argument(..., help="study YAML file, or NAM
 
 
 @app.command()
-def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML file or study NAME"),
-           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP)) -> None:
+def status(
+    study: str = typer.Argument(..., metavar="STUDY", help="study YAML file or study NAME"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP),
+) -> None:
     """Trials of the current study record by state, whether it is complete, and the best point."""
     from vaebench.progress import best_point
     from vaebench.tracking import FINAL_STATES, STATE, Record
@@ -192,22 +217,32 @@ def status(study: str = typer.Argument(..., metavar="STUDY", help="study YAML fi
         word = f"complete ({ended} of {total})"
     else:
         word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
-            parent.info.status, "")
+            parent.info.status, ""
+        )
     out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}", highlight=False, soft_wrap=True)
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
     done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
     flagged = [r for r in done if "conv/still_moving" in r.data.metrics]
     if flagged:
         moving = sum(r.data.metrics["conv/still_moving"] == 1 for r in flagged)
-        out.print(f"still moving at the last epoch: {moving} of {len(flagged)} completed trials (conv/still_moving)",
-                  highlight=False)
+        out.print(
+            f"still moving at the last epoch: {moving} of {len(flagged)} completed trials (conv/still_moving)",
+            highlight=False,
+        )
     metric, direction = next(iter(st.search.objectives.items())) if st is not None else ("val/elbo", "max")
-    best = best_point(((r.data.tags.get("vaebench.point_key", r.info.run_id), "completed", r.data.metrics)
-                       for r in done), metric, direction)
+    best = best_point(
+        ((r.data.tags.get("vaebench.point_key", r.info.run_id), "completed", r.data.metrics) for r in done),
+        metric,
+        direction,
+    )
     if best is not None:
         r = next(r for r in done if r.data.tags.get("vaebench.point_key", r.info.run_id) == best.point)
-        out.print(f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}", highlight=False, markup=False,
-                  soft_wrap=True)
+        out.print(
+            f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _study_of_record(record, parent_id: str) -> Study | None:
@@ -233,11 +268,15 @@ def _study_of_record(record, parent_id: str) -> Study | None:
 
 
 @app.command()
-def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose project's store to open "
-                                                        "(default: the store under the current folder)"),
-       tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-       port: int = typer.Option(5000, "--port", min=1, max=65535), host: str = typer.Option("127.0.0.1", "--host"),
-       dry_run: bool = typer.Option(False, "--dry-run", help="print the MLflow command instead of running it")) -> None:
+def ui(
+    study: Optional[str] = typer.Argument(
+        None, help="a study YAML file whose project's store to open (default: the store under the current folder)"
+    ),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    port: int = typer.Option(5000, "--port", min=1, max=65535),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the MLflow command instead of running it"),
+) -> None:
     """The MLflow UI on the same store as the sweeps; a missing store is refused, never created."""
     path = resolve_path(study) if study else None
     if path is not None and not path.is_file():
@@ -252,7 +291,10 @@ def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose
     say(f"store: {uri}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()]
+        cmd += [
+            "--default-artifact-root",
+            (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri(),
+        ]
     if dry_run:
         print(" ".join(cmd))  # plain: a command line is never wrapped
         return
@@ -263,9 +305,12 @@ def ui(study: Optional[str] = typer.Argument(None, help="a study YAML file whose
 def reproduce(
     name: str = typer.Argument(..., help=f"the reproduction to run: {', '.join(sorted(REPRODUCTIONS))}"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto "
-                                                                  "(default: start a local Ray)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="trials at once (default: what the cluster fits)"),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster: HOST:PORT, ray://HOST:PORT or auto (default: start a local Ray)"
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="trials at once (default: what the cluster fits)"
+    ),
     fresh: bool = typer.Option(False, "--fresh", help="rerun from scratch in a new study record instead of reusing it"),
 ) -> None:
     """Run a study whose outcome is known and check it: PASS or FAIL per check; exit 0 iff all pass."""
@@ -289,8 +334,9 @@ def reproduce(
     from vaebench.sweep import SweepError
 
     try:
-        checks = repro.run_reproduction(name, uri, address, workers, rerun=fresh,
-                                        progress=Progress(enabled=True, console=err))
+        checks = repro.run_reproduction(
+            name, uri, address, workers, rerun=fresh, progress=Progress(enabled=True, console=err)
+        )
     except (StudyError, SweepError) as e:
         fail(str(e))
     except ReportError as e:
@@ -305,6 +351,7 @@ def reproduce(
 from vaebench.report.command import report  # noqa: E402  (the report command lives beside the report code)
 
 app.command("report")(report)
+
 
 def main() -> None:
     app()

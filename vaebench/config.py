@@ -76,9 +76,7 @@ class NpzData(Section):
     binarize: bool = False
 
 
-DataConfig = Annotated[
-    Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData], Field(discriminator="kind")
-]
+DataConfig = Annotated[Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData], Field(discriminator="kind")]
 
 # ---------------------------------------------------------------------------- model
 
@@ -174,8 +172,10 @@ class ObjectiveConfig(Section):
         if self.anneal.kind == "capacity" and self.free_bits > 0:
             raise ValueError("objective.free_bits must be 0 with anneal 'capacity' (it sets its own target KL)")
         if self.kind == "beta_tcvae" and (self.free_bits > 0 or self.anneal.kind == "capacity"):
-            raise ValueError("objective.kind 'beta_tcvae' takes neither free_bits nor anneal 'capacity' "
-                             "(they act on the plain KL); use kind 'beta_vae' for them")
+            raise ValueError(
+                "objective.kind 'beta_tcvae' takes neither free_bits nor anneal 'capacity' "
+                "(they act on the plain KL); use kind 'beta_vae' for them"
+            )
         return self
 
 
@@ -242,9 +242,11 @@ class TrialConfig(Section):
         from vaebench.data import FACTOR_KINDS
 
         if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS:
-            raise ValueError(f"metrics.disentanglement needs data whose generative factors are known "
-                             f"(data.kind: {', '.join(FACTOR_KINDS)}); data.kind {self.data.kind!r} has none, "
-                             f"so leave metrics.disentanglement empty")
+            raise ValueError(
+                f"metrics.disentanglement needs data whose generative factors are known "
+                f"(data.kind: {', '.join(FACTOR_KINDS)}); data.kind {self.data.kind!r} has none, "
+                f"so leave metrics.disentanglement empty"
+            )
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -277,9 +279,13 @@ class TrialConfig(Section):
 
 #: settings added after the first records (beta-TCVAE, disentanglement metrics) with their defaults
 LATER_DEFAULTS: dict[tuple[str, str], Any] = {
-    ("objective", "kind"): "beta_vae", ("objective", "alpha"): 1.0, ("objective", "gamma"): 1.0,
-    ("objective", "tc_estimator"): "mws", ("metrics", "disentanglement"): [],
-    ("metrics", "disentanglement_every"): None, ("metrics", "disentanglement_preset"): "default",
+    ("objective", "kind"): "beta_vae",
+    ("objective", "alpha"): 1.0,
+    ("objective", "gamma"): 1.0,
+    ("objective", "tc_estimator"): "mws",
+    ("metrics", "disentanglement"): [],
+    ("metrics", "disentanglement_every"): None,
+    ("metrics", "disentanglement_preset"): "default",
     ("metrics", "disentanglement_seed"): 0,
 }
 

@@ -69,7 +69,7 @@ def convergence(history: Mapping[str, Sequence[tuple[int, float]]], epochs: int)
     if len(e) > 2:  # least squares, and the standard error of its slope from the residuals
         slope, icept = np.polyfit(e, v, 1)
         resid = v - (slope * e + icept)
-        se_change = math.sqrt(float((resid ** 2).sum()) / (len(e) - 2) / float(((e - e.mean()) ** 2).sum())) * span
+        se_change = math.sqrt(float((resid**2).sum()) / (len(e) - 2) / float(((e - e.mean()) ** 2).sum())) * span
     else:
         slope, se_change = (v[-1] - v[0]) / span, 0.0
     change = slope * span

@@ -29,17 +29,21 @@ def definition(study: Study) -> dict[str, Any]:
     search = study.search.model_dump(mode="json")
     return {
         "base": flatten(study.base()),
-        "space": {k: (v.model_dump(mode="json") if isinstance(v, Range) else {"levels": list(v)})
-                  for k, v in study.space.items()},
+        "space": {
+            k: (v.model_dump(mode="json") if isinstance(v, Range) else {"levels": list(v)})
+            for k, v in study.space.items()
+        },
         "seeds": list(study.seeds),
         "search": search,
     }
 
 
 def fixed_hash(defn: dict[str, Any]) -> str:
-    fixed = {"base": defn["base"],
-             "space": {k: (None if "levels" in v else v) for k, v in defn["space"].items()},
-             "search": {k: v for k, v in defn["search"].items() if k != "budget"}}
+    fixed = {
+        "base": defn["base"],
+        "space": {k: (None if "levels" in v else v) for k, v in defn["space"].items()},
+        "search": {k: v for k, v in defn["search"].items() if k != "budget"},
+    }
     blob = json.dumps(fixed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -60,7 +64,9 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, An
     for k in [*os_, *(k for k in ns if k not in os_)]:
         o, n = os_.get(k), ns.get(k)
         if o is None or n is None:
-            out.append((f"space.{k}", None if o is None else o.get("levels", o), None if n is None else n.get("levels", n)))
+            out.append(
+                (f"space.{k}", None if o is None else o.get("levels", o), None if n is None else n.get("levels", n))
+            )
         elif "levels" in o and "levels" in n:
             if not {_canon(x) for x in o["levels"]} <= {_canon(x) for x in n["levels"]}:
                 out.append((f"space.{k}", o["levels"], n["levels"]))  # a level removed or changed

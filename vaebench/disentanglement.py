@@ -70,17 +70,43 @@ class Preset:
 
 PRESETS = {
     # disentanglement_lib, config/unsupervised_study_v1/metric_configs (random seed 0 there)
-    "publish": Preset(beta_vae_batch=64, beta_vae_train=10_000, beta_vae_eval=5_000,
-                      factor_vae_batch=64, factor_vae_variance=10_000, factor_vae_train=10_000,
-                      factor_vae_eval=5_000, factor_vae_prune=0.05, mig_points=10_000, bins=20,
-                      dci_train=10_000, dci_test=5_000, dci_estimators=100, sap_train=10_000, sap_test=5_000,
-                      modularity_points=10_000),
+    "publish": Preset(
+        beta_vae_batch=64,
+        beta_vae_train=10_000,
+        beta_vae_eval=5_000,
+        factor_vae_batch=64,
+        factor_vae_variance=10_000,
+        factor_vae_train=10_000,
+        factor_vae_eval=5_000,
+        factor_vae_prune=0.05,
+        mig_points=10_000,
+        bins=20,
+        dci_train=10_000,
+        dci_test=5_000,
+        dci_estimators=100,
+        sap_train=10_000,
+        sap_test=5_000,
+        modularity_points=10_000,
+    ),
     # seconds on 2 cores: the same batch sizes, bins and thresholds; fewer points, 10 boosting stages
-    "default": Preset(beta_vae_batch=64, beta_vae_train=300, beta_vae_eval=150,
-                      factor_vae_batch=64, factor_vae_variance=5_000, factor_vae_train=300,
-                      factor_vae_eval=150, factor_vae_prune=0.05, mig_points=5_000, bins=20,
-                      dci_train=1_000, dci_test=500, dci_estimators=10, sap_train=2_000, sap_test=1_000,
-                      modularity_points=5_000),
+    "default": Preset(
+        beta_vae_batch=64,
+        beta_vae_train=300,
+        beta_vae_eval=150,
+        factor_vae_batch=64,
+        factor_vae_variance=5_000,
+        factor_vae_train=300,
+        factor_vae_eval=150,
+        factor_vae_prune=0.05,
+        mig_points=5_000,
+        bins=20,
+        dci_train=1_000,
+        dci_test=500,
+        dci_estimators=10,
+        sap_train=2_000,
+        sap_test=1_000,
+        modularity_points=5_000,
+    ),
 }
 
 
@@ -100,8 +126,10 @@ class Codes:
     def __call__(self, factors: np.ndarray) -> np.ndarray:
         key = factors.tobytes() + bytes(str(factors.shape), "ascii")
         if key not in self._memo:
-            out = [np.asarray(self.represent(self.data.observations(f)), dtype=np.float64)
-                   for f in np.array_split(factors, max(1, -(-len(factors) // self.batch_size)))]
+            out = [
+                np.asarray(self.represent(self.data.observations(f)), dtype=np.float64)
+                for f in np.array_split(factors, max(1, -(-len(factors) // self.batch_size)))
+            ]
             if len(self._memo) >= 4:
                 self._memo.pop(next(iter(self._memo)))
             self._memo[key] = np.concatenate(out)
@@ -159,8 +187,9 @@ def discrete_mi(a: np.ndarray, b: np.ndarray) -> float:
 def mi_matrix(codes: np.ndarray, factors: np.ndarray, bins: int) -> np.ndarray:
     """m[j, k] = discrete MI between code j (``bins`` bins) and factor k."""
     d = discretize(codes, bins)
-    return np.array([[discrete_mi(d[:, j], factors[:, k]) for k in range(factors.shape[1])]
-                     for j in range(codes.shape[1])])
+    return np.array(
+        [[discrete_mi(d[:, j], factors[:, k]) for k in range(factors.shape[1])] for j in range(codes.shape[1])]
+    )
 
 
 def _gap(matrix: np.ndarray) -> np.ndarray:
@@ -201,8 +230,7 @@ def dci_from_importance(r: np.ndarray) -> tuple[float, float]:
     weights = r if r.sum() > 0 else np.ones_like(r)
     dis = (1.0 - _entropy(r.T + 1e-11, K)) if K > 1 else np.ones(J)
     com = (1.0 - _entropy(r + 1e-11, J)) if J > 1 else np.ones(K)
-    return (float(np.sum(dis * weights.sum(1) / weights.sum())),
-            float(np.sum(com * weights.sum(0) / weights.sum())))
+    return (float(np.sum(dis * weights.sum(1) / weights.sum())), float(np.sum(com * weights.sum(0) / weights.sum())))
 
 
 def _quiet():
@@ -228,7 +256,7 @@ def _beta_vae_points(codes: Codes, n: int, batch: int, rng: np.random.Generator)
     feats = []
     chunk = max(1, 8192 // (2 * batch))  # points encoded together: bounds the memory of the images
     for start in range(0, n, chunk):
-        k = ks[start:start + chunk]
+        k = ks[start : start + chunk]
         f1 = codes.data.sample_factors(len(k) * batch, rng)
         f2 = codes.data.sample_factors(len(k) * batch, rng)
         rows = np.repeat(k, batch)
@@ -276,15 +304,16 @@ def factor_vae(codes: Codes, preset: Preset, seed: int) -> dict[str, float]:
     return {"factor_vae": factor_vae_accuracy(train, test)}
 
 
-def _factor_vae_votes(codes: Codes, n: int, batch: int, rng: np.random.Generator, glob: np.ndarray,
-                      active: np.ndarray) -> np.ndarray:
+def _factor_vae_votes(
+    codes: Codes, n: int, batch: int, rng: np.random.Generator, glob: np.ndarray, active: np.ndarray
+) -> np.ndarray:
     """votes[k, j]: points where factor k was fixed and code j had the least normalised variance."""
     K = len(codes.varying)
     votes = np.zeros((K, glob.shape[0]), dtype=np.int64)
     ks = _pick_factors(codes, n, rng)
     chunk = max(1, 8192 // batch)
     for start in range(0, n, chunk):
-        k = ks[start:start + chunk]
+        k = ks[start : start + chunk]
         f = codes.data.sample_factors(len(k) * batch, rng).reshape(len(k), batch, -1)
         f[np.arange(len(k)), :, k] = f[np.arange(len(k)), 0, k][:, None]
         c = codes(f.reshape(len(k) * batch, -1)).reshape(len(k), batch, -1)
@@ -316,8 +345,9 @@ def dci(codes: Codes, preset: Preset, seed: int) -> dict[str, float]:
     return {"dci_disentanglement": d, "dci_completeness": c, "dci_informativeness": i}
 
 
-def dci_scores(c_tr: np.ndarray, f_tr: np.ndarray, c_te: np.ndarray, f_te: np.ndarray, estimators: int,
-               seed: int) -> tuple[float, float, float]:
+def dci_scores(
+    c_tr: np.ndarray, f_tr: np.ndarray, c_te: np.ndarray, f_te: np.ndarray, estimators: int, seed: int
+) -> tuple[float, float, float]:
     from sklearn.ensemble import GradientBoostingClassifier
 
     o = canonical(c_tr, f_tr)
@@ -341,8 +371,9 @@ def sap(codes: Codes, preset: Preset, seed: int) -> dict[str, float]:
     return {"sap": float(np.mean(_gap(sap_matrix(c_tr, f_tr, c_te, f_te, seed))))}
 
 
-def sap_matrix(c_tr: np.ndarray, f_tr: np.ndarray, c_te: np.ndarray, f_te: np.ndarray, seed: int,
-               continuous: bool = False) -> np.ndarray:
+def sap_matrix(
+    c_tr: np.ndarray, f_tr: np.ndarray, c_te: np.ndarray, f_te: np.ndarray, seed: int, continuous: bool = False
+) -> np.ndarray:
     """S[j, k] for SAP. ``continuous=True`` is disentanglement_lib's variant for continuous factors
     (the squared correlation of code j and factor k on the training points, 0 for a constant code);
     vaebench records the classification variant (dSprites' factors are discrete, as in
@@ -381,12 +412,19 @@ def modularity(codes: Codes, preset: Preset, seed: int) -> dict[str, float]:
 
 
 Metric = Callable[[Codes, Preset, int], dict[str, float]]
-METRICS: dict[str, Metric] = {"beta_vae": beta_vae, "factor_vae": factor_vae, "mig": mig, "dci": dci, "sap": sap,
-                              "modularity": modularity}
+METRICS: dict[str, Metric] = {
+    "beta_vae": beta_vae,
+    "factor_vae": factor_vae,
+    "mig": mig,
+    "dci": dci,
+    "sap": sap,
+    "modularity": modularity,
+}
 
 
-def evaluate(codes: Codes, names: list[str] | tuple[str, ...], preset: str | Preset = "default",
-             seed: int = 0) -> dict[str, float]:
+def evaluate(
+    codes: Codes, names: list[str] | tuple[str, ...], preset: str | Preset = "default", seed: int = 0
+) -> dict[str, float]:
     """The named metrics of ``codes`` merged into one {name: value} dict."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     out: dict[str, float] = {}
@@ -395,8 +433,13 @@ def evaluate(codes: Codes, names: list[str] | tuple[str, ...], preset: str | Pre
     return out
 
 
-def evaluate_model(model: torch.nn.Module, data: GroundTruth, names: list[str] | tuple[str, ...],
-                   preset: str | Preset = "default", seed: int = 0) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module,
+    data: GroundTruth,
+    names: list[str] | tuple[str, ...],
+    preset: str | Preset = "default",
+    seed: int = 0,
+) -> dict[str, float]:
     """The named metrics of a VAE's posterior mean on ``data``, in eval mode (the training loop's one call)."""
     was_training = model.training
     model.eval()

@@ -75,8 +75,12 @@ class InlineExecutor:
     ``trial`` is the job's message stream (run_trial); an exception escaping it stands for a
     dead worker: the job restarts from scratch, up to ``max_retries`` times."""
 
-    def __init__(self, workers: int = 1, trial: Callable[[dict[str, Any]], Iterator[dict[str, Any]]] = run_trial,
-                 max_retries: int = MAX_RETRIES):
+    def __init__(
+        self,
+        workers: int = 1,
+        trial: Callable[[dict[str, Any]], Iterator[dict[str, Any]]] = run_trial,
+        max_retries: int = MAX_RETRIES,
+    ):
         self.workers, self.trial, self.max_retries = workers, trial, max_retries
         self.running: dict[str, tuple[Job, Iterator[dict[str, Any]], int]] = {}  # key -> (job, messages, attempt)
         self.turns: deque[str] = deque()
@@ -144,8 +148,13 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
             saved = os.environ.get(PRELOAD_VAR)
             os.environ[PRELOAD_VAR] = ",".join(filter(None, [saved, run_trial.__module__]))
             try:
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                         logging_level="ERROR", log_to_driver=False)
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count(),
+                    include_dashboard=False,
+                    logging_level="ERROR",
+                    log_to_driver=False,
+                )
             finally:
                 if saved is None:
                     os.environ.pop(PRELOAD_VAR, None)
@@ -157,8 +166,10 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
     if gpus_per_trial > 0 and not any(n.get("GPU", 0) >= gpus_per_trial for n in nodes):
         total = sum(n.get("GPU", 0) for n in nodes)
         ray.shutdown()
-        raise ExecutorError(f"resources.gpus_per_trial is {gpus_per_trial} but no node of the Ray cluster has that "
-                            f"many GPUs (cluster total: {total:g}); set gpus_per_trial: 0 or use --address of a GPU cluster")
+        raise ExecutorError(
+            f"resources.gpus_per_trial is {gpus_per_trial} but no node of the Ray cluster has that "
+            f"many GPUs (cluster total: {total:g}); set gpus_per_trial: 0 or use --address of a GPU cluster"
+        )
     if not any(n.get("CPU", 0) >= cpus_per_trial for n in nodes):
         most = max((n.get("CPU", 0) for n in nodes), default=0)
         ray.shutdown()
@@ -207,10 +218,21 @@ class RayExecutor:
     """One Ray streaming-generator task per job (``run_trial``), at most ``workers`` at once.
     Ray is connected by the caller (connect_ray)."""
 
-    def __init__(self, workers: int, cpus_per_trial: float, gpus_per_trial: float, prefix: str = "vaebench",
-                 max_retries: int = MAX_RETRIES):
+    def __init__(
+        self,
+        workers: int,
+        cpus_per_trial: float,
+        gpus_per_trial: float,
+        prefix: str = "vaebench",
+        max_retries: int = MAX_RETRIES,
+    ):
         self.workers, self.cpus, self.gpus, self.prefix, self.max_retries = (
-            workers, cpus_per_trial, gpus_per_trial, prefix, max_retries)
+            workers,
+            cpus_per_trial,
+            gpus_per_trial,
+            prefix,
+            max_retries,
+        )
         self.tasks: dict[Any, _RayTask] = {}  # generator -> task
 
     def capacity(self) -> int:
@@ -223,9 +245,11 @@ class RayExecutor:
     def _launch(self, job: Job, attempt: int) -> None:
         import ray
 
-        gen = ray.remote(run_trial).options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
-            name=f"{self.prefix}:{job.name}").remote(job.config)
+        gen = (
+            ray.remote(run_trial)
+            .options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0, name=f"{self.prefix}:{job.name}")
+            .remote(job.config)
+        )
         self.tasks[gen] = _RayTask(job, gen, attempt)
 
     def poll(self, timeout: float) -> list[Event]:
@@ -299,8 +323,9 @@ class PackWorker:
             out.append({**msg, "member": 0})
             if msg["kind"] != "start":
                 return out, msg["kind"] == "end"
-        return out + [{"kind": "end", "state": "failed", "member": 0,
-                       "traceback": "the trial stopped without a final message"}], True
+        return out + [
+            {"kind": "end", "state": "failed", "member": 0, "traceback": "the trial stopped without a final message"}
+        ], True
 
     def stop(self, members: list[int]) -> None:
         if self.trainer is not None:
@@ -334,10 +359,22 @@ class PackedExecutor:
     rerun with the members that had not ended ("restart" events for those), up to
     ``max_retries`` times, then they end failed. Ray is connected by the caller."""
 
-    def __init__(self, workers: int, cpus_per_trial: float, gpus_per_trial: float, prefix: str = "vaebench",
-                 max_retries: int = MAX_RETRIES, pack: Any = "auto"):
+    def __init__(
+        self,
+        workers: int,
+        cpus_per_trial: float,
+        gpus_per_trial: float,
+        prefix: str = "vaebench",
+        max_retries: int = MAX_RETRIES,
+        pack: Any = "auto",
+    ):
         self.workers, self.cpus, self.gpus, self.prefix, self.max_retries = (
-            workers, cpus_per_trial, gpus_per_trial, prefix, max_retries)
+            workers,
+            cpus_per_trial,
+            gpus_per_trial,
+            prefix,
+            max_retries,
+        )
         self.pack = pack
         self.running: dict[Any, _Pack] = {}  # step ref -> pack
         self.queued: deque[_Pack] = deque()  # planned, waiting for a slot
@@ -385,7 +422,8 @@ class PackedExecutor:
             self._actor_class = ray.remote(PackWorker)
         threads = max(1, int(self.cpus))
         pack.actor = self._actor_class.options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0).remote([j.config for j in pack.live], threads, pack.packed)
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
+        ).remote([j.config for j in pack.live], threads, pack.packed)
         pack.jobs = pack.live  # a rerun holds only the members that had not ended
         pack.ref = pack.actor.step.remote()
         self.running[pack.ref] = pack

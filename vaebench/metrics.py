@@ -70,8 +70,9 @@ def _log_likelihood(model: Any, x: torch.Tensor, z: torch.Tensor) -> torch.Tenso
     """log p(x|z) [..., B] for z [..., B, J], decoded in pieces of examples of ~DECODE_PIECE values."""
     per_example = x[0].numel() * max(1, z[..., 0, 0].numel())
     piece = max(1, DECODE_PIECE // per_example)
-    return torch.cat([model.log_likelihood(xp, model.decode(zp))
-                      for xp, zp in zip(x.split(piece), z.split(piece, dim=-2))], dim=-1)
+    return torch.cat(
+        [model.log_likelihood(xp, model.decode(zp)) for xp, zp in zip(x.split(piece), z.split(piece, dim=-2))], dim=-1
+    )
 
 
 # ------------------------------------------------------------------------ metrics
@@ -81,11 +82,17 @@ def _log_likelihood(model: Any, x: torch.Tensor, z: torch.Tensor) -> torch.Tenso
 def elbo(model: Any, enc: Encoded, cfg: MetricsConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """elbo = mean_x(E_q log p(x|z) - KL(x)) with beta = 1, no free bits; recon = -E_q log p(x|z)
     (one sample of z per example); kl = mean_x KL(x) with the closed-form Gaussian KL."""
-    recon = -torch.cat([
-        _log_likelihood(model, xb, mb + torch.exp(0.5 * lb) * shared_noise(mb, generator))
-        for xb, mb, lb in zip(enc.x.split(cfg.eval_batch_size), enc.mu.split(cfg.eval_batch_size, dim=-2),
-                              enc.logvar.split(cfg.eval_batch_size, dim=-2))
-    ], dim=-1).mean(-1)
+    recon = -torch.cat(
+        [
+            _log_likelihood(model, xb, mb + torch.exp(0.5 * lb) * shared_noise(mb, generator))
+            for xb, mb, lb in zip(
+                enc.x.split(cfg.eval_batch_size),
+                enc.mu.split(cfg.eval_batch_size, dim=-2),
+                enc.logvar.split(cfg.eval_batch_size, dim=-2),
+            )
+        ],
+        dim=-1,
+    ).mean(-1)
     kl = enc.kl.sum(-1).mean(-1)
     return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
 
@@ -102,8 +109,9 @@ def active_units(model: Any, enc: Encoded, cfg: MetricsConfig, generator: torch.
 
 
 @torch.no_grad()
-def mutual_information(model: Any, enc: Encoded, cfg: MetricsConfig,
-                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+def mutual_information(
+    model: Any, enc: Encoded, cfg: MetricsConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """He et al. 2019 estimator of I(x; z) over minibatches of B = mi_batch_size examples:
     I = mean_i log q(z_i|x_i) - mean_i [logsumexp_k log q(z_i|x_k) - log B], z_i ~ q(z|x_i),
     averaged over minibatches weighted by their size. Bounded by about log B."""
@@ -138,12 +146,15 @@ def iw_nll(model: Any, enc: Encoded, cfg: MetricsConfig, generator: torch.Genera
     K, N = cfg.iw_samples, enc.x.shape[0] if cfg.iw_examples is None else min(cfg.iw_examples, enc.x.shape[0])
     chunk = max(1, 2**24 // (K * enc.x[0].numel()))  # noise is drawn per chunk of examples (bounds it to ~64 MB)
     bounds = []
-    for xb, mu, logvar in zip(enc.x[:N].split(chunk), enc.mu[..., :N, :].split(chunk, dim=-2),
-                              enc.logvar[..., :N, :].split(chunk, dim=-2)):
+    for xb, mu, logvar in zip(
+        enc.x[:N].split(chunk), enc.mu[..., :N, :].split(chunk, dim=-2), enc.logvar[..., :N, :].split(chunk, dim=-2)
+    ):
         z = mu + torch.exp(0.5 * logvar) * shared_noise(mu, generator, n=K)  # [K, *members, B, J]
-        log_w = (_log_likelihood(model, xb, z)
-                 + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
-                 - gaussian_log_density(z, mu, logvar))  # [K, *members, B]
+        log_w = (
+            _log_likelihood(model, xb, z)
+            + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
+            - gaussian_log_density(z, mu, logvar)
+        )  # [K, *members, B]
         bounds.append(torch.logsumexp(log_w, dim=0) - math.log(K))
     return {"iw_nll": -torch.cat(bounds, dim=-1).mean(-1)}
 
@@ -169,8 +180,9 @@ METRICS: dict[str, Metric] = {
 
 
 @torch.no_grad()
-def evaluate_batched(model: Any, x: torch.Tensor, cfg: MetricsConfig,
-                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+def evaluate_batched(
+    model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Every metric over the validation split ``x``: {name: tensor of the model's member shape}."""
     enc = encode(model, x, cfg.eval_batch_size)
     out: dict[str, torch.Tensor] = {}
@@ -180,8 +192,9 @@ def evaluate_batched(model: Any, x: torch.Tensor, cfg: MetricsConfig,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, cfg: MetricsConfig,
-             generator: torch.Generator) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator
+) -> dict[str, float]:
     """Every metric of one VAE over the validation split ``x``, in eval mode; returns {name: value}."""
     was_training = model.training
     model.eval()
@@ -190,8 +203,9 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, cfg: MetricsConfig,
     return out
 
 
-def evaluate_members(model: Any, x: torch.Tensor, cfg: MetricsConfig,
-                     generator: torch.Generator) -> list[dict[str, float]]:
+def evaluate_members(
+    model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator
+) -> list[dict[str, float]]:
     """Every metric of each member of a pack (``model`` with members (M,)): M dicts, each what
     ``evaluate`` gives that member alone with a generator seeded alike (up to float rounding)."""
     values = {k: v.tolist() for k, v in evaluate_batched(model, x, cfg, generator).items()}

@@ -60,6 +60,7 @@ def _word(s: str, kinds: dict[str, int] | None) -> str:
 def abbreviations(paths: list[str]) -> dict[str, str]:
     """Each factor path -> the shortest of (first letter, initials, last part, path) of its last
     part that no other factor of the point shares."""
+
     def candidates(p: str) -> list[str]:
         last = p.rsplit(".", 1)[-1]
         return [last[:1], "".join(w[:1] for w in last.split("_") if w), last, p]

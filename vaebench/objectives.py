@@ -111,8 +111,9 @@ def log_importance_weights(m: int, n_data: int, estimator: str, device=None, dty
     return w.log()
 
 
-def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_data: int,
-                     estimator: str = "mws") -> dict[str, torch.Tensor]:
+def tc_decomposition(
+    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_data: int, estimator: str = "mws"
+) -> dict[str, torch.Tensor]:
     """Chen et al. 2018: the minibatch's KL term split as index-code MI, total correlation and
     dimension-wise KL, each a minibatch mean with one sample z_i ~ q(z|x_i):
 
@@ -128,12 +129,20 @@ def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_
     log_qz_x = per_dim.diagonal(dim1=0, dim2=1).sum(0)  # [M]: log q(z_i|x_i)
     log_qz = torch.logsumexp(w + per_dim.sum(2), dim=1)
     log_qzd = torch.logsumexp(w[:, :, None] + per_dim, dim=1).sum(1)
-    log_pz = -0.5 * (LOG_2PI + z ** 2).sum(1)
+    log_pz = -0.5 * (LOG_2PI + z**2).sum(1)
     return {"mi": (log_qz_x - log_qz).mean(), "tc": (log_qz - log_qzd).mean(), "dwkl": (log_qzd - log_pz).mean()}
 
 
-def objective(log_lik: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor,
-              cfg: ObjectiveConfig, t: int, T: int, n_data: int) -> dict[str, torch.Tensor]:
+def objective(
+    log_lik: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    z: torch.Tensor,
+    cfg: ObjectiveConfig,
+    t: int,
+    T: int,
+    n_data: int,
+) -> dict[str, torch.Tensor]:
     """The minibatch objective as named terms (minibatch means), ``loss`` first; what the training loop
     minimises and logs as train/NAME.
 

@@ -68,23 +68,53 @@ from vaebench.trial import artifacts
 # another module adds, a new objective or anneal kind) runs solo: plan_packs never guesses.
 # "*" = any value; a tuple = the values supported.
 SUPPORTED: dict[str, Any] = {
-    "data": "*", "data_seed": "*", "seed": "*",
-    "model.kind": ("mlp", "conv", "linear"), "model.latent_dim": "*", "model.hidden": "*", "model.channels": "*",
-    "model.likelihood": ("bernoulli", "gaussian", "gaussian_learned"), "model.sigma": "*",
-    "objective.kind": ("beta_vae",), "objective.alpha": "*", "objective.gamma": "*", "objective.tc_estimator": "*",
-    "objective.beta": "*", "objective.free_bits": "*", "objective.free_bits_mode": ("per_dim", "total"),
+    "data": "*",
+    "data_seed": "*",
+    "seed": "*",
+    "model.kind": ("mlp", "conv", "linear"),
+    "model.latent_dim": "*",
+    "model.hidden": "*",
+    "model.channels": "*",
+    "model.likelihood": ("bernoulli", "gaussian", "gaussian_learned"),
+    "model.sigma": "*",
+    "objective.kind": ("beta_vae",),
+    "objective.alpha": "*",
+    "objective.gamma": "*",
+    "objective.tc_estimator": "*",
+    "objective.beta": "*",
+    "objective.free_bits": "*",
+    "objective.free_bits_mode": ("per_dim", "total"),
     "objective.anneal.kind": ("none", "linear", "sigmoid", "cyclical", "capacity"),
-    "objective.anneal.start": "*", "objective.anneal.warmup_steps": "*", "objective.anneal.k": "*",
-    "objective.anneal.t0": "*", "objective.anneal.cycles": "*", "objective.anneal.ratio": "*",
-    "objective.anneal.c_max": "*", "objective.anneal.gamma": "*", "objective.anneal.steps": "*",
-    "train.epochs": "*", "train.batch_size": "*", "train.optimizer": ("adam", "adamw", "sgd"), "train.lr": "*",
-    "train.weight_decay": "*", "train.grad_clip": "*", "train.device": "*", "train.threads": "*",
+    "objective.anneal.start": "*",
+    "objective.anneal.warmup_steps": "*",
+    "objective.anneal.k": "*",
+    "objective.anneal.t0": "*",
+    "objective.anneal.cycles": "*",
+    "objective.anneal.ratio": "*",
+    "objective.anneal.c_max": "*",
+    "objective.anneal.gamma": "*",
+    "objective.anneal.steps": "*",
+    "train.epochs": "*",
+    "train.batch_size": "*",
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.lr": "*",
+    "train.weight_decay": "*",
+    "train.grad_clip": "*",
+    "train.device": "*",
+    "train.threads": "*",
     # the metrics of vaebench.metrics (batched over the members: SharedInput)
-    "metrics.active_threshold": "*", "metrics.mi_batch_size": "*", "metrics.iw_samples": "*",
-    "metrics.iw_examples": "*", "metrics.collapse_epsilon": "*", "metrics.collapse_delta": "*",
-    "metrics.eval_batch_size": "*", "metrics.every": "*",
+    "metrics.active_threshold": "*",
+    "metrics.mi_batch_size": "*",
+    "metrics.iw_samples": "*",
+    "metrics.iw_examples": "*",
+    "metrics.collapse_epsilon": "*",
+    "metrics.collapse_delta": "*",
+    "metrics.eval_batch_size": "*",
+    "metrics.every": "*",
     # the ground-truth-factor metrics (vaebench.disentanglement) are not computed in packs: off only
-    "metrics.disentanglement": ([],), "metrics.disentanglement_every": "*", "metrics.disentanglement_preset": "*",
+    "metrics.disentanglement": ([],),
+    "metrics.disentanglement_every": "*",
+    "metrics.disentanglement_preset": "*",
     "metrics.disentanglement_seed": "*",
 }
 # settings that may differ between the members of one pack (per-member tensors or generators)
@@ -189,8 +219,9 @@ def auto_pack_size(cfg: TrialConfig, n: int, slots: int) -> int:
     return size
 
 
-def plan_packs(configs: list[dict[str, Any] | TrialConfig], pack: PackSetting = "auto", device: str | None = None,
-               slots: int = 1) -> list[list[int]]:
+def plan_packs(
+    configs: list[dict[str, Any] | TrialConfig], pack: PackSetting = "auto", device: str | None = None, slots: int = 1
+) -> list[list[int]]:
     """Group trials into packs: lists of indices into ``configs``, solo trials as lists of one.
 
     Members share a pack only if their pack_key is equal (same model kind, widths/channels,
@@ -282,9 +313,13 @@ class PackedVAE(nn.Module):
         linears = {f"{n}.weight" for n, m in template.named_modules() if isinstance(m, nn.Linear)}
         self.transposed = [n in linears for n in self.names]
         self.stacked = nn.ParameterList(
-            nn.Parameter(torch.stack([m.get_parameter(n).detach().T if t else m.get_parameter(n).detach()
-                                      for m in members]).contiguous())
-            for n, t in zip(self.names, self.transposed))
+            nn.Parameter(
+                torch.stack(
+                    [m.get_parameter(n).detach().T if t else m.get_parameter(n).detach() for m in members]
+                ).contiguous()
+            )
+            for n, t in zip(self.names, self.transposed)
+        )
         self._index = {n: i for i, n in enumerate(self.names)}
         self._template = (template,)  # a tuple: not registered as a submodule (its parameters are not ours)
         self.likelihood = template.likelihood
@@ -374,8 +409,9 @@ class PackedVAE(nn.Module):
         w, b = self.p(prefix + "weight"), self.p(prefix + "bias")  # [M, in, out, k, k], [M, out]
         (k,), (s,), (pad,) = mod.kernel_size[:1], mod.stride[:1], mod.padding[:1]
         natural = (h.shape[-1] - 1) * s - 2 * pad + k  # output_size as nn.ConvTranspose2d computes it
-        return F.conv_transpose2d(h, w.flatten(0, 1), b.flatten(), s, pad, output_padding=target - natural,
-                                  groups=self.members)
+        return F.conv_transpose2d(
+            h, w.flatten(0, 1), b.flatten(), s, pad, output_padding=target - natural, groups=self.members
+        )
 
 
 class SharedInput:
@@ -425,10 +461,14 @@ class PackedObjective:
         """w_t = beta a_t and C_t for steps t0 .. t0+steps-1: two [steps, M] tensors."""
         ts = range(t0, t0 + steps)
         w = [[kl_weight(o, t, self.T) for o in self.objectives] for t in ts]
-        c = [[capacity(o.anneal, t, self.T) if isinstance(o.anneal, CapacityAnneal) else 0.0 for o in self.objectives]
-             for t in ts]
-        return (torch.tensor(w, dtype=torch.float32, device=self.device),
-                torch.tensor(c, dtype=torch.float32, device=self.device))
+        c = [
+            [capacity(o.anneal, t, self.T) if isinstance(o.anneal, CapacityAnneal) else 0.0 for o in self.objectives]
+            for t in ts
+        ]
+        return (
+            torch.tensor(w, dtype=torch.float32, device=self.device),
+            torch.tensor(c, dtype=torch.float32, device=self.device),
+        )
 
     def regulariser(self, kl: torch.Tensor, c_t: torch.Tensor) -> torch.Tensor:
         """objectives.regulariser per member: kl [M, B, J] -> [M]. Free bits take the minibatch mean
@@ -463,8 +503,14 @@ class PackedOptimizer:
 
     MOMENTUM = 0.9
 
-    def __init__(self, params: list[nn.Parameter], kind: Literal["adam", "adamw", "sgd"], lr: list[float],
-                 weight_decay: list[float], grad_clip: list[float | None]):
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        kind: Literal["adam", "adamw", "sgd"],
+        lr: list[float],
+        weight_decay: list[float],
+        grad_clip: list[float | None],
+    ):
         self.params, self.kind = params, kind
         dev = params[0].device
         self.lr = torch.tensor(lr, dtype=torch.float32, device=dev)
@@ -499,8 +545,9 @@ class PackedOptimizer:
         if not torch.isfinite(self.clip).any():
             return
         grads = [p.grad for p in self.params]
-        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]),
-                                         dim=0)
+        norms = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0
+        )
         coef = torch.where(torch.isfinite(self.clip), (self.clip / (norms + 1e-6)).clamp(max=1.0), 1.0)
         for g in grads:
             g.mul_(self._per(coef, g))
@@ -594,8 +641,10 @@ class PackTrainer:
                 if k is None:
                     raise ValueError(f"this trial cannot be packed: {', '.join(unsupported(cfg))}")
                 if key is not None and k != key:
-                    raise ValueError(f"member {i} cannot share a pack with member {cfgs[0][0]}: they differ in "
-                                     "architecture, data, batch size, epochs, optimiser, device or metrics")
+                    raise ValueError(
+                        f"member {i} cannot share a pack with member {cfgs[0][0]}: they differ in "
+                        "architecture, data, batch size, epochs, optimiser, device or metrics"
+                    )
                 key = k
                 cfgs.append((i, cfg))
             except Exception:  # noqa: BLE001  (a trial's failure is a message, never an exception)
@@ -614,8 +663,14 @@ class PackTrainer:
         for i, cfg in cfgs:
             torch.manual_seed(cfg.seed)  # parameter init draws from the global generator, as in train()
             solos.append(build_model(cfg.model, self.data.meta.shape).to(self.device))
-            self.live.append(Member(i, cfg, order=torch.Generator().manual_seed(cfg.seed),
-                                    noise=torch.Generator(self.device).manual_seed(cfg.seed)))
+            self.live.append(
+                Member(
+                    i,
+                    cfg,
+                    order=torch.Generator().manual_seed(cfg.seed),
+                    noise=torch.Generator(self.device).manual_seed(cfg.seed),
+                )
+            )
         self.model = PackedVAE(solos)
         self.solo = solos[0]  # evaluation, checkpoints and images load one member's slice into it
         self.n, self.bs, self.epochs = self.x_train.shape[0], first.train.batch_size, first.train.epochs
@@ -623,8 +678,13 @@ class PackTrainer:
         self.T = self.epochs * self.steps_per_epoch
         self.t = 0
         t = [m.cfg.train for m in self.live]
-        self.optimizer = PackedOptimizer(list(self.model.stacked), first.train.optimizer, [c.lr for c in t],
-                                         [c.weight_decay for c in t], [c.grad_clip for c in t])
+        self.optimizer = PackedOptimizer(
+            list(self.model.stacked),
+            first.train.optimizer,
+            [c.lr for c in t],
+            [c.weight_decay for c in t],
+            [c.grad_clip for c in t],
+        )
         self.objective = PackedObjective([m.cfg.objective for m in self.live], self.T, self.device)
         return out
 
@@ -643,8 +703,9 @@ class PackTrainer:
         regulariser), each [M], with w_t = beta a_t and C_t [M] of this step."""
         x = self.x_train[idx.to(self.device)]  # [M, B, *event]: each member's own minibatch
         mu, logvar = self.model.encode(x)
-        eps = torch.stack([torch.randn(mu.shape[1:], generator=m.noise, device=self.device, dtype=mu.dtype)
-                           for m in self.live])
+        eps = torch.stack(
+            [torch.randn(mu.shape[1:], generator=m.noise, device=self.device, dtype=mu.dtype) for m in self.live]
+        )
         z = mu + torch.exp(0.5 * logvar) * eps  # vaebench.models.reparameterise, per member
         recon = -self.model.likelihood.log_prob(x, self.model.decode(z)).mean(1)
         kl = kl_per_dim(mu, logvar)  # [M, B, J]
@@ -683,8 +744,10 @@ class PackTrainer:
             metrics["train/kl_weight"] = kl_weight(m.cfg.objective, self.t - 1, self.T)
             metrics["train/epoch_seconds"] = seconds
             if not all(math.isfinite(v) for v in vals):
-                out += [{"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": "diverged", "member": m.index},
-                        {"kind": "end", "state": "diverged", "epoch": epoch, "member": m.index}]
+                out += [
+                    {"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": "diverged", "member": m.index},
+                    {"kind": "end", "state": "diverged", "epoch": epoch, "member": m.index},
+                ]
                 continue
             if val[k]:
                 metrics.update({f"val/{n}": v for n, v in val[k].items()})
@@ -696,8 +759,15 @@ class PackTrainer:
             out.append({"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": state, "member": m.index})
             if last:
                 self.solo.load_state_dict(model.member_state(k))  # images and the checkpoint: the solo model's
-                out.append({"kind": "end", "state": "completed", "epoch": epoch, "member": m.index,
-                            "artifacts": artifacts(self.solo, self.data, m.cfg.metrics)})
+                out.append(
+                    {
+                        "kind": "end",
+                        "state": "completed",
+                        "epoch": epoch,
+                        "member": m.index,
+                        "artifacts": artifacts(self.solo, self.data, m.cfg.metrics),
+                    }
+                )
             else:
                 keep.append(k)
         self.ended |= {m.index for k, m in enumerate(self.live) if k not in keep}

@@ -80,40 +80,54 @@ class Progress:
             return
         if self.console.is_terminal:
             self.live = RichProgress(
-                TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=self.console)
+                TextColumn(f"[bold]{name}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
             self.live.start()
             self.task = self.live.add_task(name, total=self.target, completed=self.first_done, info="")
         else:
-            self._line(f"sweep {name}: {total} trials, {self.first_done} already done"
-                       + (f", at most {self.target - self.first_done} more (--max-trials)" if self.target < total else ""))
+            self._line(
+                f"sweep {name}: {total} trials, {self.first_done} already done"
+                + (f", at most {self.target - self.first_done} more (--max-trials)" if self.target < total else "")
+            )
 
-    def update(self, counts: Counter, running: int, best: Best | float | None = None) -> None:
+    def update(self, counts: Counter, running: int, best: Best | float | None = None, partial: float = 0.0) -> None:
+        """``partial``: the running trials' share of their epochs done, summed (trials in packs end
+        together, so without it a packed sweep would show 0 done and no ETA until its packs end)."""
         if not self.enabled:
             return
         done = sum(counts[s] for s in DONE_STATES)
-        info = f"running {running}  failed {counts['failed']}  diverged {counts['diverged']}  pruned {counts['pruned']}"
+        info = f"running {running}"
+        if running and partial > 0:
+            info += f" ({partial / running:.0%} of their epochs)"
+        info += f"  failed {counts['failed']}  diverged {counts['diverged']}  pruned {counts['pruned']}"
         if isinstance(best, Best):
             info += f"  {best}"
         elif best is not None:  # a bare number (older callers): say what it is not
             info += f"  best {best:.4g}"
         if self.live is not None:
-            self.live.update(self.task, completed=done, info=info)
+            self.live.update(self.task, completed=done + partial, info=info)
         elif time.monotonic() - self.last_line >= self.every:
-            self._line(f"{done}/{self.target} done{self._of()}  {info}  {self._eta(done)}")
+            self._line(f"{done}/{self.target} done{self._of()}  {info}  {self._eta(done + partial)}")
 
     def _of(self) -> str:
         return f" (of {self.total})" if self.target < self.total else ""
 
-    def eta_seconds(self, done: int) -> float | None:
-        """Seconds left for the planned trials at the rate of this sweep so far (None before the first)."""
+    def eta_seconds(self, done: float) -> float | None:
+        """Seconds left for the planned trials at the rate of this sweep so far (None before any
+        progress); ``done`` counts a running trial's epochs done as that fraction of a trial."""
         new = done - self.first_done
         if new <= 0:
             return None
         return (time.monotonic() - self.started) / new * max(self.target - done, 0)
 
-    def _eta(self, done: int) -> str:
+    def _eta(self, done: float) -> str:
         elapsed = time.monotonic() - self.started
         eta = self.eta_seconds(done)
         return f"elapsed {elapsed:.0f}s" + (f"  eta {eta:.0f}s" if eta is not None else "")
@@ -127,4 +141,6 @@ class Progress:
             self.live.stop()
         elif self.enabled:
             done = sum(counts[s] for s in DONE_STATES)
-            self._line(f"{done}/{self.target} done{self._of()}  " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            self._line(
+                f"{done}/{self.target} done{self._of()}  " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            )

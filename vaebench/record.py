@@ -52,8 +52,11 @@ from vaebench.tracking import (
 FLUSH_SECONDS = 5.0  # buffered epoch metrics reach the store at least this often (VAEBENCH_FLUSH_SECONDS overrides)
 # A tracking server that stays down fails a request after at most ~45 s: 4 attempts of at most
 # 10 s each, with backoffs 1 + 2 + 4 s (+ up to 1 s jitter each). The user's own values win.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 LOCK_TAG = "vaebench.lock"  # experiment tag: the lease of a driver writing to a tracking server
 LEASE_SECONDS = 120.0  # a server lease not renewed for this long belongs to a dead driver
 DEFINITION_FILE = "definition.json"
@@ -82,7 +85,9 @@ def new_sqlite_store(db: Path) -> None:
     import sqlalchemy
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaebench"
-    template = cache / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}-alembic-{alembic.__version__}.db"
+    template = (
+        cache / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}-alembic-{alembic.__version__}.db"
+    )
     try:
         if not template.is_file():
             cache.mkdir(parents=True, exist_ok=True)
@@ -191,7 +196,8 @@ class Record:
             return None
         with self._store("read the study record"):
             runs = self.client.search_runs(
-                [self.experiment_id], f"tags.`{ROLE}` = 'study'", order_by=["attributes.start_time DESC"])
+                [self.experiment_id], f"tags.`{ROLE}` = 'study'", order_by=["attributes.start_time DESC"]
+            )
         current = [r for r in runs if r.data.tags.get(SUPERSEDED) != "true"]
         return current[0] if current else None
 
@@ -202,9 +208,13 @@ class Record:
         with self._store("read the trial runs"):
             while True:
                 page = self.client.search_runs(
-                    [self.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                    run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                    order_by=["attributes.start_time ASC"], page_token=token)
+                    [self.experiment_id],
+                    f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                    run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=1000,
+                    order_by=["attributes.start_time ASC"],
+                    page_token=token,
+                )
                 runs += page
                 token = page.token
                 if not token:
@@ -227,8 +237,11 @@ class Record:
         store (the kernel releases it when its holder dies, however it dies). Tracking server:
         a lease in the experiment tag ``vaebench.lock``, renewed at every flush, stale after
         LEASE_SECONDS."""
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         db = sqlite_path(self.uri)
         if db is not None:
             path = db.with_name(f"{db.name}.{self.study}.lock")
@@ -244,8 +257,10 @@ class Record:
                 except ValueError:
                     info = {}
                 f.close()
-                raise LockError(f"study {self.study!r} in {self.uri} is being swept by another driver "
-                                f"({holder_text(info)}; lock file {path})") from None
+                raise LockError(
+                    f"study {self.study!r} in {self.uri} is being swept by another driver "
+                    f"({holder_text(info)}; lock file {path})"
+                ) from None
             f.seek(0)
             try:
                 old = json.loads(f.read() or "{}")
@@ -256,7 +271,9 @@ class Record:
             f.write(json.dumps(me))
             f.flush()
             self._lock_file = f
-            return f"took over the lock of a driver that ended without releasing it ({holder_text(old)})" if old else None
+            return (
+                f"took over the lock of a driver that ended without releasing it ({holder_text(old)})" if old else None
+            )
         return self._take_lease(me)
 
     def _take_lease(self, me: dict[str, Any]) -> str | None:
@@ -267,8 +284,10 @@ class Record:
             if held:
                 info = json.loads(held)
                 if time.time() - info.get("beat", 0) < LEASE_SECONDS:
-                    raise LockError(f"study {self.study!r} in {self.uri} is being swept by another driver "
-                                    f"({holder_text(info)}; experiment tag {LOCK_TAG})")
+                    raise LockError(
+                        f"study {self.study!r} in {self.uri} is being swept by another driver "
+                        f"({holder_text(info)}; experiment tag {LOCK_TAG})"
+                    )
                 note = f"took over the lock of a driver silent for over {LEASE_SECONDS:.0f} s ({holder_text(info)})"
             self._lease = {**me, "token": os.urandom(8).hex(), "beat": time.time()}
             self.client.set_experiment_tag(exp, LOCK_TAG, json.dumps(self._lease))
@@ -276,7 +295,9 @@ class Record:
             now = json.loads(self.client.get_experiment(exp).tags.get(LOCK_TAG) or "{}")
             if now.get("token") != self._lease["token"]:
                 self._lease = None
-                raise LockError(f"study {self.study!r} in {self.uri} is being swept by another driver ({holder_text(now)})")
+                raise LockError(
+                    f"study {self.study!r} in {self.uri} is being swept by another driver ({holder_text(now)})"
+                )
             return note
 
     def _renew_lease(self) -> None:
@@ -307,13 +328,15 @@ class Record:
         (an experiment made before that tag gets it here)."""
         if self.experiment_id is None:
             self._experiment_id = self.client.create_experiment(
-                self.study, artifact_location=artifact_root(self.uri, self.study), tags=experiment_tags())
+                self.study, artifact_location=artifact_root(self.uri, self.study), tags=experiment_tags()
+            )
         elif self.client.get_experiment(self._experiment_id).tags.get(EXPERIMENT_KIND) is None:
             show_as_training(self.client, self._experiment_id)
         return self._experiment_id
 
-    def start_study(self, description: str, study_yaml: str, tags: dict[str, str],
-                    defn: dict[str, Any] | None = None) -> Run:
+    def start_study(
+        self, description: str, study_yaml: str, tags: dict[str, str], defn: dict[str, Any] | None = None
+    ) -> Run:
         """Create the experiment if needed and a new parent run holding ``defn`` (the sweep always
         gives one); older parents are superseded."""
         with self._store("start the study record"):
@@ -322,8 +345,10 @@ class Record:
             if old is not None:
                 self.client.set_tag(old.info.run_id, SUPERSEDED, "true")
             run = self.client.create_run(
-                self.experiment_id, run_name=self.study,
-                tags={ROLE: "study", "mlflow.note.content": description, **tags})
+                self.experiment_id,
+                run_name=self.study,
+                tags={ROLE: "study", "mlflow.note.content": description, **tags},
+            )
             self.set_definition(run.info.run_id, defn, study_yaml, tags)
             return run
 
@@ -341,11 +366,13 @@ class Record:
     def start_trial(self, parent_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         with self._store("start a trial run"):
             run = self.client.create_run(
-                self.experiment_id, run_name=name,
-                tags={ROLE: "trial", "mlflow.parentRunId": parent_id, STATE: "running", **tags})
+                self.experiment_id,
+                run_name=name,
+                tags={ROLE: "trial", "mlflow.parentRunId": parent_id, STATE: "running", **tags},
+            )
             items = [Param(k, param_value(v)) for k, v in params.items()]
             for i in range(0, len(items), MAX_PARAMS_PER_CALL):
-                self.client.log_batch(run.info.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
+                self.client.log_batch(run.info.run_id, params=items[i : i + MAX_PARAMS_PER_CALL])
             return run.info.run_id
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
@@ -363,7 +390,7 @@ class Record:
             for rid in [run_id] if run_id is not None else list(self._buffer):
                 items = self._buffer.get(rid, [])
                 for i in range(0, len(items), MAX_METRICS_PER_CALL):
-                    self.client.log_batch(rid, metrics=items[i:i + MAX_METRICS_PER_CALL])
+                    self.client.log_batch(rid, metrics=items[i : i + MAX_METRICS_PER_CALL])
                 self._buffer.pop(rid, None)
             if run_id is None:
                 self._last_flush = time.monotonic()
@@ -375,8 +402,9 @@ class Record:
             with self._store("renew the lock"):
                 self._renew_lease()
 
-    def end_trial(self, run_id: str, state: str, tags: dict[str, str] | None = None,
-                  artifacts: dict[str, bytes] | None = None) -> None:
+    def end_trial(
+        self, run_id: str, state: str, tags: dict[str, str] | None = None, artifacts: dict[str, bytes] | None = None
+    ) -> None:
         """Metrics, then artifacts, then the final state tag, then the run's status: a trial
         tagged final has everything; one killed before its tag is rerun."""
         self.flush(run_id)

@@ -110,8 +110,9 @@ PPCA_SIGMA2 = 0.5
 LINEAR_KL_TOL = 0.03  # nats per dim, as tests/test_linear_vae.py
 
 
-def linear_closed_form(eigenvalues: Sequence[float], sigma2: float, beta: float, k: int,
-                       active_threshold: float = 0.01) -> tuple[list[float], int, int]:
+def linear_closed_form(
+    eigenvalues: Sequence[float], sigma2: float, beta: float, k: int, active_threshold: float = 0.01
+) -> tuple[list[float], int, int]:
     """REFERENCE.md's optimum of the beta-weighted linear VAE on pPCA data with s = beta sigma^2:
     KL_i = max(0, 0.5 ln(lambda_i / s)) for the k largest eigenvalues (descending), the number
     of active units (Var_x mu_i = max(0, 1 - s / lambda_i) > threshold) and of collapsed dims
@@ -146,22 +147,37 @@ def linear_collapse_checks(trials: pd.DataFrame) -> list[Check]:
         sigma = _num(row.get("model.sigma", math.sqrt(PPCA_SIGMA2)))
         k = int(row.get("model.latent_dim", len(kl_cols) or 4))
         thr = _num(row.get("metrics.active_threshold", 0.01))
-        kl_exp, active, collapsed = linear_closed_form(eig, sigma ** 2, beta, k, thr)
+        kl_exp, active, collapsed = linear_closed_form(eig, sigma**2, beta, k, thr)
         expected_by_beta[beta] = (active, collapsed)
         kl = sorted((_num(row.get(c)) for c in kl_cols[:k]), reverse=True)
         ok = _completed(row) and len(kl) == k and all(abs(a - b) <= LINEAR_KL_TOL for a, b in zip(kl, kl_exp))
         measured: Any = [round(v, 4) for v in kl] if _completed(row) else f"trial {row.get('state')}"
-        checks.append(Check(f"beta={beta:g} seed={seed}: KL per dim, sorted (nats)",
-                            measured, [round(v, 4) for v in kl_exp], LINEAR_KL_TOL, ok))
-        per_beta.setdefault(beta, []).append((seed, row.get("state"), _num(row.get("val/active_units")),
-                                              _num(row.get("val/collapsed_dims"))))
+        checks.append(
+            Check(
+                f"beta={beta:g} seed={seed}: KL per dim, sorted (nats)",
+                measured,
+                [round(v, 4) for v in kl_exp],
+                LINEAR_KL_TOL,
+                ok,
+            )
+        )
+        per_beta.setdefault(beta, []).append(
+            (seed, row.get("state"), _num(row.get("val/active_units")), _num(row.get("val/collapsed_dims")))
+        )
     for beta, rows in per_beta.items():
         active, collapsed = expected_by_beta[beta]
         for label, idx, want in (("active units", 2, active), ("collapsed dims", 3, collapsed)):
             got = [r[idx] for r in rows]
             ok = all(state == "completed" for _, state, *_ in rows) and all(g == want for g in got)
-            checks.append(Check(f"beta={beta:g}: {label}, seeds {', '.join(str(r[0]) for r in rows)}",
-                                [int(g) if g == g else g for g in got], want, 0, ok))
+            checks.append(
+                Check(
+                    f"beta={beta:g}: {label}, seeds {', '.join(str(r[0]) for r in rows)}",
+                    [int(g) if g == g else g for g in got],
+                    want,
+                    0,
+                    ok,
+                )
+            )
     return checks
 
 
@@ -202,22 +218,42 @@ def beta_dsprites_checks(trials: pd.DataFrame) -> list[Check]:
         return checks
     done = trials[trials["state"] == "completed"]
     betas = sorted(float(b) for b in trials["objective.beta"].unique())
-    checks.append(Check("betas in the record", betas, list(DSPRITES_BETAS), "exact",
-                        betas == list(DSPRITES_BETAS)))
+    checks.append(Check("betas in the record", betas, list(DSPRITES_BETAS), "exact", betas == list(DSPRITES_BETAS)))
     means = done.groupby("objective.beta")[["val/kl", "val/recon"]].mean()
     rate = [round(_num(means["val/kl"].get(b)), 3) for b in betas]
     dist = [round(_num(means["val/recon"].get(b)), 3) for b in betas]
     seeds = _seeds_label(trials)
-    checks.append(Check(f"rate R = val/kl (mean over seeds {seeds}) at beta {', '.join(f'{b:g}' for b in betas)}",
-                        rate, "strictly decreasing", "strict", len(betas) >= 2 and _strictly(rate, "decreasing")))
-    checks.append(Check(f"distortion D = val/recon (mean over seeds {seeds}) at beta {', '.join(f'{b:g}' for b in betas)}",
-                        dist, "strictly increasing", "strict", len(betas) >= 2 and _strictly(dist, "increasing")))
+    checks.append(
+        Check(
+            f"rate R = val/kl (mean over seeds {seeds}) at beta {', '.join(f'{b:g}' for b in betas)}",
+            rate,
+            "strictly decreasing",
+            "strict",
+            len(betas) >= 2 and _strictly(rate, "decreasing"),
+        )
+    )
+    checks.append(
+        Check(
+            f"distortion D = val/recon (mean over seeds {seeds}) at beta {', '.join(f'{b:g}' for b in betas)}",
+            dist,
+            "strictly increasing",
+            "strict",
+            len(betas) >= 2 and _strictly(dist, "increasing"),
+        )
+    )
     for _, row in trials.sort_values(["objective.beta", "seed"]).iterrows():
         gap = -_num(row.get("val/elbo")) - _num(row.get("val/iw_nll"))
         ok = _completed(row) and gap >= -IW_TOL
         measured: Any = round(gap, 3) if _completed(row) else f"trial {row.get('state')}"
-        checks.append(Check(f"beta={float(row['objective.beta']):g} seed={int(row['seed'])}: -ELBO - iw_nll (nats)",
-                            measured, ">= 0", IW_TOL, ok))
+        checks.append(
+            Check(
+                f"beta={float(row['objective.beta']):g} seed={int(row['seed'])}: -ELBO - iw_nll (nats)",
+                measured,
+                ">= 0",
+                IW_TOL,
+                ok,
+            )
+        )
     return checks
 
 
@@ -266,9 +302,11 @@ def annealing_checks(trials: pd.DataFrame) -> list[Check]:
     checks = [_trials_present(trials)]
     if trials.empty:
         return checks
-    t = trials.assign(anneal=[_anneal_label(v) for v in trials["objective.anneal"]],
-                      fb=[float(v) for v in trials["objective.free_bits"]],
-                      J=[int(v) for v in trials["model.latent_dim"]])
+    t = trials.assign(
+        anneal=[_anneal_label(v) for v in trials["objective.anneal"]],
+        fb=[float(v) for v in trials["objective.free_bits"]],
+        J=[int(v) for v in trials["model.latent_dim"]],
+    )
     t = t.assign(done=t["state"] == "completed")
     done = t[t["done"]]
     schedules = list(dict.fromkeys(t["anneal"]))
@@ -277,10 +315,24 @@ def annealing_checks(trials: pd.DataFrame) -> list[Check]:
     base = done[(done["anneal"] == "none") & (done["fb"] == 0)]
     inactive = float((1 - base["val/active_units"] / base["J"]).mean()) if len(base) else math.nan
     collapsed = float(base["val/collapsed_fraction"].mean()) if len(base) else math.nan
-    checks.append(Check("baseline (none, free bits 0): inactive fraction 1 - AU/J, seed mean",
-                        round(inactive, 3), f">= {BASELINE_INACTIVE}", "threshold", inactive >= BASELINE_INACTIVE))
-    checks.append(Check("baseline (none, free bits 0): collapsed fraction, seed mean",
-                        round(collapsed, 3), f">= {BASELINE_COLLAPSED}", "threshold", collapsed >= BASELINE_COLLAPSED))
+    checks.append(
+        Check(
+            "baseline (none, free bits 0): inactive fraction 1 - AU/J, seed mean",
+            round(inactive, 3),
+            f">= {BASELINE_INACTIVE}",
+            "threshold",
+            inactive >= BASELINE_INACTIVE,
+        )
+    )
+    checks.append(
+        Check(
+            "baseline (none, free bits 0): collapsed fraction, seed mean",
+            round(collapsed, 3),
+            f">= {BASELINE_COLLAPSED}",
+            "threshold",
+            collapsed >= BASELINE_COLLAPSED,
+        )
+    )
 
     for sched in schedules:
         for fb in levels:
@@ -291,34 +343,63 @@ def annealing_checks(trials: pd.DataFrame) -> list[Check]:
             au = [int(v) if v == v else v for v in g["val/active_units"]]
             if g["done"].all():
                 verdict = "yes" if all(c == 0 for c in cdims) else "no"
-                measured = (f"{verdict}: seeds {_seeds_label(g)} collapsed {', '.join(map(str, cdims))}, "
-                            f"active {', '.join(map(str, au))} of {g['J'].iloc[0]}")
+                measured = (
+                    f"{verdict}: seeds {_seeds_label(g)} collapsed {', '.join(map(str, cdims))}, "
+                    f"active {', '.join(map(str, au))} of {g['J'].iloc[0]}"
+                )
             else:
                 verdict, measured = None, f"trial {', '.join(sorted(set(g['state'])))}"
             expected = "yes" if fb > 0 else "no"
-            checks.append(Check(f"anneal={sched} free_bits={fb:g}: avoids collapse",
-                                measured, expected, "yes iff 0 collapsed", verdict == expected))
+            checks.append(
+                Check(
+                    f"anneal={sched} free_bits={fb:g}: avoids collapse",
+                    measured,
+                    expected,
+                    "yes iff 0 collapsed",
+                    verdict == expected,
+                )
+            )
 
     with_fb = t[t["fb"] > 0].sort_values(["anneal", "seed"])
     au = [int(v) if v == v else v for v in with_fb["val/active_units"]]
-    checks.append(Check("free bits > 0: active units of every trial", au, f"{int(t['J'].max())} each", 0,
-                        len(with_fb) > 0 and bool(with_fb["done"].all())
-                        and all(a == j for a, j in zip(au, with_fb["J"]))))
+    checks.append(
+        Check(
+            "free bits > 0: active units of every trial",
+            au,
+            f"{int(t['J'].max())} each",
+            0,
+            len(with_fb) > 0 and bool(with_fb["done"].all()) and all(a == j for a, j in zip(au, with_fb["J"])),
+        )
+    )
 
     elbo = done.groupby(["anneal", "fb"])["val/elbo"].mean()
     for sched in schedules:
         for fb in (f for f in levels if f > 0):
             cost = _num(elbo.get((sched, 0.0))) - _num(elbo.get((sched, fb)))
-            checks.append(Check(f"anneal={sched}: ELBO cost of free bits {fb:g} (nats, seed mean)",
-                                round(cost, 3), f">= {FREE_BITS_ELBO_COST}", "threshold",
-                                cost >= FREE_BITS_ELBO_COST))
+            checks.append(
+                Check(
+                    f"anneal={sched}: ELBO cost of free bits {fb:g} (nats, seed mean)",
+                    round(cost, 3),
+                    f">= {FREE_BITS_ELBO_COST}",
+                    "threshold",
+                    cost >= FREE_BITS_ELBO_COST,
+                )
+            )
     return checks
 
 
 # ----------------------------------------------------------------------------- disentanglement
 
-DIS_KEYS = ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness",
-            "sap", "modularity")
+DIS_KEYS = (
+    "beta_vae",
+    "factor_vae",
+    "mig",
+    "dci_disentanglement",
+    "dci_completeness",
+    "dci_informativeness",
+    "sap",
+    "modularity",
+)
 #: thresholds of disentanglement_checks; its docstring gives the measurements behind them
 ORACLE_HIGH = 0.85  # identity code: BetaVAE, FactorVAE, MIG at least this (measured 1.0, 1.0, 0.889)
 ORACLE_NOISE_MARGIN = 0.1  # noise code: BetaVAE and FactorVAE at most chance 1/K + this (measured 0.233, 0.187)
@@ -355,12 +436,20 @@ def oracle_scores() -> dict[str, dict[str, float]]:
     from vaebench import disentanglement as D
 
     def noise(x: Any) -> Any:  # a fixed function of the observation (a stable hash seeds it)
-        return np.stack([np.random.default_rng(int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
-                                                              "little")).normal(size=len(r)) for r in x.numpy()])
+        return np.stack(
+            [
+                np.random.default_rng(
+                    int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
+                ).normal(size=len(r))
+                for r in x.numpy()
+            ]
+        )
 
     data = _FactorsObserved()
-    return {name: D.evaluate(D.Codes(data, rep), D.NAMES, "default", 0)
-            for name, rep in (("identity", lambda x: x.numpy()), ("noise", noise))}
+    return {
+        name: D.evaluate(D.Codes(data, rep), D.NAMES, "default", 0)
+        for name, rep in (("identity", lambda x: x.numpy()), ("noise", noise))
+    }
 
 
 def disentanglement_checks(trials: pd.DataFrame) -> list[Check]:
@@ -387,63 +476,118 @@ def disentanglement_checks(trials: pd.DataFrame) -> list[Check]:
     oracle = oracle_scores()
     ident, noise = oracle["identity"], oracle["noise"]
     for k in ("beta_vae", "factor_vae", "mig"):
-        checks.append(Check(f"oracle: true factors as the code, {k}", round(ident[k], 4), f">= {ORACLE_HIGH}",
-                            "threshold", ident[k] >= ORACLE_HIGH))
+        checks.append(
+            Check(
+                f"oracle: true factors as the code, {k}",
+                round(ident[k], 4),
+                f">= {ORACLE_HIGH}",
+                "threshold",
+                ident[k] >= ORACLE_HIGH,
+            )
+        )
     chance = 1 / 5
     for k in ("beta_vae", "factor_vae"):
-        checks.append(Check(f"oracle: noise code, {k} (chance {chance:g})", round(noise[k], 4),
-                            f"<= {chance + ORACLE_NOISE_MARGIN:g}", "threshold", noise[k] <= chance + ORACLE_NOISE_MARGIN))
+        checks.append(
+            Check(
+                f"oracle: noise code, {k} (chance {chance:g})",
+                round(noise[k], 4),
+                f"<= {chance + ORACLE_NOISE_MARGIN:g}",
+                "threshold",
+                noise[k] <= chance + ORACLE_NOISE_MARGIN,
+            )
+        )
     for k in ("mig", "sap"):
-        checks.append(Check(f"oracle: noise code, {k}", round(noise[k], 4), f"<= {ORACLE_NOISE_MIG}", "threshold",
-                            noise[k] <= ORACLE_NOISE_MIG))
+        checks.append(
+            Check(
+                f"oracle: noise code, {k}",
+                round(noise[k], 4),
+                f"<= {ORACLE_NOISE_MIG}",
+                "threshold",
+                noise[k] <= ORACLE_NOISE_MIG,
+            )
+        )
     if trials.empty:
         return checks
     cols = [f"val/dis/{k}" for k in DIS_KEYS]
     done = trials[trials["state"] == "completed"]
     recorded = [c for c in cols if c in trials]
-    ok = len(recorded) == len(cols) and len(done) == len(trials) and all(
-        all(0.0 <= _num(v) <= 1.0 for v in done[c]) for c in cols)
-    checks.append(Check("every val/dis metric recorded for every trial, in [0, 1]",
-                        f"{len(recorded)} of {len(cols)} metrics", f"{len(cols)} of {len(cols)}", "exact", ok))
-    bv = [_num(v) for v in done.sort_values(["objective.kind", "objective.beta", "seed"]).get(
-        "val/dis/beta_vae", [])] if "val/dis/beta_vae" in done else []
-    checks.append(Check("trained models: BetaVAE score of every trial", [round(v, 3) for v in bv],
-                        f">= {TRAINED_BETA_VAE} (chance {chance:g})", "threshold",
-                        len(bv) == len(trials) and all(v >= TRAINED_BETA_VAE for v in bv)))
+    ok = (
+        len(recorded) == len(cols)
+        and len(done) == len(trials)
+        and all(all(0.0 <= _num(v) <= 1.0 for v in done[c]) for c in cols)
+    )
+    checks.append(
+        Check(
+            "every val/dis metric recorded for every trial, in [0, 1]",
+            f"{len(recorded)} of {len(cols)} metrics",
+            f"{len(cols)} of {len(cols)}",
+            "exact",
+            ok,
+        )
+    )
+    bv = (
+        [_num(v) for v in done.sort_values(["objective.kind", "objective.beta", "seed"]).get("val/dis/beta_vae", [])]
+        if "val/dis/beta_vae" in done
+        else []
+    )
+    checks.append(
+        Check(
+            "trained models: BetaVAE score of every trial",
+            [round(v, 3) for v in bv],
+            f">= {TRAINED_BETA_VAE} (chance {chance:g})",
+            "threshold",
+            len(bv) == len(trials) and all(v >= TRAINED_BETA_VAE for v in bv),
+        )
+    )
     kinds = trials["objective.kind"] if "objective.kind" in trials else None
     tc = done[(done["objective.kind"] == "beta_tcvae")] if kinds is not None else done.iloc[:0]
     for seed in sorted(trials["seed"].unique()):
         s = tc[tc["seed"] == seed].set_index("objective.beta")["train/tc"] if "train/tc" in tc else None
         lo, hi = (_num(s.get(1.0)), _num(s.get(8.0))) if s is not None else (math.nan, math.nan)
-        checks.append(Check(f"beta_tcvae seed={int(seed)}: train/tc at beta 8 below beta 1 (nats)",
-                            [round(lo, 3), round(hi, 3)], "second < first", "strict", hi < lo))
+        checks.append(
+            Check(
+                f"beta_tcvae seed={int(seed)}: train/tc at beta 8 below beta 1 (nats)",
+                [round(lo, 3), round(hi, 3)],
+                "second < first",
+                "strict",
+                hi < lo,
+            )
+        )
     return checks
 
 
 # ----------------------------------------------------------------------------- registry
 
 REPRODUCTIONS: dict[str, Reproduction] = {
-    r.name: r for r in (
+    r.name: r
+    for r in (
         Reproduction(
-            "linear_collapse", "linear_collapse.yaml",
+            "linear_collapse",
+            "linear_collapse.yaml",
             "The linear VAE on probabilistic-PCA data reaches its closed-form optimum "
             "(Lucas et al. 2019, 'Don't blame the ELBO!'; Tipping & Bishop 1999): with s = beta sigma^2 the "
             "i-th latent carries KL_i = max(0, 0.5 ln(lambda_i / s)) nats, is active iff lambda_i > s / 0.99 "
             "and collapses iff lambda_i <= s. Eigenvalues 5, 2, 0.8, 0.3, 0.1, sigma^2 = 0.5, 4 latents, "
             "beta 0.3, 1, 2.5 and 20 (4, 3, 2 and 0 active units; 20 is full posterior collapse), 2 seeds: "
             "posterior collapse here is a property of the objective's optimum, not of bad optimisation.",
-            linear_collapse_checks, "8 trials; about 1 minute on 2 idle cores (~10 s of CPU per trial, Ray start ~10 s); "
-            "2.6 minutes measured on 2 cores shared with other jobs"),
+            linear_collapse_checks,
+            "8 trials; about 1 minute on 2 idle cores (~10 s of CPU per trial, Ray start ~10 s); "
+            "2.6 minutes measured on 2 cores shared with other jobs",
+        ),
         Reproduction(
-            "beta_dsprites", "beta_dsprites.yaml",
+            "beta_dsprites",
+            "beta_dsprites.yaml",
             "beta-VAE on procedural dSprites at beta 1, 2, 4, 8, 16 (2 seeds) moves along the rate-distortion "
             "curve (Alemi et al. 2018, 'Fixing a broken ELBO'; Higgins et al. 2017): the rate R = KL falls and "
             "the distortion D rises with beta, and every trial's -ELBO = D + R bounds the importance-weighted "
             "NLL (Burda et al. 2015) from above.",
-            beta_dsprites_checks, "10 trials; about 3.5 minutes on 2 idle cores (~35 s of CPU per trial); "
-            "12 minutes measured on 2 cores shared with other jobs (load average 10-16)"),
+            beta_dsprites_checks,
+            "10 trials; about 3.5 minutes on 2 idle cores (~35 s of CPU per trial); "
+            "12 minutes measured on 2 cores shared with other jobs (load average 10-16)",
+        ),
         Reproduction(
-            "annealing", "annealing.yaml",
+            "annealing",
+            "annealing.yaml",
             "Which KL annealing schedules and free bits avoid posterior collapse: an MLP VAE (512-512, 32 "
             "latents) on binarised digits at beta 1, with no annealing, a linear warm-up (Bowman et al. 2016) "
             "or a cyclical schedule (Fu et al. 2019), each with and without free bits of 0.25 nats per dim "
@@ -451,19 +595,24 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             "active units) and several collapse by the (0.01, 0.01) criterion of Lucas et al. 2019, whatever "
             "the schedule: annealing only delays the full KL weight. Free bits keep every dim active and none "
             "collapsed with every schedule, at a cost of about 3 nats of held-out ELBO.",
-            annealing_checks, "12 trials; about 3.5 minutes on 2 idle cores (~30 s of CPU per trial); "
-            "10.8 minutes measured on 2 cores shared with other jobs (load average 7-10)"),
+            annealing_checks,
+            "12 trials; about 3.5 minutes on 2 idle cores (~30 s of CPU per trial); "
+            "10.8 minutes measured on 2 cores shared with other jobs (load average 7-10)",
+        ),
         Reproduction(
-            "disentanglement", "disentanglement.yaml",
+            "disentanglement",
+            "disentanglement.yaml",
             "The disentanglement metrics of disentanglement_lib (BetaVAE score, Higgins et al. 2017; FactorVAE "
             "score, Kim & Mnih 2018; MIG, Chen et al. 2018; DCI, Eastwood & Williams 2018; SAP, Kumar et al. 2018; "
             "modularity, Ridgeway & Mozer 2018) on procedural dSprites: their oracle answers on this data (the "
             "true factors score near 1, noise near chance or 0), every trained beta-VAE and beta-TCVAE (beta 1 "
             "and 8, 2 seeds) scored and above chance, and beta-TCVAE's beta lowering the total correlation it "
             "penalises (Chen et al. 2018). It does not show that a larger beta disentangles more.",
-            disentanglement_checks, "8 trials; about 4 minutes on 2 idle cores (~50 s of CPU per trial, 10-15 s "
+            disentanglement_checks,
+            "8 trials; about 4 minutes on 2 idle cores (~50 s of CPU per trial, 10-15 s "
             "of it the metrics, plus ~20 s for the oracle checks); 15.8 minutes measured on 2 cores shared with "
-            "other jobs (load average 5-8)"),
+            "other jobs (load average 5-8)",
+        ),
     )
 }
 
@@ -507,8 +656,14 @@ def _read_trials(study_name: str, tracking_uri: str) -> pd.DataFrame | None:
         return None
 
 
-def run_reproduction(name: str, tracking_uri: str, address: str | None = None, workers: int | None = None,
-                     rerun: bool = False, progress: Progress | None = None) -> list[Check]:
+def run_reproduction(
+    name: str,
+    tracking_uri: str,
+    address: str | None = None,
+    workers: int | None = None,
+    rerun: bool = False,
+    progress: Progress | None = None,
+) -> list[Check]:
     """Run (or resume) reproduction ``name``'s study, then evaluate its checks on the record.
 
     Resuming reuses the current record: trials already final are not rerun, and when every
@@ -525,8 +680,12 @@ def run_reproduction(name: str, tracking_uri: str, address: str | None = None, w
     study = load_study(path)
     trials = None if rerun else _read_trials(study.name, tracking_uri)
     if trials is None or not _record_complete(study, trials):
-        summary = run_sweep(study, path.read_text(), SweepOptions(
-            tracking_uri=tracking_uri, address=address, workers=workers, fresh=rerun), progress)
+        summary = run_sweep(
+            study,
+            path.read_text(),
+            SweepOptions(tracking_uri=tracking_uri, address=address, workers=workers, fresh=rerun),
+            progress,
+        )
         if summary.interrupted:
             raise KeyboardInterrupt(f"the sweep of {study.name} was interrupted; run again to resume")
         if summary.store_error:  # the record cannot be trusted to be whole: no checks on it
@@ -568,9 +727,17 @@ def print_checks(title: str, checks: list[Check], console: Any) -> None:
     for col in ("check", "measured", "expected", "tolerance", "result"):
         table.add_column(col, overflow="fold")
     for c in checks:
-        table.add_row(c.name, _fmt(c.measured), _fmt(c.expected), _fmt(c.tolerance),
-                      "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]")
+        table.add_row(
+            c.name,
+            _fmt(c.measured),
+            _fmt(c.expected),
+            _fmt(c.tolerance),
+            "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]",
+        )
     console.print(table)
     passed = sum(c.passed for c in checks)
-    console.print(f"{passed}/{len(checks)} checks passed", style="bold green" if passed == len(checks) else "bold red",
-                  highlight=False)
+    console.print(
+        f"{passed}/{len(checks)} checks passed",
+        style="bold green" if passed == len(checks) else "bold red",
+        highlight=False,
+    )

@@ -42,8 +42,18 @@ from vaebench.tracking import (
 )
 
 #: columns of ``trials_frame`` that describe the run rather than its config or metrics
-META_COLUMNS = ["run_id", "run_name", "state", "seed", "point_key", "config_hash", "optuna_trial",
-                "epochs", "start_time", "duration_s"]
+META_COLUMNS = [
+    "run_id",
+    "run_name",
+    "state",
+    "seed",
+    "point_key",
+    "config_hash",
+    "optuna_trial",
+    "epochs",
+    "start_time",
+    "duration_s",
+]
 STATE_ORDER = ["completed", "diverged", "pruned", "failed", "killed", "running"]
 
 
@@ -87,25 +97,36 @@ def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
     when the store, the study or its trials are missing; never creates a store."""
     uri = resolve_tracking_uri(tracking_uri)
     if store_missing(uri):
-        raise ReportError(f"no tracking store at {uri} (the file does not exist); "
-                          "give --tracking-uri or set MLFLOW_TRACKING_URI")
+        raise ReportError(
+            f"no tracking store at {uri} (the file does not exist); give --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
     rec = Record(uri, study)
     parent = rec.parent_run()
     if parent is None:
         names = sorted(e.name for e in rec.client.search_experiments() if e.name != "Default")
-        raise ReportError(f"no study record named {study!r} in {uri}"
-                          + (f"; studies there: {', '.join(names)}" if names else "; the store holds no studies"))
+        raise ReportError(
+            f"no study record named {study!r} in {uri}"
+            + (f"; studies there: {', '.join(names)}" if names else "; the store holds no studies")
+        )
     runs = current_definition(_read_trials(rec, parent.info.run_id), parent.data.tags.get(DEFINITION_TAG))
     if not runs:
-        raise ReportError(f"study {study!r} has no trial runs in {uri} (record {parent.info.run_id}): "
-                          f"run `vaebench sweep` first")
+        raise ReportError(
+            f"study {study!r} has no trial runs in {uri} (record {parent.info.run_id}): run `vaebench sweep` first"
+        )
     tags = parent.data.tags
     factors = json.loads(tags.get("vaebench.factors", "null")) or _factors_from_points(runs)
     return StudyRecord(
-        name=study, uri=uri, parent_run_id=parent.info.run_id,
-        description=tags.get("mlflow.note.content", ""), factors=factors,
-        search=tags.get("vaebench.search", "grid"), seeds=json.loads(tags.get("vaebench.seeds", "[]")),
-        optuna_study=tags.get(OPTUNA_STUDY), runs=runs, record=rec)
+        name=study,
+        uri=uri,
+        parent_run_id=parent.info.run_id,
+        description=tags.get("mlflow.note.content", ""),
+        factors=factors,
+        search=tags.get("vaebench.search", "grid"),
+        seeds=json.loads(tags.get("vaebench.seeds", "[]")),
+        optuna_study=tags.get(OPTUNA_STUDY),
+        runs=runs,
+        record=rec,
+    )
 
 
 def current_definition(runs: list[TrialRun], parent_definition: str | None) -> list[TrialRun]:
@@ -136,8 +157,19 @@ def _factors_from_points(runs: list[TrialRun]) -> list[str]:
 
 def _read_trials(rec: Record, parent_id: str) -> list[TrialRun]:
     """Every live trial run of the record, oldest first, with the last epoch each logged."""
-    runs = [TrialRun(r.info.run_id, r.info.run_name, r.info.start_time, r.info.end_time, dict(r.data.tags),
-                     dict(r.data.params), dict(r.data.metrics), 0) for r in rec.trial_runs(parent_id)]
+    runs = [
+        TrialRun(
+            r.info.run_id,
+            r.info.run_name,
+            r.info.start_time,
+            r.info.end_time,
+            dict(r.data.tags),
+            dict(r.data.params),
+            dict(r.data.metrics),
+            0,
+        )
+        for r in rec.trial_runs(parent_id)
+    ]
     if runs:
         steps = _fetch_histories(rec.uri, [r.run_id for r in runs], list(EPOCH_KEYS))
         last = steps.groupby("run_id", observed=True)["epoch"].max().to_dict() if len(steps) else {}
@@ -188,8 +220,11 @@ class SqlHistories:
         try:
             with self.engine.connect() as conn:
                 for i in range(0, len(run_ids), 500):
-                    result = conn.execute(sa.select(m.run_uuid, m.key, m.step, m.value, m.is_nan, m.timestamp)
-                                          .where(m.key.in_(keys), m.run_uuid.in_(run_ids[i:i + 500])))
+                    result = conn.execute(
+                        sa.select(m.run_uuid, m.key, m.step, m.value, m.is_nan, m.timestamp).where(
+                            m.key.in_(keys), m.run_uuid.in_(run_ids[i : i + 500])
+                        )
+                    )
                     out += _rows(result)
         finally:
             self.engine.dispose()
@@ -349,14 +384,19 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
         point = json.loads(tags.get(POINT, "{}"))
         points.append(point)
         end = r.end_time or None
-        rows.append({
-            "run_id": r.run_id, "run_name": r.run_name, "state": tags.get(STATE, "unknown"),
-            "point_key": tags.get("vaebench.point_key"), "config_hash": tags.get(HASH),
-            "optuna_trial": int(tags[OPTUNA_TRIAL]) if OPTUNA_TRIAL in tags else math.nan,
-            "epochs": r.last_step,
-            "start_time": pd.Timestamp(r.start_time, unit="ms", tz="UTC") if r.start_time else pd.NaT,
-            "duration_s": (end - r.start_time) / 1000 if end and r.start_time else math.nan,
-        })
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "run_name": r.run_name,
+                "state": tags.get(STATE, "unknown"),
+                "point_key": tags.get("vaebench.point_key"),
+                "config_hash": tags.get(HASH),
+                "optuna_trial": int(tags[OPTUNA_TRIAL]) if OPTUNA_TRIAL in tags else math.nan,
+                "epochs": r.last_step,
+                "start_time": pd.Timestamp(r.start_time, unit="ms", tz="UTC") if r.start_time else pd.NaT,
+                "duration_s": (end - r.start_time) / 1000 if end and r.start_time else math.nan,
+            }
+        )
         params_raw.append(r.params)
         metric_names.update(dict.fromkeys(r.metrics))
     meta = pd.DataFrame(rows)
@@ -367,8 +407,7 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
     else:
         meta.insert(3, "seed", pd.Series([math.nan] * len(meta)))
     metric_cols = sorted(metric_names, key=lambda k: (not k.startswith("val/"), k))
-    metrics = {k: pd.Series([r.metrics.get(k, math.nan) for r in rec.runs], dtype="float64")
-               for k in metric_cols}
+    metrics = {k: pd.Series([r.metrics.get(k, math.nan) for r in rec.runs], dtype="float64") for k in metric_cols}
     factor_cols = {}
     for f in rec.factors:
         if f in params and not any(isinstance(p.get(f), dict) for p in points):
@@ -377,23 +416,44 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
                 params[f] = pd.Series([tuple(v) if isinstance(v, list) else v for v in col], dtype="object")
             continue
         labels = _mapping_labels([p[f] for p in points if f in p])
-        factor_cols[f] = pd.Series([labels.get(json.dumps(p[f], sort_keys=True)) if f in p else None
-                                    for p in points], dtype="object")
-    frame = pd.concat([meta, pd.DataFrame(factor_cols, index=meta.index), pd.DataFrame(params, index=meta.index),
-                       pd.DataFrame(metrics, index=meta.index)], axis=1)
+        factor_cols[f] = pd.Series(
+            [labels.get(json.dumps(p[f], sort_keys=True)) if f in p else None for p in points], dtype="object"
+        )
+    frame = pd.concat(
+        [
+            meta,
+            pd.DataFrame(factor_cols, index=meta.index),
+            pd.DataFrame(params, index=meta.index),
+            pd.DataFrame(metrics, index=meta.index),
+        ],
+        axis=1,
+    )
     ordered = META_COLUMNS + [f for f in rec.factors if f in frame.columns]
     frame = frame[ordered + [c for c in frame.columns if c not in ordered]]
     counts = frame["state"].value_counts()
     frame.attrs.update(
-        study=rec.name, tracking_uri=rec.uri, parent_run_id=rec.parent_run_id, description=rec.description,
-        factors=list(rec.factors), search=rec.search, seeds=list(rec.seeds), optuna_study=rec.optuna_study,
-        state_counts={s: int(counts[s]) for s in STATE_ORDER + sorted(set(counts.index) - set(STATE_ORDER))
-                      if s in counts})
+        study=rec.name,
+        tracking_uri=rec.uri,
+        parent_run_id=rec.parent_run_id,
+        description=rec.description,
+        factors=list(rec.factors),
+        search=rec.search,
+        seeds=list(rec.seeds),
+        optuna_study=rec.optuna_study,
+        state_counts={
+            s: int(counts[s]) for s in STATE_ORDER + sorted(set(counts.index) - set(STATE_ORDER)) if s in counts
+        },
+    )
     return frame
 
 
-def histories_frame(study: str, tracking_uri: str | None = None, metrics: Iterable[str] | None = None, *,
-                    trials: pd.DataFrame | None = None) -> pd.DataFrame:
+def histories_frame(
+    study: str,
+    tracking_uri: str | None = None,
+    metrics: Iterable[str] | None = None,
+    *,
+    trials: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Per-epoch histories in long form: one row per (trial, metric, epoch).
 
     Columns: ``run_id`` (categorical), ``epoch`` (1-based; MLflow's step), ``metric``
@@ -451,7 +511,9 @@ def _history_rows(uri: str, run_ids: list[str], keys: list[str]) -> list[tuple]:
 
     def one(job: tuple[str, str]) -> list[tuple]:
         rid, key = job
-        return [(rid, key, x.step, x.value, math.isnan(x.value), x.timestamp) for x in client.get_metric_history(rid, key)]
+        return [
+            (rid, key, x.step, x.value, math.isnan(x.value), x.timestamp) for x in client.get_metric_history(rid, key)
+        ]
 
     rows: list[tuple] = []
     with ThreadPoolExecutor(16) as pool:
@@ -473,8 +535,14 @@ def _no_gc() -> Iterator[None]:
 
 def _frame_from_rows(rows: list[tuple], keys: list[str]) -> pd.DataFrame:
     if not rows:
-        return pd.DataFrame({"run_id": pd.Categorical([]), "epoch": np.array([], dtype="int64"),
-                             "metric": pd.Categorical([]), "value": np.array([], dtype="float64")})
+        return pd.DataFrame(
+            {
+                "run_id": pd.Categorical([]),
+                "epoch": np.array([], dtype="int64"),
+                "metric": pd.Categorical([]),
+                "value": np.array([], dtype="float64"),
+            }
+        )
     run, key, step, value, nan, stamp = zip(*rows)  # columns from row tuples, in C
     run_c = pd.Categorical(run)
     logged = set(key)
@@ -487,7 +555,11 @@ def _frame_from_rows(rows: list[tuple], keys: list[str]) -> pd.DataFrame:
     # a (run, metric, step) logged twice is adjacent now: keep the last logged
     last = np.ones(len(step_a), dtype=bool)
     last[:-1] = ~((r[1:] == r[:-1]) & (k[1:] == k[:-1]) & (step_a[1:] == step_a[:-1]))
-    return pd.DataFrame({
-        "run_id": pd.Categorical.from_codes(r[last], categories=run_c.categories),
-        "epoch": step_a[last], "metric": pd.Categorical.from_codes(k[last], categories=key_c.categories),
-        "value": value_a[last]})
+    return pd.DataFrame(
+        {
+            "run_id": pd.Categorical.from_codes(r[last], categories=run_c.categories),
+            "epoch": step_a[last],
+            "metric": pd.Categorical.from_codes(k[last], categories=key_c.categories),
+            "value": value_a[last],
+        }
+    )

@@ -147,9 +147,11 @@ class OptunaSearch:
         # median: no pruning before 3 points have finished, nor in the first quarter of the epochs
         # (early ELBOs rank learning rates by speed, not by where they end)
         self.pruner_kind = s.pruner
-        pruner = {"none": optuna.pruners.NopPruner(),
-                  "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4)),
-                  "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)}[s.pruner]
+        pruner = {
+            "none": optuna.pruners.NopPruner(),
+            "median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4)),
+            "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
+        }[s.pruner]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with self._storage():
             existing = 0
@@ -157,10 +159,19 @@ class OptunaSearch:
                 existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
             except KeyError:  # a new study
                 pass
-            sampler = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler,
-                       "nsga2": optuna.samplers.NSGAIISampler}[s.kind](seed=study.seeds[0] + existing)
-            self.optuna = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
-                                              directions=s.directions, load_if_exists=True)
+            sampler = {
+                "random": optuna.samplers.RandomSampler,
+                "tpe": optuna.samplers.TPESampler,
+                "nsga2": optuna.samplers.NSGAIISampler,
+            }[s.kind](seed=study.seeds[0] + existing)
+            self.optuna = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                sampler=sampler,
+                pruner=pruner,
+                directions=s.directions,
+                load_if_exists=True,
+            )
             self._settle_orphans()
 
     @contextmanager
@@ -315,7 +326,9 @@ def suggest(trial: Any, path: str, levels: list[Any] | Range) -> Any:
     categorical choices must be plain values)."""
     if isinstance(levels, Range):
         if levels.is_int:
-            return trial.suggest_int(path, int(levels.low), int(levels.high), step=int(levels.step or 1), log=levels.log)
+            return trial.suggest_int(
+                path, int(levels.low), int(levels.high), step=int(levels.step or 1), log=levels.log
+            )
         return trial.suggest_float(path, levels.low, levels.high, step=levels.step, log=levels.log)
     if all(v is None or isinstance(v, (bool, int, float, str)) for v in levels):
         return trial.suggest_categorical(path, levels)

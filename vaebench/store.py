@@ -24,12 +24,16 @@ OPTUNA_FILE = "optuna.db"
 _SERVER = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
 _DATABASE = re.compile(r"^(postgresql|mysql|mssql)(\+\w+)?://\S+$")
 
-TRACKING_HELP = ("MLflow tracking URI: sqlite:///PATH.db, a PATH ending in .db, http(s)://HOST[:PORT] of an MLflow "
-                 "server, or postgresql|mysql|mssql://... (default: $MLFLOW_TRACKING_URI, else "
-                 "sqlite:///PROJECT/sweeps/mlflow.db, PROJECT being the folder above the study's studies/ folder, "
-                 "else the current folder)")
-STORAGE_HELP = ("Optuna storage URL of a search study: sqlite:///PATH.db or postgresql|mysql://... "
-                "(default sqlite:///PROJECT/sweeps/NAME/optuna.db, beside the tracking store's project)")
+TRACKING_HELP = (
+    "MLflow tracking URI: sqlite:///PATH.db, a PATH ending in .db, http(s)://HOST[:PORT] of an MLflow "
+    "server, or postgresql|mysql|mssql://... (default: $MLFLOW_TRACKING_URI, else "
+    "sqlite:///PROJECT/sweeps/mlflow.db, PROJECT being the folder above the study's studies/ folder, "
+    "else the current folder)"
+)
+STORAGE_HELP = (
+    "Optuna storage URL of a search study: sqlite:///PATH.db or postgresql|mysql://... "
+    "(default sqlite:///PROJECT/sweeps/NAME/optuna.db, beside the tracking store's project)"
+)
 
 
 class StoreAddressError(ValueError):
@@ -40,7 +44,7 @@ class StoreAddressError(ValueError):
 def short(value: object, limit: int = 80) -> str:
     """repr(value), cut to ``limit`` characters: messages never print unbounded input."""
     text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
 
 
 def project_root(study_path: str | Path | None) -> Path:
@@ -95,9 +99,11 @@ def check_tracking_uri(uri: str, source: str = "--tracking-uri") -> str:
         return uri
     if "://" not in uri and ":" not in uri.split("/")[0] and uri.endswith(".db"):
         return f"sqlite:///{Path(uri).resolve()}"  # a plain path to a .db file: a SQLite store
-    raise StoreAddressError(f"{source} {short(uri)}: not a tracking URI vaebench can use; allowed: sqlite:///PATH.db, "
-                     "a PATH ending in .db, http(s)://HOST[:PORT] of an MLflow server, "
-                     "postgresql|mysql|mssql://USER@HOST/DB")
+    raise StoreAddressError(
+        f"{source} {short(uri)}: not a tracking URI vaebench can use; allowed: sqlite:///PATH.db, "
+        "a PATH ending in .db, http(s)://HOST[:PORT] of an MLflow server, "
+        "postgresql|mysql|mssql://USER@HOST/DB"
+    )
 
 
 def check_storage(url: str, source: str = "--storage") -> str:
@@ -106,8 +112,10 @@ def check_storage(url: str, source: str = "--storage") -> str:
         return _absolute_sqlite(url, source)
     if re.match(r"^(postgresql|mysql)(\+\w+)?://\S+$", url):
         return url
-    raise StoreAddressError(f"{source} {short(url)}: not an Optuna storage URL vaebench can use; allowed: "
-                     "sqlite:///PATH.db, postgresql://USER@HOST/DB, mysql://USER@HOST/DB")
+    raise StoreAddressError(
+        f"{source} {short(url)}: not an Optuna storage URL vaebench can use; allowed: "
+        "sqlite:///PATH.db, postgresql://USER@HOST/DB, mysql://USER@HOST/DB"
+    )
 
 
 def store_missing(uri: str) -> bool:
@@ -119,8 +127,10 @@ def store_missing(uri: str) -> bool:
 def check_readable(uri: str) -> None:
     """For readers (status, report, ui): a SQLite store must exist; never created here."""
     if store_missing(uri):
-        raise StoreAddressError(f"no tracking store at {uri} (the file does not exist); run `vaebench sweep` there first, "
-                         "or give --tracking-uri or set MLFLOW_TRACKING_URI")
+        raise StoreAddressError(
+            f"no tracking store at {uri} (the file does not exist); run `vaebench sweep` there first, "
+            "or give --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
 
 
 def check_writable(uri: str, what: str = "tracking store") -> None:

@@ -48,11 +48,36 @@ from vaebench.yaml_input import YamlInputError, parse, read_text
 
 STUDY_DIR = Path("studies")
 # metrics a search may optimise (vaebench.metrics / vaebench.train), and val/kl_dim/NN
-OBJECTIVE_METRICS = tuple(f"val/{m}" for m in (
-    "elbo", "recon", "kl", "active_units", "mi", "iw_nll", "collapsed_dims", "collapsed_fraction",
-    "posterior_collapse")) + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser")) + tuple(
-    f"val/dis/{m}" for m in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness",
-                             "dci_informativeness", "sap", "modularity"))
+OBJECTIVE_METRICS = (
+    tuple(
+        f"val/{m}"
+        for m in (
+            "elbo",
+            "recon",
+            "kl",
+            "active_units",
+            "mi",
+            "iw_nll",
+            "collapsed_dims",
+            "collapsed_fraction",
+            "posterior_collapse",
+        )
+    )
+    + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
+    + tuple(
+        f"val/dis/{m}"
+        for m in (
+            "beta_vae",
+            "factor_vae",
+            "mig",
+            "dci_disentanglement",
+            "dci_completeness",
+            "dci_informativeness",
+            "sap",
+            "modularity",
+        )
+    )
+)
 DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
 TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
 
@@ -127,7 +152,9 @@ class Search(Section):
             raise ValueError("objectives: name at least one metric, e.g. {val/elbo: max}")
         for name in self.objectives:
             if name not in OBJECTIVE_METRICS and not re.fullmatch(r"val/kl_dim/\d\d", name):
-                raise ValueError(f"objectives: unknown metric {name!r}; allowed: {', '.join(OBJECTIVE_METRICS)}, val/kl_dim/NN")
+                raise ValueError(
+                    f"objectives: unknown metric {name!r}; allowed: {', '.join(OBJECTIVE_METRICS)}, val/kl_dim/NN"
+                )
         if self.kind == "grid":
             if self.pruner != "none":
                 raise ValueError("pruner: a grid runs every trial to the end; pruners are for random|tpe|nsga2")
@@ -168,8 +195,9 @@ class Study(Section):
         # a repeated seed would be the same trial twice (one config hash): refused, for grid and search alike
         repeated = sorted({s for s in seeds if seeds.count(s) > 1}) if len(set(seeds)) < len(seeds) else []
         if repeated:
-            raise ValueError(f"seed(s) {', '.join(map(str, repeated[:5]))} repeated; each seed may appear once, "
-                             "e.g. [0, 1, 2]")
+            raise ValueError(
+                f"seed(s) {', '.join(map(str, repeated[:5]))} repeated; each seed may appear once, e.g. [0, 1, 2]"
+            )
         return seeds
 
     def base(self) -> dict[str, Any]:
@@ -269,7 +297,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None, open_data: 
     except yaml.YAMLError as e:
         raise StudyError(f"{path}: not valid YAML: {_cut_text(str(e))}") from None
     if not isinstance(raw, dict):
-        raise StudyError(f"{path}: a study is a mapping of fields (name, data, model, space, ...), got {type(raw).__name__}")
+        raise StudyError(
+            f"{path}: a study is a mapping of fields (name, data, model, space, ...), got {type(raw).__name__}"
+        )
     for item in overrides or []:
         _override(raw, item)
     try:
@@ -299,8 +329,10 @@ def _override(raw: dict[str, Any], item: str) -> None:
         raise StudyError(f"{where}: {str(e).lstrip(' :')}") from None
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or "not valid YAML"
-        raise StudyError(f"{where}: the value is not valid YAML ({problem}); quote strings, write lists as "
-                         "[1, 2] and mappings as {kind: linear}") from None
+        raise StudyError(
+            f"{where}: the value is not valid YAML ({problem}); quote strings, write lists as "
+            "[1, 2] and mappings as {kind: linear}"
+        ) from None
     key = key.strip()
     try:
         if key.startswith("space.") and isinstance(raw.get("space", {}), dict):
@@ -319,11 +351,16 @@ def _check_size(path: Path, root: yaml.Node | None, study: Study) -> None:
     """A study implying more trials than trial_limit is refused before any is built."""
     n, limit = study.n_trials(), study.trial_limit
     if n > limit:
-        what = (" x ".join(f"{len(v)} {k}" for k, v in study.space.items() if isinstance(v, list))
-                if study.search.kind == "grid" else f"budget {study.search.budget}")
-        raise StudyError(f"{path}{_line(root, ('space',))}: the study implies {n:,} trials ({what} x "
-                         f"{len(study.seeds)} seeds), more than trial_limit ({limit:,}); use fewer levels "
-                         "or seeds, or raise trial_limit (a top-level field, or --set trial_limit=N)")
+        what = (
+            " x ".join(f"{len(v)} {k}" for k, v in study.space.items() if isinstance(v, list))
+            if study.search.kind == "grid"
+            else f"budget {study.search.budget}"
+        )
+        raise StudyError(
+            f"{path}{_line(root, ('space',))}: the study implies {n:,} trials ({what} x "
+            f"{len(study.seeds)} seeds), more than trial_limit ({limit:,}); use fewer levels "
+            "or seeds, or raise trial_limit (a top-level field, or --set trial_limit=N)"
+        )
 
 
 def _data_configs(study: Study) -> list[tuple[str, Any]]:
@@ -355,7 +392,9 @@ def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
             line = _line(root, tuple(field.split(" ")[0].split(".", 1)))
             raise StudyError(f"{path}{line}: {field}: {_cut_text(str(e))}") from None
         except (OSError, ValueError, MemoryError) as e:
-            raise StudyError(f"{path}: {field}: cannot read the data ({type(e).__name__}: {_cut_text(str(e))})") from None
+            raise StudyError(
+                f"{path}: {field}: cannot read the data ({type(e).__name__}: {_cut_text(str(e))})"
+            ) from None
 
 
 def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
@@ -367,7 +406,8 @@ def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
             f"{path}{_line(root, ('metrics', 'disentanglement'))}: metrics.disentanglement: "
             f"{', '.join(study.metrics.disentanglement)} need data with known generative factors, and data.kind "
             f"{study.data.kind!r} has none; allowed with data.kind: {', '.join(FACTOR_KINDS)} (otherwise leave "
-            f"metrics.disentanglement empty)")
+            f"metrics.disentanglement empty)"
+        )
 
 
 def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:
@@ -378,13 +418,17 @@ def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:
         if value is None:
             continue
         if not Path(value).is_file():
-            raise StudyError(f"{path}{_line(root, ('data', field))}: data.{field}: no such file: {_cut_text(value, 300)}")
+            raise StudyError(
+                f"{path}{_line(root, ('data', field))}: data.{field}: no such file: {_cut_text(value, 300)}"
+            )
         setattr(study.data, field, str(Path(value).resolve()))
     for key, levels in study.space.items():
         if key.split(".")[0] == "data" and key.rsplit(".", 1)[-1] in DATA_FILE_FIELDS and isinstance(levels, list):
             for i, level in enumerate(levels):
                 if not Path(str(level)).is_file():
-                    raise StudyError(f"{path}{_line(root, ('space', key))}: space.{key}: no such file: {short(level, 300)}")
+                    raise StudyError(
+                        f"{path}{_line(root, ('space', key))}: space.{key}: no such file: {short(level, 300)}"
+                    )
                 levels[i] = str(Path(str(level)).resolve())
 
 
@@ -402,7 +446,9 @@ def _check_space(path: Path, root: yaml.Node | None, study: Study) -> None:
             raise StudyError(f"{where}: names no setting. Settings under that section: {', '.join(near[:40])}")
         if isinstance(levels, Range):
             if study.search.kind == "grid":
-                raise StudyError(f"{where}: a range (low/high) needs search kind random|tpe|nsga2; a grid takes a list of levels")
+                raise StudyError(
+                    f"{where}: a range (low/high) needs search kind random|tpe|nsga2; a grid takes a list of levels"
+                )
             levels = [levels.low, levels.high]  # both ends must be allowed values of the setting
         if not levels:
             raise StudyError(f"{where}: has no levels; give a non-empty list")
@@ -414,8 +460,10 @@ def _check_space(path: Path, root: yaml.Node | None, study: Study) -> None:
                 msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
                 raise StudyError(f"{where}: level {short(level)} is not allowed: {msgs}") from None
             if h in seen and isinstance(study.space[key], list):  # 1 and 1.0, none and {kind: none}
-                raise StudyError(f"{where}: levels {short(seen[h])} and {short(level)} give the same setting; "
-                                 "each level may appear once")
+                raise StudyError(
+                    f"{where}: levels {short(seen[h])} and {short(level)} give the same setting; "
+                    "each level may appear once"
+                )
             seen.setdefault(h, level)
 
 
@@ -434,8 +482,20 @@ def _format_errors(path: Path, root: yaml.Node | None, e: ValidationError) -> st
 
 
 # pydantic puts the discriminator's tag in error locations ('data', 'digits', 'binarize')
-_UNION_TAGS = {"digits", "dsprites", "ppca", "idx", "npz", "none", "linear", "sigmoid", "cyclical",
-               "capacity", "list[any]", "Range"}
+_UNION_TAGS = {
+    "digits",
+    "dsprites",
+    "ppca",
+    "idx",
+    "npz",
+    "none",
+    "linear",
+    "sigmoid",
+    "cyclical",
+    "capacity",
+    "list[any]",
+    "Range",
+}
 
 
 def _line(root: yaml.Node | None, loc: tuple[str, ...]) -> str:

@@ -89,8 +89,13 @@ def default_storage(study: Study) -> str:
     return f"sqlite:///{path}"
 
 
-def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progress | None = None,
-              executor: Executor | None = None) -> Summary:
+def run_sweep(
+    study: Study,
+    study_text: str,
+    opts: SweepOptions,
+    progress: Progress | None = None,
+    executor: Executor | None = None,
+) -> Summary:
     """Run or resume ``study``; returns the summary (``exit_code`` 0, 1 or 130). Raises
     SweepError (exit 2) when it cannot start; then nothing was written."""
     try:
@@ -114,13 +119,18 @@ def run_sweep(study: Study, study_text: str, opts: SweepOptions, progress: Progr
                     connect_ray(opts.address, study.resources.cpus_per_trial, study.resources.gpus_per_trial)
                 except ExecutorError as e:
                     raise SweepError(str(e)) from None
-                workers = opts.workers or cluster_workers(study.resources.cpus_per_trial, study.resources.gpus_per_trial)
+                workers = opts.workers or cluster_workers(
+                    study.resources.cpus_per_trial, study.resources.gpus_per_trial
+                )
                 res, pack = study.resources, effective_pack(study)
                 if pack == "off":
-                    executor = RayExecutor(workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}")
+                    executor = RayExecutor(
+                        workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}"
+                    )
                 else:  # packed trials (vaebench.pack): a pack takes one worker's resources
-                    executor = PackedExecutor(workers, res.cpus_per_trial, res.gpus_per_trial,
-                                              prefix=f"vaebench:{study.name}", pack=pack)
+                    executor = PackedExecutor(
+                        workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}", pack=pack
+                    )
         try:
             try:
                 record.create_store()
@@ -154,13 +164,15 @@ def check_definition(record: Record, study: Study, fresh: bool) -> tuple[Any, di
                 f"study {study.name!r} differs from the definition of its record in {record.uri} "
                 f"(a record holds one definition; adding levels, seeds or budget extends it):\n{lines}\n"
                 f"either run with --fresh to start a new record (the old one stays readable), "
-                f"or undo the change to resume the record")
+                f"or undo the change to resume the record"
+            )
     return parent, defn
 
 
 class Driver:
-    def __init__(self, study: Study, study_text: str, opts: SweepOptions, progress: Progress, record: Record,
-                 executor: Executor):
+    def __init__(
+        self, study: Study, study_text: str, opts: SweepOptions, progress: Progress, record: Record, executor: Executor
+    ):
         self.study, self.study_text, self.opts, self.progress = study, study_text, opts, progress
         self.record, self.executor = record, executor
         self.summary = Summary()
@@ -177,8 +189,12 @@ class Driver:
 
     def _open(self, parent: Any, defn: dict[str, Any]) -> Search:
         self.definition_hash = fixed_hash(defn)
-        tags = {DEFINITION_TAG: self.definition_hash, "vaebench.factors": json.dumps(list(self.study.space)),
-                "vaebench.search": self.study.search.kind, "vaebench.seeds": json.dumps(self.study.seeds)}
+        tags = {
+            DEFINITION_TAG: self.definition_hash,
+            "vaebench.factors": json.dumps(list(self.study.space)),
+            "vaebench.search": self.study.search.kind,
+            "vaebench.seeds": json.dumps(self.study.seeds),
+        }
         if parent is None:
             parent = self.record.start_study(self.study.description, self.study_text, tags, defn)
             if self.study.search.kind != "grid":
@@ -191,14 +207,23 @@ class Driver:
             if old != defn:  # extended (check_definition refused anything else), or a record older than definitions
                 self.record.set_definition(parent.info.run_id, defn, self.study_text, tags)
                 self.summary.notes.append(
-                    "the record's definition was extended to the study's (levels, seeds or budget added)" if old else
-                    "the record was made before vaebench kept study definitions; it now keeps this study's")
+                    "the record's definition was extended to the study's (levels, seeds or budget added)"
+                    if old
+                    else "the record was made before vaebench kept study definitions; it now keeps this study's"
+                )
+            elif parent.data.tags.get("mlflow.note.content", "") != self.study.description:
+                # the same definition, new words: the record shows the study file as it is now
+                self.record.set_definition(
+                    parent.info.run_id, None, self.study_text, {"mlflow.note.content": self.study.description}
+                )
+                self.summary.notes.append("the record's description and study.yaml now match the study file's")
         self.parent_id = parent.info.run_id
         self._load_existing()
         if self.study.search.kind == "grid":
             return GridSearch(self.study, self.finals)
-        return OptunaSearch(self.study, self.opts.storage or default_storage(self.study),
-                            parent.data.tags[OPTUNA_STUDY], self.finals)
+        return OptunaSearch(
+            self.study, self.opts.storage or default_storage(self.study), parent.data.tags[OPTUNA_STUDY], self.finals
+        )
 
     def _load_existing(self) -> None:
         """Keep final runs of the record; soft-delete interrupted or failed ones (they rerun)."""
@@ -239,7 +264,7 @@ class Driver:
                 for event in self.executor.poll(1.0):
                     self._handle(search, event)
                 self.record.flush_due()
-                self.progress.update(self.summary.counts, len(self.live), self._best())
+                self.progress.update(self.summary.counts, len(self.live), self._best(), self._partial())
             if self.stop_signal is not None:
                 self.summary.interrupted = True
                 self._stop_all(search)
@@ -273,9 +298,17 @@ class Driver:
 
     def _open_run(self, p: Planned, attempt: int) -> str:
         spec = p.spec
-        tags = {HASH: spec.config_hash, POINT: json.dumps(spec.point), "vaebench.point_key": spec.point_key,
-                "vaebench.attempt": str(attempt), DEFINITION_TAG: self.definition_hash, **p.tags}
-        return self.record.start_trial(self.parent_id, self._name(spec), {**spec.config.params(), "seed": spec.seed}, tags)
+        tags = {
+            HASH: spec.config_hash,
+            POINT: json.dumps(spec.point),
+            "vaebench.point_key": spec.point_key,
+            "vaebench.attempt": str(attempt),
+            DEFINITION_TAG: self.definition_hash,
+            **p.tags,
+        }
+        return self.record.start_trial(
+            self.parent_id, self._name(spec), {**spec.config.params(), "seed": spec.seed}, tags
+        )
 
     def _drain(self, search: Search) -> None:
         """What the search has for the record besides trials to start: tags for kept runs, refused points."""
@@ -324,6 +357,10 @@ class Driver:
         self.final_runs[t.planned.key] = t.run_id
         self.summary.counts[state] += 1
         search.on_trial_complete(t.planned.key, state, dict(t.metrics))
+
+    def _partial(self) -> float:
+        """The running trials' share of their epochs done, summed (for the progress line's ETA)."""
+        return sum(t.epoch / max(t.planned.spec.config.train.epochs, 1) for t in self.live.values())
 
     def _name(self, spec: TrialSpec) -> str:
         return run_name(spec, self.study.space)

@@ -21,8 +21,13 @@ SUPERSEDED, OPTUNA_STUDY, OPTUNA_TRIAL = "vaebench.superseded", "vaebench.optuna
 # trial states; the first three are final (a resumed sweep keeps them), the others are rerun
 FINAL_STATES = ("completed", "diverged", "pruned")
 RERUN_STATES = ("failed", "killed", "running")
-MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
-                 "failed": "FAILED", "killed": "KILLED"}
+MLFLOW_STATUS = {
+    "completed": "FINISHED",
+    "diverged": "FINISHED",
+    "pruned": "FINISHED",
+    "failed": "FAILED",
+    "killed": "KILLED",
+}
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limits
 MAX_METRICS_PER_CALL = 1000
 
@@ -45,5 +50,6 @@ def __getattr__(name: str):
     # imported lazily because vaebench.record imports the names above
     if name in ("Record", "new_sqlite_store"):
         from vaebench import record
+
         return getattr(record, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

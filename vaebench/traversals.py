@@ -22,14 +22,22 @@ CELL = 64  # smallest drawn size of an image, pixels: small images are upscaled
 
 
 @torch.no_grad()
-def traversal_grid(model: VAE, x_val: torch.Tensor, steps: int = 11, limit: float = 3.0, example: int = 0,
-                   epsilon: float = 0.01, delta: float = 0.01, batch_size: int = 1024):
+def traversal_grid(
+    model: VAE,
+    x_val: torch.Tensor,
+    steps: int = 11,
+    limit: float = 3.0,
+    example: int = 0,
+    epsilon: float = 0.01,
+    delta: float = 0.01,
+    batch_size: int = 1024,
+):
     """(images [J, steps, H, W] in [0, 1] in display order, dims in that order, their mean KL, collapsed flags)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     kls = [kl_per_dim(*model.encode(xb.to(device))) for xb in x_val.split(batch_size)]
-    base = model.encode(x_val[example:example + 1].to(device))[0][0]
+    base = model.encode(x_val[example : example + 1].to(device))[0][0]
     kl = torch.cat(kls)
     mean_kl = kl.mean(0)
     collapsed = (kl < epsilon).float().mean(0) >= 1 - delta
@@ -44,8 +52,15 @@ def traversal_grid(model: VAE, x_val: torch.Tensor, steps: int = 11, limit: floa
     return torch.stack(rows), order.tolist(), mean_kl[order].tolist(), collapsed[order].tolist()
 
 
-def traversals_png(model: VAE, x_val: torch.Tensor, steps: int = 11, limit: float = 3.0, example: int = 0,
-                   epsilon: float = 0.01, delta: float = 0.01) -> bytes:
+def traversals_png(
+    model: VAE,
+    x_val: torch.Tensor,
+    steps: int = 11,
+    limit: float = 3.0,
+    example: int = 0,
+    epsilon: float = 0.01,
+    delta: float = 0.01,
+) -> bytes:
     """The traversal grid as PNG bytes, rows labelled with the dim, its KL (nats) and 'collapsed'."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -62,7 +77,12 @@ def traversals_png(model: VAE, x_val: torch.Tensor, steps: int = 11, limit: floa
     draw.text((6, 4), f"val example {example}", fill="black", font=font)
     draw.text((6, 18), "dims sorted by KL", fill="black", font=font)
     for i, v in enumerate(torch.linspace(-limit, limit, steps).tolist()):
-        draw.text((LABEL_WIDTH + gap + i * (w + gap) + w // 2 - 12, 10), f"{v:+.1f}".replace("-0.0", " 0.0"), fill="black", font=font)
+        draw.text(
+            (LABEL_WIDTH + gap + i * (w + gap) + w // 2 - 12, 10),
+            f"{v:+.1f}".replace("-0.0", " 0.0"),
+            fill="black",
+            font=font,
+        )
     for r in range(J):
         y = top + gap + r * (h + gap)
         if collapsed[r]:

@@ -31,8 +31,10 @@ class _Loader(yaml.SafeLoader):
                 line = key.start_mark.line + 1
                 if (key.tag, key.value) in seen:
                     first = seen[(key.tag, key.value)]
-                    raise YamlInputError(f" (line {line}): duplicate key {_cut(key.value)} (first at line {first}); "
-                                         "each key may appear once in a mapping")
+                    raise YamlInputError(
+                        f" (line {line}): duplicate key {_cut(key.value)} (first at line {first}); "
+                        "each key may appear once in a mapping"
+                    )
                 seen[(key.tag, key.value)] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -56,9 +58,10 @@ def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise YamlInputError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}); "
-                             "save the file as UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise YamlInputError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}); save the file as UTF-8"
+        ) from None
 
 
 def expanded_size(root: yaml.Node) -> int:
@@ -78,8 +81,10 @@ def expanded_size(root: yaml.Node) -> int:
         if id(node) in sizes:
             continue
         if id(node) in on_path:
-            raise YamlInputError(f" (line {node.start_mark.line + 1}): an alias refers to a node that contains it; "
-                                 "recursive data is not allowed")
+            raise YamlInputError(
+                f" (line {node.start_mark.line + 1}): an alias refers to a node that contains it; "
+                "recursive data is not allowed"
+            )
         if depth > MAX_DEPTH:
             raise YamlInputError(f" (line {node.start_mark.line + 1}): nested more than {MAX_DEPTH} levels deep")
         on_path.add(id(node))
@@ -110,8 +115,9 @@ def parse(text: str) -> tuple[Any, yaml.Node | None]:
             return None, None
         n = expanded_size(root)
         if n > MAX_NODES:
-            raise YamlInputError(f": more than {MAX_NODES:,} values once its aliases (*name) are expanded; "
-                                 "use fewer or smaller aliases")
+            raise YamlInputError(
+                f": more than {MAX_NODES:,} values once its aliases (*name) are expanded; use fewer or smaller aliases"
+            )
         return loader.construct_document(root), root
     finally:
         loader.dispose()

@@ -23,8 +23,16 @@ import torch
 if TYPE_CHECKING:
     from vaebench.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
 
-__all__ = ["DataError", "DataMeta", "Dataset", "GroundTruth", "ground_truth", "load_data", "split_indices",
-           "FACTOR_KINDS"]
+__all__ = [
+    "DataError",
+    "DataMeta",
+    "Dataset",
+    "GroundTruth",
+    "ground_truth",
+    "load_data",
+    "split_indices",
+    "FACTOR_KINDS",
+]
 
 
 class DataError(ValueError):
@@ -65,9 +73,7 @@ class Dataset:
     meta: DataMeta
 
 
-def split_indices(
-    n: int, val_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random (train, val) partition of ``range(n)``; val gets round(n * val_fraction).
 
     Both parts are kept non-empty (n >= 2 is required).

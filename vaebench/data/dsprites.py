@@ -96,9 +96,7 @@ def _shape_indices(shapes: Sequence[str]) -> np.ndarray:
     return np.array(sorted({SHAPE_NAMES.index(s) for s in shapes}), dtype=np.int64)
 
 
-def sample_factors(
-    n: int, rng: np.random.Generator, shapes: Sequence[str] = SHAPE_NAMES
-) -> np.ndarray:
+def sample_factors(n: int, rng: np.random.Generator, shapes: Sequence[str] = SHAPE_NAMES) -> np.ndarray:
     """``n`` distinct factor combinations drawn uniformly without replacement, int64 ``[n, 5]``.
 
     Only the given shapes occur; all other factors range over their full grids. Drawing
@@ -130,8 +128,7 @@ def _check_factors(factors: np.ndarray) -> np.ndarray:
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(
-            f"factor {FACTOR_NAMES[col]} index {f[row, col]} (row {row}) "
-            f"outside 0..{FACTOR_SIZES[col] - 1}"
+            f"factor {FACTOR_NAMES[col]} index {f[row, col]} (row {row}) outside 0..{FACTOR_SIZES[col] - 1}"
         )
     return f
 

@@ -67,9 +67,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if zero != 0 or ndim == 0:
         raise DataError(f"{path}: not an IDX file (bad magic number 0x{magic:08x})")
     if dtype != _IDX_UBYTE:
-        raise DataError(
-            f"{path}: IDX data type 0x{dtype:02x} is not supported (only unsigned byte, 0x08)"
-        )
+        raise DataError(f"{path}: IDX data type 0x{dtype:02x} is not supported (only unsigned byte, 0x08)")
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise DataError(f"{path}: truncated IDX header ({len(buf)} bytes, needs {header})")
@@ -89,10 +87,7 @@ def read_idx_images(path: str | Path) -> torch.Tensor:
     arr = read_idx(path)
     if arr.ndim != 3:
         kind = f"a label file (magic 0x{_IDX_LABELS:04x})" if arr.ndim == 1 else f"{arr.ndim}-D"
-        raise DataError(
-            f"{path}: expected an IDX image file (magic 0x{_IDX_IMAGES:04x}, dims N x H x W), "
-            f"got {kind}"
-        )
+        raise DataError(f"{path}: expected an IDX image file (magic 0x{_IDX_IMAGES:04x}, dims N x H x W), got {kind}")
     if arr.shape[0] == 0:
         raise DataError(f"{path}: IDX file holds no images")
     return torch.from_numpy(arr.astype(np.float32) / 255.0).unsqueeze(1)
@@ -122,9 +117,7 @@ def read_npz_array(path: str | Path, key: str) -> torch.Tensor:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise DataError(f"{p}: cannot read array {key!r}: {e}") from e
     if arr.ndim not in (2, 3, 4):
-        raise DataError(
-            f"{p}: array {key!r} has shape {arr.shape}; expected [N, d], [N, H, W] or [N, C, H, W]"
-        )
+        raise DataError(f"{p}: array {key!r} has shape {arr.shape}; expected [N, d], [N, H, W] or [N, C, H, W]")
     if arr.shape[0] == 0:
         raise DataError(f"{p}: array {key!r} is empty")
     if arr.dtype == np.uint8:

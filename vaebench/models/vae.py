@@ -35,8 +35,9 @@ class VAE(nn.Module):
         return self.likelihood.log_prob(x, out)
 
 
-def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
-                   n: int | None = None) -> torch.Tensor:
+def reparameterise(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, n: int | None = None
+) -> torch.Tensor:
     """z = mu + sigma * eps; with ``n``, draws [n, B, J] samples."""
     shape = mu.shape if n is None else (n, *mu.shape)
     eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -83,7 +84,9 @@ class ConvDecoder(nn.Module):
         self.sizes, self.c0 = sizes, channels[-1]
         self.fc = nn.Linear(latent_dim, channels[-1] * sizes[-1] ** 2)
         chans = [*reversed(channels), out_channels]
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:])
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
@@ -132,8 +135,10 @@ def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> VAE:
     for _ in cfg.channels:
         s = (s + 2 - 4) // 2 + 1
         if s < 1:
-            raise ValueError(f"model.channels: {len(cfg.channels)} stride-2 layers are too many for "
-                             f"{event_shape[1]}x{event_shape[2]} images; use fewer")
+            raise ValueError(
+                f"model.channels: {len(cfg.channels)} stride-2 layers are too many for "
+                f"{event_shape[1]}x{event_shape[2]} images; use fewer"
+            )
         sizes.append(s)
     convs: list[nn.Module] = []
     for a, b in zip([event_shape[0], *cfg.channels[:-1]], cfg.channels):

@@ -37,8 +37,10 @@ def report_folder(name: str, root: Path) -> Path:
     the command line or the store (any MLflow experiment name), so an absolute path, a
     separator or '..' could point anywhere: refused (StoreAddressError) rather than followed."""
     if not _FOLDER_NAME.match(name):
-        raise StoreAddressError(f"study name {short(name)} is not a plain folder name (letters, digits, _ . -, not starting "
-                         "with a dot), so it cannot name a folder under reports/; give --out FOLDER")
+        raise StoreAddressError(
+            f"study name {short(name)} is not a plain folder name (letters, digits, _ . -, not starting "
+            "with a dot), so it cannot name a folder under reports/; give --out FOLDER"
+        )
     return root / "reports" / name
 
 
@@ -48,29 +50,58 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def report(
-    study: str = typer.Argument(..., metavar="STUDY", help="study YAML file, NAME for studies/NAME.yaml, or the name of a study "
-                                          "in the tracking store"),
-    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="output folder (default PROJECT/reports/NAME, PROJECT being "
-                                                           "the folder above the study's studies/ folder, else the "
-                                                           "current folder)"),
+    study: str = typer.Argument(
+        ...,
+        metavar="STUDY",
+        help="study YAML file, NAME for studies/NAME.yaml, or the name of a study in the tracking store",
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        metavar="DIR",
+        help="output folder (default PROJECT/reports/NAME, PROJECT being "
+        "the folder above the study's studies/ folder, else the "
+        "current folder)",
+    ),
     group_by: Optional[list[str]] = typer.Option(
-        None, "--group-by", metavar="FACTOR", help="factor of the ablation table's rows, by path or short name (objective.beta or "
-                                 "beta); repeatable or comma-separated (default: every factor of the study)"),
+        None,
+        "--group-by",
+        metavar="FACTOR",
+        help="factor of the ablation table's rows, by path or short name (objective.beta or "
+        "beta); repeatable or comma-separated (default: every factor of the study)",
+    ),
     baseline: Optional[list[str]] = typer.Option(
-        None, "--baseline", metavar="PATH=VALUE", help="dotted.path=value: the baseline level of a grouping factor; cells show their "
-                                 "difference to the baseline row with its 95% confidence interval over seeds "
-                                 "(repeatable)"),
-    format: str = typer.Option("md,html,tex,csv", "--format", metavar="FORMATS", help="outputs, comma-separated: md (report.md), "
-                                                                   "html (index.html), tex, csv"),
+        None,
+        "--baseline",
+        metavar="PATH=VALUE",
+        help="dotted.path=value: the baseline level of a grouping factor; cells show their "
+        "difference to the baseline row with its 95% confidence interval over seeds "
+        "(repeatable)",
+    ),
+    format: str = typer.Option(
+        "md,html,tex,csv",
+        "--format",
+        metavar="FORMATS",
+        help="outputs, comma-separated: md (report.md), html (index.html), tex, csv",
+    ),
     collapse_axes: Optional[str] = typer.Option(
-        None, "--collapse-axes", metavar="X[,Y]", help="one or two factors X,Y of the collapse map (default beta,free_bits)"),
-    curves_by: Optional[str] = typer.Option(None, "--curves-by", metavar="FACTOR",
-                                            help="factor of the training curves' lines (default beta); their columns are the "
-                                                 "latent sizes (or the next factor)"),
+        None,
+        "--collapse-axes",
+        metavar="X[,Y]",
+        help="one or two factors X,Y of the collapse map (default beta,free_bits)",
+    ),
+    curves_by: Optional[str] = typer.Option(
+        None,
+        "--curves-by",
+        metavar="FACTOR",
+        help="factor of the training curves' lines (default beta); their columns are the "
+        "latent sizes (or the next factor)",
+    ),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP),
     storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help=STORAGE_HELP),
-    log: bool = typer.Option(True, "--log/--no-log", help="also log the report as artifacts (report/) of the "
-                                                          "study's parent run in MLflow"),
+    log: bool = typer.Option(
+        True, "--log/--no-log", help="also log the report as artifacts (report/) of the study's parent run in MLflow"
+    ),
 ) -> None:
     """Render a study's figures and ablation tables from its MLflow record into reports/NAME/."""
     err = Console(stderr=True, highlight=False)
@@ -105,8 +136,11 @@ def report(
         record = load_record(name, uri)
     except ReportError as e:
         hint = "" if path.is_file() else f" (and no study file {path})"
-        fail(f"unknown study {name!r}{hint}: {e}" if "no study record" in str(e) or "no tracking store" in str(e)
-             else str(e))
+        fail(
+            f"unknown study {name!r}{hint}: {e}"
+            if "no study record" in str(e) or "no tracking store" in str(e)
+            else str(e)
+        )
     if objectives is None and record.search != "grid":
         objectives = _objectives_from_record(record)
 
@@ -117,14 +151,24 @@ def report(
 
     trials = trials_frame(name, record=record)
     try:
-        rep = render_report(trials, target, group_by=_split(group_by) or None, baseline=baseline or [],
-                            formats=_split([format]), collapse_axes=_split([collapse_axes]) if collapse_axes else None,
-                            curves_by=curves_by, optuna_storage=storage, objective_names=objectives)
+        rep = render_report(
+            trials,
+            target,
+            group_by=_split(group_by) or None,
+            baseline=baseline or [],
+            formats=_split([format]),
+            collapse_axes=_split([collapse_axes]) if collapse_axes else None,
+            curves_by=curves_by,
+            optuna_storage=storage,
+            objective_names=objectives,
+        )
     except ReportError as e:
         fail(str(e))
     drawn = sum(f.png is not None for f in rep.figures)
-    err.print(f"{name}: {len(trials)} trials; wrote {target}/ ({drawn} figures, "
-              f"{', '.join(p.name for p in rep.files if p.suffix != '.png')}) in {time.perf_counter() - started:.1f} s")
+    err.print(
+        f"{name}: {len(trials)} trials; wrote {target}/ ({drawn} figures, "
+        f"{', '.join(p.name for p in rep.files if p.suffix != '.png')}) in {time.perf_counter() - started:.1f} s"
+    )
     for f in rep.figures:
         if f.note:
             err.print(f"  {f.title}: {f.note}", markup=False)

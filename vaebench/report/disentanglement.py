@@ -30,15 +30,31 @@ from vaebench.report.tables import TableMetric
 
 BETA, KIND = "objective.beta", "objective.kind"
 LABELS = {
-    "val/dis/beta_vae": "BetaVAE score", "val/dis/factor_vae": "FactorVAE score", "val/dis/mig": "MIG",
-    "val/dis/dci_disentanglement": "DCI disentanglement", "val/dis/dci_completeness": "DCI completeness",
-    "val/dis/dci_informativeness": "DCI informativeness", "val/dis/sap": "SAP", "val/dis/modularity": "modularity",
+    "val/dis/beta_vae": "BetaVAE score",
+    "val/dis/factor_vae": "FactorVAE score",
+    "val/dis/mig": "MIG",
+    "val/dis/dci_disentanglement": "DCI disentanglement",
+    "val/dis/dci_completeness": "DCI completeness",
+    "val/dis/dci_informativeness": "DCI informativeness",
+    "val/dis/sap": "SAP",
+    "val/dis/modularity": "modularity",
 }
 #: ablation-table columns (higher is better for every one)
-TABLE_METRICS = [TableMetric(k, {"val/dis/dci_disentanglement": "DCI-D", "val/dis/dci_completeness": "DCI-C",
-                                 "val/dis/dci_informativeness": "DCI-I", "val/dis/beta_vae": "BetaVAE",
-                                 "val/dis/factor_vae": "FactorVAE"}.get(k, v), "max", 3)
-                 for k, v in LABELS.items()]
+TABLE_METRICS = [
+    TableMetric(
+        k,
+        {
+            "val/dis/dci_disentanglement": "DCI-D",
+            "val/dis/dci_completeness": "DCI-C",
+            "val/dis/dci_informativeness": "DCI-I",
+            "val/dis/beta_vae": "BetaVAE",
+            "val/dis/factor_vae": "FactorVAE",
+        }.get(k, v),
+        "max",
+        3,
+    )
+    for k, v in LABELS.items()
+]
 
 
 def present(trials: pd.DataFrame) -> list[str]:
@@ -81,8 +97,19 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
         palette = dict(zip(kinds, sns.color_palette("colorblind", len(kinds))))
         for i, (ax, key) in enumerate(zip(axes, keys)):
             d = data.dropna(subset=[key])
-            sns.lineplot(data=d, x="beta", y=key, hue="objective", hue_order=kinds, palette=palette, ax=ax,
-                         marker="o", errorbar="sd", err_kws={"alpha": 0.2}, legend=ax is axes[0])
+            sns.lineplot(
+                data=d,
+                x="beta",
+                y=key,
+                hue="objective",
+                hue_order=kinds,
+                palette=palette,
+                ax=ax,
+                marker="o",
+                errorbar="sd",
+                err_kws={"alpha": 0.2},
+                legend=ax is axes[0],
+            )
             for kind in kinds:
                 k = d[d["objective"] == kind]
                 ax.scatter(k["beta"], k[key], s=8, color=palette[kind], alpha=0.5, linewidths=0)
@@ -96,7 +123,7 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
             ax.set_title(LABELS[key], fontsize=9)
             ax.set_xlabel(name_of(trials, beta) if i + cols >= len(keys) else "")  # no panel below it
             ax.set_ylabel("")
-        for ax in axes[len(keys):]:
+        for ax in axes[len(keys) :]:
             ax.set_visible(False)
         if axes[0].get_legend() is not None:
             sns.move_legend(axes[0], "lower left", title=None, fontsize=7, frameon=False)
@@ -133,8 +160,9 @@ def traversal_figure(trials: pd.DataFrame, which: str, key: str = "val/dis/mig")
     ax = fig.add_subplot()
     ax.imshow(img, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"{which} by {LABELS.get(key, key)}: {row['run_name']} ({LABELS.get(key, key)} {row[key]:.3f})",
-                 fontsize=9)
+    ax.set_title(
+        f"{which} by {LABELS.get(key, key)}: {row['run_name']} ({LABELS.get(key, key)} {row[key]:.3f})", fontsize=9
+    )
     return fig
 
 
@@ -146,19 +174,32 @@ def figure_specs(trials: pd.DataFrame) -> list[tuple[str, str, str, Callable[[],
     beta = next((f for f in factors if f == BETA), BETA)
     n_kinds = _kinds(trials).nunique()
     return [
-        ("disentanglement", "Disentanglement against beta",
-         "Ground-truth-factor metrics of the posterior mean at the final epoch (disentanglement_lib's definitions: "
-         "BetaVAE score, Higgins et al. 2017; FactorVAE score, Kim & Mnih 2018; MIG, Chen et al. 2018; DCI, "
-         "Eastwood & Williams 2018; SAP, Kumar et al. 2018; modularity, Ridgeway & Mozer 2018), each against beta"
-         + (", one line per objective kind" if n_kinds > 1 else "")
-         + ": mean over seeds with a ±1 std band, each trial a dot. Higher is more disentangled; compare the spread "
-           "over seeds with the change over beta (Locatello et al. 2019).",
-         lambda: metrics_against_beta(trials, beta)),
-        ("traversals_best", "Latent traversals: the best trial by MIG",
-         ("Each row one latent dim (sorted by KL; grey: collapsed), decoded from −3 to +3 with the other dims at a "
-          "validation example's posterior mean."), lambda: traversal_figure(trials, "best")),
-        ("traversals_worst", "Latent traversals: the worst trial by MIG",
-         "As above, for the completed trial with the lowest MIG.", lambda: traversal_figure(trials, "worst")),
+        (
+            "disentanglement",
+            "Disentanglement against beta",
+            "Ground-truth-factor metrics of the posterior mean at the final epoch (disentanglement_lib's definitions: "
+            "BetaVAE score, Higgins et al. 2017; FactorVAE score, Kim & Mnih 2018; MIG, Chen et al. 2018; DCI, "
+            "Eastwood & Williams 2018; SAP, Kumar et al. 2018; modularity, Ridgeway & Mozer 2018), each against beta"
+            + (", one line per objective kind" if n_kinds > 1 else "")
+            + ": mean over seeds with a ±1 std band, each trial a dot. Higher is more disentangled; compare the spread "
+            "over seeds with the change over beta (Locatello et al. 2019).",
+            lambda: metrics_against_beta(trials, beta),
+        ),
+        (
+            "traversals_best",
+            "Latent traversals: the best trial by MIG",
+            (
+                "Each row one latent dim (sorted by KL; grey: collapsed), decoded from −3 to +3 with the other dims at a "
+                "validation example's posterior mean."
+            ),
+            lambda: traversal_figure(trials, "best"),
+        ),
+        (
+            "traversals_worst",
+            "Latent traversals: the worst trial by MIG",
+            "As above, for the completed trial with the lowest MIG.",
+            lambda: traversal_figure(trials, "worst"),
+        ),
     ]
 
 

@@ -106,8 +106,11 @@ def hashable(v: Any) -> Any:
 def point_keys(trials: pd.DataFrame, factors: Sequence[str]) -> tuple[pd.Series, list[tuple]]:
     """Each trial's levels of ``factors`` as a tuple, and the distinct tuples in display
     order (the first factor slowest, each factor's levels in ``levels`` order)."""
-    keys = pd.Series(list(zip(*(trials[f].map(hashable) for f in factors))) if factors and len(trials)
-                     else [()] * len(trials), index=trials.index, dtype=object)
+    keys = pd.Series(
+        list(zip(*(trials[f].map(hashable) for f in factors))) if factors and len(trials) else [()] * len(trials),
+        index=trials.index,
+        dtype=object,
+    )
     orders = [{hashable(v): i for i, v in enumerate(levels(trials[f]))} for f in factors]
     distinct = sorted(dict.fromkeys(keys), key=lambda k: tuple(o.get(v, len(o)) for o, v in zip(orders, k)))
     return keys, distinct
@@ -144,8 +147,9 @@ def _nice_levels(lo: float, hi: float, n: int = 6) -> np.ndarray:
     return np.arange(math.ceil(lo / step) * step, hi + 1e-9, step)
 
 
-def rate_distortion(trials: pd.DataFrame, hue: str | None = None, style: str | None = None,
-                    pareto: bool = False) -> Figure:
+def rate_distortion(
+    trials: pd.DataFrame, hue: str | None = None, style: str | None = None, pareto: bool = False
+) -> Figure:
     """KL (rate R) against reconstruction (distortion D) for every completed trial, with
     lines of equal -ELBO = D + R (Alemi et al. 2018); ``hue`` and ``style`` are factor
     columns (e.g. objective.beta, objective.anneal); ``pareto`` marks the trials no other
@@ -173,8 +177,9 @@ def rate_distortion(trials: pd.DataFrame, hue: str | None = None, style: str | N
     with _style():
         fig = Figure(figsize=(WIDTH, 4.2), layout="constrained")
         ax = fig.add_subplot()
-        sns.scatterplot(data=data, x="val/kl", y="val/recon", ax=ax, s=36, alpha=0.85,
-                        edgecolor="white", linewidth=0.4, **kw)
+        sns.scatterplot(
+            data=data, x="val/kl", y="val/recon", ax=ax, s=36, alpha=0.85, edgecolor="white", linewidth=0.4, **kw
+        )
         x0, x1 = ax.get_xlim()
         y0, y1 = ax.get_ylim()
         for c in _nice_levels(x0 + y0, x1 + y1):
@@ -182,8 +187,9 @@ def rate_distortion(trials: pd.DataFrame, hue: str | None = None, style: str | N
             if xs[1] <= xs[0]:
                 continue
             ax.plot(xs, c - xs, color="0.55", lw=0.7, ls="--", zorder=0)
-            ax.annotate(f"{c:g}", (xs[1], c - xs[1]), fontsize=7, color="0.4",
-                        xytext=(2, 2), textcoords="offset points")
+            ax.annotate(
+                f"{c:g}", (xs[1], c - xs[1]), fontsize=7, color="0.4", xytext=(2, 2), textcoords="offset points"
+            )
         ax.set_xlim(x0, x1), ax.set_ylim(y0, y1)
         handles, labels = ax.get_legend_handles_labels()
         old = ax.get_legend()
@@ -196,8 +202,10 @@ def rate_distortion(trials: pd.DataFrame, hue: str | None = None, style: str | N
             elif not style:
                 handles, labels, title = [], [], ""
             from matplotlib.cm import ScalarMappable
-            fig.colorbar(ScalarMappable(continuous, sns.color_palette("viridis", as_cmap=True)), ax=ax,
-                         label=hue_name, pad=0.01)
+
+            fig.colorbar(
+                ScalarMappable(continuous, sns.color_palette("viridis", as_cmap=True)), ax=ax, label=hue_name, pad=0.01
+            )
         handles.append(Line2D([], [], color="0.55", lw=0.7, ls="--"))
         labels.append("−ELBO = D + R")
         if pareto:
@@ -213,7 +221,8 @@ def rate_distortion(trials: pd.DataFrame, hue: str | None = None, style: str | N
         ax.set_ylabel("distortion D = −E[log p(x|z)] (nats)")
         hidden = [f for f in varied(trials) if f not in (hue, style)]
         title = f"Rate–distortion plane ({_count(len(data), 'completed trial')})" + (
-            f"\none point per trial; not told apart: {', '.join(name_of(trials, f) for f in hidden)}" if hidden else "")
+            f"\none point per trial; not told apart: {', '.join(name_of(trials, f) for f in hidden)}" if hidden else ""
+        )
         ax.set_title(title, fontsize=9)
     plotted = data.assign(run_ids=data["run_id"].map(lambda r: (r,)), n=1)
     return attach(fig, plotted, [f for f in (hue, style) if f], hidden, title)
@@ -257,10 +266,16 @@ def seed_summary(data: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFr
     the metric's range (no negative KL or active-unit count) and makes no normality claim."""
     keys, order = point_keys(data, list(by))
     g = data.groupby(keys.map({k: i for i, k in enumerate(order)}))
-    out = pd.DataFrame({"key": [order[i] for i in g.groups], "mean": g[value].mean().to_numpy(),
-                        "lo": g[value].min().to_numpy(), "hi": g[value].max().to_numpy(),
-                        "n": g[value].count().to_numpy(), "run_ids": g["run_id"].agg(tuple).to_numpy()
-                        if "run_id" in data else [()] * len(g.groups)})
+    out = pd.DataFrame(
+        {
+            "key": [order[i] for i in g.groups],
+            "mean": g[value].mean().to_numpy(),
+            "lo": g[value].min().to_numpy(),
+            "hi": g[value].max().to_numpy(),
+            "n": g[value].count().to_numpy(),
+            "run_ids": g["run_id"].agg(tuple).to_numpy() if "run_id" in data else [()] * len(g.groups),
+        }
+    )
     for i, f in enumerate(by):
         out[f] = [k[i] for k in out["key"]]
     single = out["n"] < 2
@@ -275,8 +290,9 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 # --------------------------------------------------------------------------- active units
 
 
-def active_units(trials: pd.DataFrame, beta: str, lines: str | None = None, style: str | None = None,
-                 col: str | None = None) -> Figure:
+def active_units(
+    trials: pd.DataFrame, beta: str, lines: str | None = None, style: str | None = None, col: str | None = None
+) -> Figure:
     """Active units (Burda et al. 2015) against beta at the final epoch: colour = ``lines``
     (the latent size), line style = ``style`` (annealing), one panel per level of ``col``
     (free bits). Each line is the mean over the seeds of one configuration, its band the
@@ -289,16 +305,21 @@ def active_units(trials: pd.DataFrame, beta: str, lines: str | None = None, styl
     data[beta] = data[beta].astype(float)
     ticks = levels(data[beta])
     sampled = len(ticks) > 12  # a search over beta: one point per trial
-    summary = seed_summary(data, [f for f in (col, lines, style) if f] + [beta], "val/active_units") \
-        if not sampled else data.assign(mean=data["val/active_units"], lo=math.nan, hi=math.nan, n=1,
-                                        run_ids=data["run_id"].map(lambda r: (r,)))
+    summary = (
+        seed_summary(data, [f for f in (col, lines, style) if f] + [beta], "val/active_units")
+        if not sampled
+        else data.assign(
+            mean=data["val/active_units"], lo=math.nan, hi=math.nan, n=1, run_ids=data["run_id"].map(lambda r: (r,))
+        )
+    )
     cols = levels(data[col]) if col else [None]
     hues = levels(data[lines]) if lines else [None]
     styles = levels(data[style]) if style else [None]
     colours = dict(zip(map(hashable, hues), sns.color_palette("viridis", len(hues)) if lines else ["C0"]))
     top = float(data["model.latent_dim"].max()) if "model.latent_dim" in data else float(data["val/active_units"].max())
-    title = "Active units against beta" + (f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}"
-                                           if pooled else "")
+    title = "Active units against beta" + (
+        f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}" if pooled else ""
+    )
     with _style():
         fig = Figure(figsize=(WIDTH, 3.4), layout="constrained")
         axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
@@ -339,8 +360,10 @@ def active_units(trials: pd.DataFrame, beta: str, lines: str | None = None, styl
             handles += [Line2D([], [], color=colours[hashable(h)], lw=1.6) for h in hues]
             labels += [f"{name_of(trials, lines)} = {fmt_level(h)}" for h in hues]
         if style:
-            handles += [Line2D([], [], color="0.3", ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=4)
-                        for k in range(len(styles))]
+            handles += [
+                Line2D([], [], color="0.3", ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=4)
+                for k in range(len(styles))
+            ]
             labels += [f"{name_of(trials, style)} = {fmt_level(st)}" for st in styles]
         if not sampled and summary["n"].max() >= 2:
             handles.append(Patch(color="0.5", alpha=0.25))
@@ -373,16 +396,24 @@ def collapsed_ranks(trials: pd.DataFrame, dims: Sequence[str]) -> tuple[np.ndarr
     return kl, collapsed
 
 
-def kl_per_dim(trials: pd.DataFrame, factors: Sequence[str], epsilon: float = 0.01, delta: float = 0.01,
-               max_rows: int = MAX_HEATMAP_ROWS) -> Figure:
+def kl_per_dim(
+    trials: pd.DataFrame,
+    factors: Sequence[str],
+    epsilon: float = 0.01,
+    delta: float = 0.01,
+    max_rows: int = MAX_HEATMAP_ROWS,
+) -> Figure:
     """Mean KL of each latent dim (val/kl_dim/NN), one row per configuration (a point of
     the ``factors``), dims sorted by KL within each trial and averaged rank by rank over its
     seeds. Collapsed dims, by the table's (epsilon, delta) rule, are grey where every seed's
     dim of that rank is collapsed and hatched where only some seeds' are. With more
     configurations than ``max_rows``, the ones with the best mean val/elbo are shown."""
     dims = sorted(c for c in trials.columns if c.startswith("val/kl_dim/"))
-    data = completed(trials).dropna(subset=dims[:1] + ["val/collapsed_dims"]) \
-        if dims and "val/collapsed_dims" in trials else trials.iloc[0:0]
+    data = (
+        completed(trials).dropna(subset=dims[:1] + ["val/collapsed_dims"])
+        if dims and "val/collapsed_dims" in trials
+        else trials.iloc[0:0]
+    )
     if data.empty:
         raise FigureSkipped("no completed trial has per-dim KL (val/kl_dim/NN) and val/collapsed_dims")
     factors = list(factors)
@@ -414,11 +445,19 @@ def kl_per_dim(trials: pd.DataFrame, factors: Sequence[str], epsilon: float = 0.
     with _style():
         fig = Figure(figsize=(WIDTH, min(1.8 + 0.24 * rows, 14)), layout="constrained")
         ax = fig.add_subplot()
-        sns.heatmap(mat.where(frac < 1), ax=ax, cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax, clip=True),
-                    linewidths=0.3 if rows * cols <= 600 else 0, linecolor="white",
-                    annot=mat.where(frac < 1) if rows * cols <= 160 else False, fmt=".2g", annot_kws={"fontsize": 6},
-                    yticklabels=rows <= MAX_HEATMAP_ROWS,
-                    cbar_kws={"label": "mean KL of the dim (nats)", "shrink": 0.8})
+        sns.heatmap(
+            mat.where(frac < 1),
+            ax=ax,
+            cmap=cmap,
+            norm=LogNorm(vmin=vmin, vmax=vmax, clip=True),
+            linewidths=0.3 if rows * cols <= 600 else 0,
+            linecolor="white",
+            annot=mat.where(frac < 1) if rows * cols <= 160 else False,
+            fmt=".2g",
+            annot_kws={"fontsize": 6},
+            yticklabels=rows <= MAX_HEATMAP_ROWS,
+            cbar_kws={"label": "mean KL of the dim (nats)", "shrink": 0.8},
+        )
         for i in range(rows):  # collapsed in every seed: grey; in some seeds: hatched
             for j in range(cols):
                 f = frac.iat[i, j]
@@ -427,14 +466,23 @@ def kl_per_dim(trials: pd.DataFrame, factors: Sequence[str], epsilon: float = 0.
                 elif f > 0:
                     ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="////", edgecolor="0.45", lw=0))
         ax.grid(False)
-        ax.set_xlabel(f"latent dim, sorted by KL · grey: collapsed in every seed, hatched: in some "
-                      f"((ε, δ) = ({epsilon:g}, {delta:g}))", fontsize=8)
+        ax.set_xlabel(
+            f"latent dim, sorted by KL · grey: collapsed in every seed, hatched: in some "
+            f"((ε, δ) = ({epsilon:g}, {delta:g}))",
+            fontsize=8,
+        )
         ax.set_ylabel(", ".join(name_of(trials, f) for f in factors) + "  (n: seeds)" if factors else "")
         ax.set_title(title)
         ax.tick_params(axis="y", labelsize=7 if rows <= 30 else 5)
-    plotted = pd.DataFrame({"config": [config.loc[i] for i in data.index], "run_id": data["run_id"].to_numpy(),
-                            "collapsed_cells": np.nansum(coll, axis=1), "val/collapsed_dims": data["val/collapsed_dims"]
-                            .to_numpy(), "shown": [config.loc[i] in set(shown_rows) for i in data.index]})
+    plotted = pd.DataFrame(
+        {
+            "config": [config.loc[i] for i in data.index],
+            "run_id": data["run_id"].to_numpy(),
+            "collapsed_cells": np.nansum(coll, axis=1),
+            "val/collapsed_dims": data["val/collapsed_dims"].to_numpy(),
+            "shown": [config.loc[i] in set(shown_rows) for i in data.index],
+        }
+    )
     plotted["run_ids"] = plotted["run_id"].map(lambda r: (r,))
     plotted["n"] = 1
     return attach(fig, plotted, factors, [f for f in varied(trials) if f not in factors], title)
@@ -454,8 +502,9 @@ def _binned(series: pd.Series, bins: int = 6) -> pd.Series:
     return cut.map(lambda iv: f"{iv.left:.3g}–{iv.right:.3g}").astype(object)
 
 
-def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None, epsilon: float = 0.01,
-                 delta: float = 0.01) -> Figure:
+def collapse_map(
+    trials: pd.DataFrame, x: str, y: str | None = None, epsilon: float = 0.01, delta: float = 0.01
+) -> Figure:
     """Mean fraction of collapsed latent dims (Lucas et al. 2019, (epsilon, delta)) over factor
     ``x`` (columns) and ``y`` (rows), averaged over the seeds and every other factor, which the
     title names."""
@@ -480,14 +529,25 @@ def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None, epsilon: fl
         mat.index = ["all"]
     rows, cols = mat.shape
     pooled = [f for f in varied(trials) if f not in (x, y)]
-    title = (f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds"
-             + (f"\n{pooled_phrase(trials, pooled)}" if pooled else ""))
+    title = f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds" + (
+        f"\n{pooled_phrase(trials, pooled)}" if pooled else ""
+    )
     with _style():
         size = (max(4.5, min(WIDTH, 2.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
         fig = Figure(figsize=size, layout="constrained")
         ax = fig.add_subplot()
-        sns.heatmap(mat, ax=ax, cmap="rocket_r", vmin=0, vmax=1, annot=rows * cols <= 120, fmt=".2f",
-                    linewidths=0.5, linecolor="white", cbar_kws={"label": "fraction of dims collapsed"})
+        sns.heatmap(
+            mat,
+            ax=ax,
+            cmap="rocket_r",
+            vmin=0,
+            vmax=1,
+            annot=rows * cols <= 120,
+            fmt=".2f",
+            linewidths=0.5,
+            linecolor="white",
+            cbar_kws={"label": "fraction of dims collapsed"},
+        )
         ax.grid(False)
         if yn:
             ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
@@ -506,8 +566,13 @@ def collapse_map(trials: pd.DataFrame, x: str, y: str | None = None, epsilon: fl
 # --------------------------------------------------------------------------- curves
 
 
-def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = None,
-                    metrics: dict[str, str] | None = None, style: str | None = None) -> Figure:
+def training_curves(
+    histories: pd.DataFrame,
+    by: str | None,
+    col: str | None = None,
+    metrics: dict[str, str] | None = None,
+    style: str | None = None,
+) -> Figure:
     """val/elbo, val/kl and active units (rows) against epoch, one column per level of factor
     ``col`` (the latent size), one colour per level of factor ``by`` (beta) and one line style
     per level of ``style`` (free bits); each line is the mean over the
@@ -544,11 +609,16 @@ def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = N
     if pooled:
         summary[["lo", "hi"]] = math.nan
     colours = dict(zip(order, sns.color_palette("viridis", len(order)) if by else ["C0"]))
-    title = ("Training curves" + (f": colour {name_of(histories, by)}" if by else "")
-             + (f", line style {name_of(histories, style)}" if style else "")
-             + (f", columns {name_of(histories, col)}" if col else "")
-             + ("\nmean over seeds" + (f", {pooled_phrase(histories, pooled)} (no band)" if pooled
-                                        else ", band: seeds' min–max")))
+    title = (
+        "Training curves"
+        + (f": colour {name_of(histories, by)}" if by else "")
+        + (f", line style {name_of(histories, style)}" if style else "")
+        + (f", columns {name_of(histories, col)}" if col else "")
+        + (
+            "\nmean over seeds"
+            + (f", {pooled_phrase(histories, pooled)} (no band)" if pooled else ", band: seeds' min–max")
+        )
+    )
     with _style():
         fig = Figure(figsize=(WIDTH, 1.2 + 1.75 * len(present)), layout="constrained")
         axes = fig.subplots(len(present), len(col_order), sharex=True, sharey="row", squeeze=False)
@@ -586,8 +656,14 @@ def training_curves(histories: pd.DataFrame, by: str | None, col: str | None = N
             labels += [f"{name_of(histories, style)} = {sv}" for sv in style_order]
         if handles:
             width = max(len(lab) for lab in labels) + 6  # characters per entry
-            fig.legend(handles, labels, loc="outside lower center",
-                       ncol=max(1, min(len(labels), 90 // width)), frameon=False, fontsize=8)
+            fig.legend(
+                handles,
+                labels,
+                loc="outside lower center",
+                ncol=max(1, min(len(labels), 90 // width)),
+                frameon=False,
+                fontsize=8,
+            )
         fig.suptitle(title, fontsize=9)
     summary = summary.rename(columns={"_line": by or "line", "_col": col or "column", "_style": style or "style"})
     return attach(fig, summary, shown, pooled, title)
@@ -634,8 +710,16 @@ def optuna_importances(study: Any, names: Sequence[str] | None = None) -> Figure
     with _style():
         fig = Figure(figsize=(WIDTH, 1.4 + 0.32 * len(params) * max(1, len(names))), layout="constrained")
         ax = fig.add_subplot()
-        sns.barplot(data=data, y="param", x="importance", hue="objective", ax=ax, order=[short[p] for p in params],
-                    palette=sns.color_palette("deep", len(names)), legend=len(names) > 1)
+        sns.barplot(
+            data=data,
+            y="param",
+            x="importance",
+            hue="objective",
+            ax=ax,
+            order=[short[p] for p in params],
+            palette=sns.color_palette("deep", len(names)),
+            legend=len(names) > 1,
+        )
         ax.set_xlabel("importance (PED-ANOVA, normalised to sum 1 per objective)")
         ax.set_ylabel("")
         ax.set_title(f"Optuna parameter importances ({len(done)} complete trials)")

@@ -104,13 +104,21 @@ def _moving_note(trials: pd.DataFrame) -> str:
     if T.MOVING not in done:
         return ""
     n = int((done[T.MOVING] == 1).sum())
-    return f" {n} of {len(done)} completed trials were still moving at their last epoch (†, see the table)." if n \
-        else ""
+    return (
+        f" {n} of {len(done)} completed trials were still moving at their last epoch (†, see the table)." if n else ""
+    )
 
 
-def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: str | None = None,
-                 collapse_axes: Sequence[str] | None = None, histories: pd.DataFrame | None = None,
-                 optuna_storage: str | None = None, objective_names: Sequence[str] | None = None) -> list[Figure]:
+def make_figures(
+    trials: pd.DataFrame,
+    group_by: Sequence[str],
+    *,
+    curves_by: str | None = None,
+    collapse_axes: Sequence[str] | None = None,
+    histories: pd.DataFrame | None = None,
+    optuna_storage: str | None = None,
+    objective_names: Sequence[str] | None = None,
+) -> list[Figure]:
     """Every figure of the report, drawn or with the note saying why not."""
     factors = list(trials.attrs.get("factors", []))
     beta, fb, latent, anneal = (_find(factors, p) for p in (BETA, FREE_BITS, LATENT, ANNEAL))
@@ -122,15 +130,23 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
     style = anneal or (fb if fb else None)
     hue = beta or next((f for f in factors if f != style), None)
     nsga2 = trials.attrs.get("search") == "nsga2"
-    out.append(_draw(
-        "rate_distortion", "Rate–distortion plane",
-        "Each completed trial at its final epoch: rate R = val/kl against distortion D = val/recon (nats); "
-        "dashed lines are equal −ELBO = D + R (Alemi et al. 2018), lower-left is better."
-        + (f" Colour: {F.name_of(trials, hue)}." if hue else "")
-        + (f" Marker: {F.name_of(trials, style)}." if style else "")
-        + (" Circled and joined: the Pareto front of the trials shown (no other trial has both lower R and lower D)."
-           if nsga2 else "") + ex_note,
-        lambda: F.rate_distortion(trials, hue=hue, style=style, pareto=nsga2)))
+    out.append(
+        _draw(
+            "rate_distortion",
+            "Rate–distortion plane",
+            "Each completed trial at its final epoch: rate R = val/kl against distortion D = val/recon (nats); "
+            "dashed lines are equal −ELBO = D + R (Alemi et al. 2018), lower-left is better."
+            + (f" Colour: {F.name_of(trials, hue)}." if hue else "")
+            + (f" Marker: {F.name_of(trials, style)}." if style else "")
+            + (
+                " Circled and joined: the Pareto front of the trials shown (no other trial has both lower R and lower D)."
+                if nsga2
+                else ""
+            )
+            + ex_note,
+            lambda: F.rate_distortion(trials, hue=hue, style=style, pareto=nsga2),
+        )
+    )
 
     varied = F.varied(trials)
     moving = _moving_note(trials)
@@ -138,46 +154,65 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
     def au():
         if beta is None:
             raise F.FigureSkipped("the study does not vary objective.beta")
-        return F.active_units(trials, beta, latent or (LATENT if LATENT in trials else None),
-                              style=anneal, col=fb)
+        return F.active_units(trials, beta, latent or (LATENT if LATENT in trials else None), style=anneal, col=fb)
+
     others = [f for f in varied if f not in (beta, latent, anneal, fb)]
     thr = _setting(trials, "metrics.active_threshold", 0.01)
-    out.append(_draw(
-        "active_units", "Active units against beta",
-        f"Active units (Burda et al. 2015: dim j is active iff Var_x E[z_j|x] > {thr:g}) at the final epoch"
-        + (", colour: latent size" if latent else "")
-        + ("" if latent or LATENT not in trials else ", at the study's one latent size")
-        + (f", line style: {F.name_of(trials, anneal)}" if anneal else "")
-        + (f", one panel per {F.name_of(trials, fb)}" if fb else "")
-        + ". Each line is one configuration: the mean over its seeds, with the seeds' min–max as a band (none for "
-        "one seed)" + (f"; pooled over {', '.join(F.name_of(trials, f) for f in others)}" if others else "")
-        + "." + ex_note + moving, au))
+    out.append(
+        _draw(
+            "active_units",
+            "Active units against beta",
+            f"Active units (Burda et al. 2015: dim j is active iff Var_x E[z_j|x] > {thr:g}) at the final epoch"
+            + (", colour: latent size" if latent else "")
+            + ("" if latent or LATENT not in trials else ", at the study's one latent size")
+            + (f", line style: {F.name_of(trials, anneal)}" if anneal else "")
+            + (f", one panel per {F.name_of(trials, fb)}" if fb else "")
+            + ". Each line is one configuration: the mean over its seeds, with the seeds' min–max as a band (none for "
+            "one seed)"
+            + (f"; pooled over {', '.join(F.name_of(trials, f) for f in others)}" if others else "")
+            + "."
+            + ex_note
+            + moving,
+            au,
+        )
+    )
 
     eps = _setting(trials, "metrics.collapse_epsilon", 0.01)
     dlt = _setting(trials, "metrics.collapse_delta", 0.01)
-    rule = (f"collapsed by the (ε, δ) rule of Lucas et al. 2019 (dim j collapsed iff KL_j(x) < ε = {eps:g} nats for "
-            f"at least 1 − δ = {1 - dlt:g} of the validation examples), the rule of the table's collapsed column")
-    out.append(_draw(
-        "kl_per_dim", "KL per latent dim",
-        "Mean KL of each latent dim (val/kl_dim/NN, nats, log colour scale) for each configuration; within a "
-        "trial the dims are sorted by KL, then averaged rank by rank over its seeds (n). Grey: the dims "
-        f"{rule}, in every seed (a trial's val/collapsed_dims lowest-KL dims); hatched: in some of the seeds; "
-        "white: the configuration has fewer dims." + ex_note,
-        lambda: F.kl_per_dim(trials, varied, epsilon=eps, delta=dlt)))
+    rule = (
+        f"collapsed by the (ε, δ) rule of Lucas et al. 2019 (dim j collapsed iff KL_j(x) < ε = {eps:g} nats for "
+        f"at least 1 − δ = {1 - dlt:g} of the validation examples), the rule of the table's collapsed column"
+    )
+    out.append(
+        _draw(
+            "kl_per_dim",
+            "KL per latent dim",
+            "Mean KL of each latent dim (val/kl_dim/NN, nats, log colour scale) for each configuration; within a "
+            "trial the dims are sorted by KL, then averaged rank by rank over its seeds (n). Grey: the dims "
+            f"{rule}, in every seed (a trial's val/collapsed_dims lowest-KL dims); hatched: in some of the seeds; "
+            "white: the configuration has fewer dims." + ex_note,
+            lambda: F.kl_per_dim(trials, varied, epsilon=eps, delta=dlt),
+        )
+    )
 
     if collapse_axes:
         cx, cy = collapse_axes[0], (collapse_axes[1] if len(collapse_axes) > 1 else None)
     else:
         pair = [f for f in (beta, fb) if f]
-        pair += [f for f in group_by if f not in pair][:2 - len(pair)]
+        pair += [f for f in group_by if f not in pair][: 2 - len(pair)]
         cx, cy = (pair + [None])[:2]
     map_pooled = [f for f in varied if f not in (cx, cy)]
-    out.append(_draw(
-        "collapse_map", "Collapse map",
-        f"Fraction of latent dims {rule}, at the final epoch: mean over seeds"
-        + (f" and over {', '.join(F.name_of(trials, f) for f in map_pooled)}" if map_pooled else "")
-        + "; blank: no completed trial." + ex_note,
-        lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt)))
+    out.append(
+        _draw(
+            "collapse_map",
+            "Collapse map",
+            f"Fraction of latent dims {rule}, at the final epoch: mean over seeds"
+            + (f" and over {', '.join(F.name_of(trials, f) for f in map_pooled)}" if map_pooled else "")
+            + "; blank: no completed trial."
+            + ex_note,
+            lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt),
+        )
+    )
 
     by = curves_by or (beta if beta in group_by else None) or (group_by[0] if group_by else None)
     curve_col = latent if latent and latent != by else next((f for f in varied if f != by), None)
@@ -186,33 +221,54 @@ def make_figures(trials: pd.DataFrame, group_by: Sequence[str], *, curves_by: st
     def curves():
         h = histories
         if h is None:
-            h = histories_frame(trials.attrs["study"], metrics=list(F.CURVE_METRICS),
-                                trials=trials[trials["state"] == "completed"])
+            h = histories_frame(
+                trials.attrs["study"], metrics=list(F.CURVE_METRICS), trials=trials[trials["state"] == "completed"]
+            )
         return F.training_curves(h, by, col=curve_col, style=curve_style)
+
     curve_pooled = [f for f in varied if f not in (by, curve_col, curve_style)]
-    out.append(_draw(
-        "training_curves", "Training curves",
-        "Held-out ELBO, KL (nats) and active units after each epoch"
-        + (f", one colour per level of {F.name_of(trials, by)}" if by else "")
-        + (f", one line style per level of {F.name_of(trials, curve_style)}" if curve_style else "")
-        + (f", one column per level of {F.name_of(trials, curve_col)}" if curve_col else "")
-        + ": the mean over the completed trials of the line"
-        + (f", pooled over {', '.join(F.name_of(trials, f) for f in curve_pooled)} (no band: it would mix those "
-           "settings with the seeds)." if curve_pooled else ", band: the seeds' min–max (none for one seed).")
-        + moving, curves))
+    out.append(
+        _draw(
+            "training_curves",
+            "Training curves",
+            "Held-out ELBO, KL (nats) and active units after each epoch"
+            + (f", one colour per level of {F.name_of(trials, by)}" if by else "")
+            + (f", one line style per level of {F.name_of(trials, curve_style)}" if curve_style else "")
+            + (f", one column per level of {F.name_of(trials, curve_col)}" if curve_col else "")
+            + ": the mean over the completed trials of the line"
+            + (
+                f", pooled over {', '.join(F.name_of(trials, f) for f in curve_pooled)} (no band: it would mix those "
+                "settings with the seeds)."
+                if curve_pooled
+                else ", band: the seeds' min–max (none for one seed)."
+            )
+            + moving,
+            curves,
+        )
+    )
 
     out += [_draw(*spec) for spec in D.figure_specs(trials)]  # val/dis metrics, traversals (if recorded)
     if trials.attrs.get("search", "grid") != "grid":
         names = list(objective_names or [])
 
-        out.append(_draw("optuna_importances", "Optuna parameter importances",
-                         "Importance of each factor for each objective (Optuna's PED-ANOVA evaluator), over the "
-                         "complete Optuna trials (each is a point of the space; its value is the mean over seeds).",
-                         lambda: F.optuna_importances(_optuna_study(trials, optuna_storage), names)))
-        out.append(_draw("optuna_history", "Optimisation history",
-                         "Objective value of each complete Optuna trial by trial number, with the best so far "
-                         "(one objective) or the Pareto-optimal trials (several).",
-                         lambda: F.optuna_history(_optuna_study(trials, optuna_storage), names)))
+        out.append(
+            _draw(
+                "optuna_importances",
+                "Optuna parameter importances",
+                "Importance of each factor for each objective (Optuna's PED-ANOVA evaluator), over the "
+                "complete Optuna trials (each is a point of the space; its value is the mean over seeds).",
+                lambda: F.optuna_importances(_optuna_study(trials, optuna_storage), names),
+            )
+        )
+        out.append(
+            _draw(
+                "optuna_history",
+                "Optimisation history",
+                "Objective value of each complete Optuna trial by trial number, with the best so far "
+                "(one objective) or the Pareto-optimal trials (several).",
+                lambda: F.optuna_history(_optuna_study(trials, optuna_storage), names),
+            )
+        )
     return out
 
 
@@ -261,11 +317,19 @@ def _levels_text(trials: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | None = None,
-                  baseline: Sequence[str] | dict[str, Any] | None = None, formats: Sequence[str] = FORMATS,
-                  collapse_axes: Sequence[str] | None = None, curves_by: str | None = None,
-                  histories: pd.DataFrame | None = None, optuna_storage: str | None = None,
-                  objective_names: Sequence[str] | None = None) -> Report:
+def render_report(
+    trials: pd.DataFrame,
+    out: Path,
+    *,
+    group_by: Sequence[str] | None = None,
+    baseline: Sequence[str] | dict[str, Any] | None = None,
+    formats: Sequence[str] = FORMATS,
+    collapse_axes: Sequence[str] | None = None,
+    curves_by: str | None = None,
+    histories: pd.DataFrame | None = None,
+    optuna_storage: str | None = None,
+    objective_names: Sequence[str] | None = None,
+) -> Report:
     """Write the report of ``trials`` (a ``trials_frame``) into folder ``out``.
 
     ``group_by``: factors (paths or short names) of the ablation table; default all. ``baseline``:
@@ -278,6 +342,7 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ReportError(f"--format: unknown {', '.join(bad)}; choose from {', '.join(FORMATS)}")
+
     def resolve(option: str, name: str) -> str:
         try:
             return resolve_factor(name, factors)
@@ -301,9 +366,19 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
     marginal_factors = F.varied(trials)
     marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
-    figs = [] if not {"md", "html"} & set(formats) else make_figures(
-        trials, group_by, curves_by=curves_by, collapse_axes=collapse_axes, histories=histories,
-        optuna_storage=optuna_storage, objective_names=objective_names)
+    figs = (
+        []
+        if not {"md", "html"} & set(formats)
+        else make_figures(
+            trials,
+            group_by,
+            curves_by=curves_by,
+            collapse_axes=collapse_axes,
+            histories=histories,
+            optuna_storage=optuna_storage,
+            objective_names=objective_names,
+        )
+    )
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out, figures=figs, table=table)
 
@@ -322,8 +397,10 @@ def render_report(trials: pd.DataFrame, out: Path, *, group_by: Sequence[str] | 
     if "csv" in formats:
         write("ablation.csv", T.to_csv(table))
         if marginal is not None:
-            write("marginal.csv", marginal.assign(level=marginal["level"].map(F.fmt_level)).to_csv(
-                index=False, float_format="%.17g"))
+            write(
+                "marginal.csv",
+                marginal.assign(level=marginal["level"].map(F.fmt_level)).to_csv(index=False, float_format="%.17g"),
+            )
         write("trials.csv", _trials_csv(trials))
     if "tex" in formats:
         write("ablation.tex", T.to_latex(table))
@@ -341,22 +418,32 @@ def _trials_csv(trials: pd.DataFrame) -> str:
     t = trials.copy()
     for c in t.columns:
         if t[c].dtype == object:
-            t[c] = t[c].map(lambda v: json.dumps(list(v) if isinstance(v, tuple) else v)
-                            if isinstance(v, (list, dict, tuple)) else v)
+            t[c] = t[c].map(
+                lambda v: (
+                    json.dumps(list(v) if isinstance(v, tuple) else v) if isinstance(v, (list, dict, tuple)) else v
+                )
+            )
     return t.to_csv(index=False, float_format="%.17g")
 
 
 def _header_facts(trials: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     a = trials.attrs
-    facts = [f"record: parent run {a.get('parent_run_id')} in {a.get('tracking_uri')}",
-             f"search: {a.get('search')}; seeds: {', '.join(map(str, a.get('seeds', [])))}; "
-             f"{len(trials)} trial runs",
-             f"generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by vaebench report"]
+    facts = [
+        f"record: parent run {a.get('parent_run_id')} in {a.get('tracking_uri')}",
+        f"search: {a.get('search')}; seeds: {', '.join(map(str, a.get('seeds', [])))}; {len(trials)} trial runs",
+        f"generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} by vaebench report",
+    ]
     return facts
 
 
-def _markdown(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs: list[Figure],
-              formats: Sequence[str], marginal: pd.DataFrame | None = None) -> str:
+def _markdown(
+    trials: pd.DataFrame,
+    table: pd.DataFrame,
+    counts: pd.DataFrame,
+    figs: list[Figure],
+    formats: Sequence[str],
+    marginal: pd.DataFrame | None = None,
+) -> str:
     a = trials.attrs
     lines = [f"# Study `{a.get('study')}`", ""]
     if a.get("description"):
@@ -378,11 +465,24 @@ def _markdown(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, f
     lines += [f"- {c}" for c in CONVENTIONS] + [""]
     if marginal is not None:
         lines += ["## Marginal table", "", T.marginal_caption(marginal), "", T.marginal_markdown(marginal)]
-    files = [f for f, fmt in (("ablation.tex", "tex"), ("marginal.tex", "tex"), ("ablation.csv", "csv"),
-                              ("marginal.csv", "csv"), ("trials.csv", "csv")) if fmt in formats]
+    files = [
+        f
+        for f, fmt in (
+            ("ablation.tex", "tex"),
+            ("marginal.tex", "tex"),
+            ("ablation.csv", "csv"),
+            ("marginal.csv", "csv"),
+            ("trials.csv", "csv"),
+        )
+        if fmt in formats
+    ]
     if files:
-        lines += ["Also in this folder: " + ", ".join(f"`{f}`" for f in files)
-                  + " (the tables in LaTeX with booktabs and at full precision, and every trial).", ""]
+        lines += [
+            "Also in this folder: "
+            + ", ".join(f"`{f}`" for f in files)
+            + " (the tables in LaTeX with booktabs and at full precision, and every trial).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -391,12 +491,14 @@ def _table_intro(table: pd.DataFrame) -> str:
     text = f"Rows: the levels of {names}. Cells: mean ± std ({T.n_meaning(table)})."
     base = table.attrs.get("baseline")
     if base:
-        text += (" Δ: the difference of a cell's mean to the baseline row ("
-                 + ", ".join(f"{F.name_of(table, f)}={F.fmt_level(v)}" for f, v in base.items())
-                 + ") with the same levels of the other factors, and its 95% confidence interval over seeds [lo, hi]: "
-                 "paired by seed when both rows hold the same seeds (a seed fixes the initialisation and the minibatch "
-                 "order, and the evaluation noise is shared), Welch's unequal-variance interval otherwise; * where "
-                 "the interval excludes 0.")
+        text += (
+            " Δ: the difference of a cell's mean to the baseline row ("
+            + ", ".join(f"{F.name_of(table, f)}={F.fmt_level(v)}" for f, v in base.items())
+            + ") with the same levels of the other factors, and its 95% confidence interval over seeds [lo, hi]: "
+            "paired by seed when both rows hold the same seeds (a seed fixes the initialisation and the minibatch "
+            "order, and the evaluation noise is shared), Welch's unequal-variance interval otherwise; * where "
+            "the interval excludes 0."
+        )
     return text
 
 
@@ -406,50 +508,83 @@ def _convergence_text(trials: pd.DataFrame) -> str | None:
     if T.MOVING not in done or done[T.MOVING].isna().all():
         return None
     moving = done[done[T.MOVING] == 1]
-    text = (f"{len(moving)} of {len(done)} completed trials were still moving at their last epoch "
-            "(conv/still_moving: over the last 20% of the epochs, val/elbo changed by more than 0.5% and by more "
-            "than three standard errors of a fitted line, or val/active_units changed by one or more).")
+    text = (
+        f"{len(moving)} of {len(done)} completed trials were still moving at their last epoch "
+        "(conv/still_moving: over the last 20% of the epochs, val/elbo changed by more than 0.5% and by more "
+        "than three standard errors of a fitted line, or val/active_units changed by one or more)."
+    )
     if len(moving):
         factors = F.varied(trials)
         keys, order = F.point_keys(moving, factors)
         counts = keys.value_counts()
         text += " Their rows carry a † in the table: their numbers compare training lengths as much as settings. "
         if len(order) <= 6:
-            text += "Configurations: " + "; ".join(
-                f"{F.config_label(k, [F.name_of(trials, f) for f in factors])} ({counts[k]})" for k in order) + "."
+            text += (
+                "Configurations: "
+                + "; ".join(
+                    f"{F.config_label(k, [F.name_of(trials, f) for f in factors])} ({counts[k]})" for k in order
+                )
+                + "."
+            )
         else:  # many: by factor level, as a share of that level's completed trials
-            text += "Still moving, by level: " + "; ".join(
-                F.name_of(trials, f) + " " + ", ".join(
-                    f"{F.fmt_level(v)}: {int((moving[f].map(F.hashable) == F.hashable(v)).sum())}/"
-                    f"{int((done[f].map(F.hashable) == F.hashable(v)).sum())}" for v in F.levels(done[f]))
-                for f in factors) + "."
+            text += (
+                "Still moving, by level: "
+                + "; ".join(
+                    F.name_of(trials, f)
+                    + " "
+                    + ", ".join(
+                        f"{F.fmt_level(v)}: {int((moving[f].map(F.hashable) == F.hashable(v)).sum())}/"
+                        f"{int((done[f].map(F.hashable) == F.hashable(v)).sum())}"
+                        for v in F.levels(done[f])
+                    )
+                    for f in factors
+                )
+                + "."
+            )
     return text
 
 
-def _html(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs: list[Figure],
-          formats: Sequence[str], marginal: pd.DataFrame | None = None) -> str:
+def _html(
+    trials: pd.DataFrame,
+    table: pd.DataFrame,
+    counts: pd.DataFrame,
+    figs: list[Figure],
+    formats: Sequence[str],
+    marginal: pd.DataFrame | None = None,
+) -> str:
     a = trials.attrs
     e = html.escape
     body = [f"<h1>Study <code>{e(str(a.get('study')))}</code></h1>"]
     if a.get("description"):
         body += [f"<p>{e(p.strip())}</p>" for p in a["description"].strip().split("\n\n")]
     body.append("<p class='meta'>" + "<br>".join(e(x) for x in _header_facts(trials, table)) + "</p>")
-    body.append("<h2>Factors</h2><ul>" + "".join(
-        f"<li><code>{e(x.split(': ', 1)[0])}</code>: {e(x.split(': ', 1)[1])}</li>" for x in _levels_text(trials))
-        + "</ul>")
-    body.append("<h2>Trials by state</h2><table class='counts'><thead><tr><th>state</th><th class='num'>trials"
-                "</th></tr></thead><tbody>" + "".join(
-                    f"<tr><td>{e(r.state)}</td><td class='num'>{r.trials}</td></tr>" for r in counts.itertuples())
-                + f"<tr><td><b>total</b></td><td class='num'><b>{len(trials)}</b></td></tr></tbody></table>")
-    body.append("<h2>Contents</h2><ul>" + "".join(
-        f"<li><a href='#{f.key}'>{e(f.title)}</a></li>" for f in figs) + "<li><a href='#ablation'>Ablation table</a>"
-        "</li>" + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "") + "</ul>")
+    body.append(
+        "<h2>Factors</h2><ul>"
+        + "".join(
+            f"<li><code>{e(x.split(': ', 1)[0])}</code>: {e(x.split(': ', 1)[1])}</li>" for x in _levels_text(trials)
+        )
+        + "</ul>"
+    )
+    body.append(
+        "<h2>Trials by state</h2><table class='counts'><thead><tr><th>state</th><th class='num'>trials"
+        "</th></tr></thead><tbody>"
+        + "".join(f"<tr><td>{e(r.state)}</td><td class='num'>{r.trials}</td></tr>" for r in counts.itertuples())
+        + f"<tr><td><b>total</b></td><td class='num'><b>{len(trials)}</b></td></tr></tbody></table>"
+    )
+    body.append(
+        "<h2>Contents</h2><ul>"
+        + "".join(f"<li><a href='#{f.key}'>{e(f.title)}</a></li>" for f in figs)
+        + "<li><a href='#ablation'>Ablation table</a>"
+        "</li>" + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "") + "</ul>"
+    )
     for fig in figs:
         body.append(f"<h2 id='{fig.key}'>{e(fig.title)}</h2>")
         if fig.png is not None:
             b64 = base64.b64encode(fig.png).decode()
-            body.append(f"<figure><img alt='{e(fig.title)}' src='data:image/png;base64,{b64}'>"
-                        f"<figcaption>{e(fig.caption)}</figcaption></figure>")
+            body.append(
+                f"<figure><img alt='{e(fig.title)}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption>{e(fig.caption)}</figcaption></figure>"
+            )
         else:
             body.append(f"<p class='note'>{e(fig.note or '')}</p>")
     conv = _convergence_text(trials)
@@ -463,7 +598,10 @@ def _html(trials: pd.DataFrame, table: pd.DataFrame, counts: pd.DataFrame, figs:
         body.append("<div class='scroll'>" + T.marginal_html(marginal) + "</div>")
     if "tex" in formats:
         body.append("<h3>LaTeX (booktabs)</h3><pre>" + e(T.to_latex(table)) + "</pre>")
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>vaebench report: {e(str(a.get('study')))}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>vaebench report: {e(str(a.get('study')))}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

@@ -45,8 +45,9 @@ def _t(q: float, dof: float) -> float:
     return float(t.ppf(q, dof))
 
 
-def difference(a: Mapping[int, float] | Sequence[float], b: Mapping[int, float] | Sequence[float],
-               level: float = LEVEL) -> Difference:
+def difference(
+    a: Mapping[int, float] | Sequence[float], b: Mapping[int, float] | Sequence[float], level: float = LEVEL
+) -> Difference:
     """mean(a) - mean(b) with its ``level`` confidence interval. Mappings {seed: value} are
     paired when their seeds are the same; sequences (or different seeds) use Welch's test.
     NaN values are dropped first."""
@@ -71,6 +72,6 @@ def difference(a: Mapping[int, float] | Sequence[float], b: Mapping[int, float] 
     se = math.sqrt(va + vb)
     if se == 0:  # no spread on either side: the difference is exact
         return Difference(delta, delta, delta, "welch")
-    dof = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
+    dof = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1))
     half = _t(q, dof) * se
     return Difference(delta, delta - half, delta + half, "welch")

@@ -74,8 +74,10 @@ def parse_baseline(items: Sequence[str], trials: pd.DataFrame, group_by: Sequenc
         except ReportError as e:
             raise ReportError(f"--baseline {item!r}: {e}") from None
         if f not in group_by:
-            raise ReportError(f"--baseline {item!r}: {f} is not a grouping factor of the table "
-                              f"(grouping by {', '.join(group_by)}); add --group-by {f}")
+            raise ReportError(
+                f"--baseline {item!r}: {f} is not a grouping factor of the table "
+                f"(grouping by {', '.join(group_by)}); add --group-by {f}"
+            )
         text = text.strip()
         try:
             parsed = yaml.safe_load(text)
@@ -84,8 +86,10 @@ def parse_baseline(items: Sequence[str], trials: pd.DataFrame, group_by: Sequenc
         lv = levels(trials[f])
         match = [v for v in lv if _same(v, parsed) or fmt_level(v) == text or str(v) == text]
         if not match:
-            raise ReportError(f"--baseline {item!r}: {text!r} is not a level of {f}; its levels are: "
-                              + ", ".join(fmt_level(v) for v in lv))
+            raise ReportError(
+                f"--baseline {item!r}: {text!r} is not a level of {f}; its levels are: "
+                + ", ".join(fmt_level(v) for v in lv)
+            )
         out[f] = match[0]
     return out
 
@@ -101,8 +105,12 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def ablation_table(trials: pd.DataFrame, group_by: Sequence[str], baseline: dict[str, Any] | None = None,
-                   metrics: Sequence[TableMetric] = METRICS) -> pd.DataFrame:
+def ablation_table(
+    trials: pd.DataFrame,
+    group_by: Sequence[str],
+    baseline: dict[str, Any] | None = None,
+    metrics: Sequence[TableMetric] = METRICS,
+) -> pd.DataFrame:
     """The ablation table as a DataFrame, one row per combination of ``group_by`` levels
     present in the record (in display order), with columns:
 
@@ -159,32 +167,55 @@ def ablation_table(trials: pd.DataFrame, group_by: Sequence[str], baseline: dict
         for f, v in baseline.items():
             is_base &= table[f].map(lambda x, v=v: _same(x, _hashable(v)))
         if not is_base.any():
-            raise ReportError("--baseline: no row of the table has "
-                              + ", ".join(f"{name_of(trials, f)}={fmt_level(v)}" for f, v in baseline.items()))
+            raise ReportError(
+                "--baseline: no row of the table has "
+                + ", ".join(f"{name_of(trials, f)}={fmt_level(v)}" for f, v in baseline.items())
+            )
         table["baseline"] = is_base
         other_key = list(zip(*(table[f] for f in others))) if others else [()] * len(table)
         base_rows = {k: i for i, (k, b) in enumerate(zip(other_key, is_base)) if b}
         base_of = [base_rows.get(k) for k in other_key]
         for m in metrics:
-            diffs = [difference(values.get((i, m.key), []), values.get((b, m.key), [])) if b is not None and i != b
-                     else None for i, b in enumerate(base_of)]
-            table[f"{m.key} delta"] = [d.delta if d else 0.0 if i == b else math.nan  # a baseline row: 0
-                                       for d, i, b in zip(diffs, range(len(diffs)), base_of)]
+            diffs = [
+                difference(values.get((i, m.key), []), values.get((b, m.key), [])) if b is not None and i != b else None
+                for i, b in enumerate(base_of)
+            ]
+            table[f"{m.key} delta"] = [
+                d.delta if d else 0.0 if i == b else math.nan  # a baseline row: 0
+                for d, i, b in zip(diffs, range(len(diffs)), base_of)
+            ]
             table[f"{m.key} delta_lo"] = [d.lo if d else math.nan for d in diffs]
             table[f"{m.key} delta_hi"] = [d.hi if d else math.nan for d in diffs]
             table[f"{m.key} delta_test"] = [d.test if d else "" for d in diffs]
             table[f"{m.key} delta_sig"] = [bool(d and d.significant) for d in diffs]
     ordered = group_by + ["trials", "completed", "excluded", "still_moving"] + (["baseline"] if baseline else [])
     for m in metrics:
-        ordered += [c for c in (f"{m.key} mean", f"{m.key} std", f"{m.key} n", f"{m.key} delta", f"{m.key} delta_lo",
-                                f"{m.key} delta_hi", f"{m.key} delta_test", f"{m.key} delta_sig", f"{m.key} best")
-                    if c in table]
+        ordered += [
+            c
+            for c in (
+                f"{m.key} mean",
+                f"{m.key} std",
+                f"{m.key} n",
+                f"{m.key} delta",
+                f"{m.key} delta_lo",
+                f"{m.key} delta_hi",
+                f"{m.key} delta_test",
+                f"{m.key} delta_sig",
+                f"{m.key} best",
+            )
+            if c in table
+        ]
     table = table[ordered]
     table.attrs.update(trials.attrs)
     factors = trials.attrs.get("factors", group_by)
     pooled = [f for f in factors if f not in group_by and f in trials and len(levels(trials[f])) > 1]
-    table.attrs.update(group_by=group_by, baseline=dict(baseline or {}), metrics=[m.key for m in metrics],
-                       pooled=pooled, convergence=MOVING in trials)
+    table.attrs.update(
+        group_by=group_by,
+        baseline=dict(baseline or {}),
+        metrics=[m.key for m in metrics],
+        pooled=pooled,
+        convergence=MOVING in trials,
+    )
     return table
 
 
@@ -223,8 +254,9 @@ def _num(x: float, d: int, signed: bool = False) -> str:
     return s.replace("-0." + "0" * d, "0." + "0" * d) if d else s
 
 
-def cell(row: dict[str, Any], m: TableMetric, *, count: bool = True, tex: bool = False, br: str = " ",
-         star: str = "*") -> str:
+def cell(
+    row: dict[str, Any], m: TableMetric, *, count: bool = True, tex: bool = False, br: str = " ", star: str = "*"
+) -> str:
     """'-88.12 ± 0.31 (3)', '-88.12 (1)', '–' (no value); with a delta
     '<br>Δ +1.20 [+0.50, +1.90]*' (its 95% interval; ``star`` when it excludes zero)."""
     mean, std, n = row[f"{m.key} mean"], row[f"{m.key} std"], int(row[f"{m.key} n"])
@@ -260,8 +292,11 @@ def _level_cells(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
 
 
 def _trials_cell(row: dict[str, Any]) -> str:
-    return (f"{row['completed']}/{row['trials']}" + (f" ({row['excluded']})" if row["excluded"] else "")
-            + (f" †{row['still_moving']}" if row.get("still_moving") else ""))
+    return (
+        f"{row['completed']}/{row['trials']}"
+        + (f" ({row['excluded']})" if row["excluded"] else "")
+        + (f" †{row['still_moving']}" if row.get("still_moving") else "")
+    )
 
 
 def n_meaning(table: pd.DataFrame) -> str:
@@ -269,16 +304,18 @@ def n_meaning(table: pd.DataFrame) -> str:
     pooled = table.attrs.get("pooled") or []
     if not pooled:
         return "n: the row's completed seeds"
-    return ("n: the row's completed trials, pooled over its seeds and every level of "
-            + ", ".join(name_of(table, f) for f in pooled) + " (not a seed-only spread)")
+    return (
+        "n: the row's completed trials, pooled over its seeds and every level of "
+        + ", ".join(name_of(table, f) for f in pooled)
+        + " (not a seed-only spread)"
+    )
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table; best cells in bold."""
     ms = _metrics_of(table)
     head = [name_of(table, f) for f in table.attrs["group_by"]] + ["completed/trials"] + [_header(m) for m in ms]
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join([":--"] * (len(head) - len(ms)) + ["--:"] * len(ms)) + "|"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * (len(head) - len(ms)) + ["--:"] * len(ms)) + "|"]
     for row in table.to_dict("records"):
         cells = _level_cells(table, row) + [_trials_cell(row)]
         for m in ms:
@@ -294,21 +331,39 @@ def to_html(table: pd.DataFrame) -> str:
 
     ms = _metrics_of(table)
     head = [name_of(table, f) for f in table.attrs["group_by"]] + ["completed/trials"]
-    out = ["<table class='ablation'>", "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head)
-           + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms) + "</tr></thead><tbody>"]
+    out = [
+        "<table class='ablation'>",
+        "<thead><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms)
+        + "</tr></thead><tbody>",
+    ]
     for row in table.to_dict("records"):
         cells = [f"<td>{escape(c)}</td>" for c in _level_cells(table, row) + [_trials_cell(row)]]
         for m in ms:
             c = escape(cell(row, m, br="\n")).replace("\n", "<br>")
-            cells.append(f"<td class='num best'><b>{c}</b></td>" if row.get(f"{m.key} best", False)
-                         else f"<td class='num'>{c}</td>")
+            cells.append(
+                f"<td class='num best'><b>{c}</b></td>"
+                if row.get(f"{m.key} best", False)
+                else f"<td class='num'>{c}</td>"
+            )
         out.append("<tr" + (" class='baseline'" if row.get("baseline", False) else "") + ">" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
 
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -323,14 +378,23 @@ def to_latex(table: pd.DataFrame, caption: str | None = None, label: str | None 
     group_by = table.attrs["group_by"]
     study = table.attrs.get("study", "study")
     head = [tex_escape(name_of(table, f)) for f in group_by] + ["$n$"] + [_header(m, tex=True) for m in ms]
-    lines = [f"% vaebench ablation table of study {tex_escape(study)}; needs \\usepackage{{booktabs}}",
-             r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{" + "l" * len(group_by) + "r" + "r" * len(ms) + "}", r"\toprule",
-             " & ".join(head) + r" \\", r"\midrule"]
+    lines = [
+        f"% vaebench ablation table of study {tex_escape(study)}; needs \\usepackage{{booktabs}}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{" + "l" * len(group_by) + "r" + "r" * len(ms) + "}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
     for row in table.to_dict("records"):
         cells = [tex_escape(c) for c in _level_cells(table, row)]
-        cells.append(str(row["completed"]) + (r"$^\ddagger$" if row["excluded"] else "")
-                     + (f"\\,($^\\dagger${row['still_moving']})" if row.get("still_moving") else ""))
+        cells.append(
+            str(row["completed"])
+            + (r"$^\ddagger$" if row["excluded"] else "")
+            + (f"\\,($^\\dagger${row['still_moving']})" if row.get("still_moving") else "")
+        )
         for m in ms:
             c = cell(row, m, count=int(row[f"{m.key} n"]) != int(row["completed"]), tex=True)
             cells.append(r"{\boldmath " + c + "}" if row.get(f"{m.key} best", False) else c)
@@ -338,17 +402,25 @@ def to_latex(table: pd.DataFrame, caption: str | None = None, label: str | None 
     lines += [r"\bottomrule", r"\end{tabular}"]
     excluded = table["excluded"].astype(bool).any()
     pooled = table.attrs.get("pooled") or []
-    over = ("the $n$ completed seeds of each row" if not pooled else "the $n$ completed trials of each row (its seeds "
-            "and every level of " + ", ".join(tex_escape(name_of(table, f)) for f in pooled) + ", pooled)")
+    over = (
+        "the $n$ completed seeds of each row"
+        if not pooled
+        else "the $n$ completed trials of each row (its seeds "
+        "and every level of " + ", ".join(tex_escape(name_of(table, f)) for f in pooled) + ", pooled)"
+    )
     cap = caption or (
         f"Ablation of {tex_escape(study)}: mean $\\pm$ std (N$-$1) over {over}; "
         "a column's best mean in bold where it beats the runner-up beyond the seed-to-seed noise (95\\% interval "
         "of the difference excludes 0; KL: no better direction)."
         + (r" $^\ddagger$Some trials of the row did not complete and are excluded." if excluded else "")
         + (r" ($^\dagger k$): $k$ trials still moving at their last epoch." if table["still_moving"].any() else "")
-        + (" $\\Delta$: difference to the baseline row with its 95\\% confidence interval over seeds (paired by "
-           "seed where the seeds pair up, else Welch); $^{*}$: the interval excludes 0." if table.attrs.get("baseline")
-           else ""))
+        + (
+            " $\\Delta$: difference to the baseline row with its 95\\% confidence interval over seeds (paired by "
+            "seed where the seeds pair up, else Welch); $^{*}$: the interval excludes 0."
+            if table.attrs.get("baseline")
+            else ""
+        )
+    )
     lines += [r"\caption{" + cap + "}", r"\label{" + (label or f"tab:{study}-ablation") + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -364,8 +436,9 @@ def to_csv(table: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------- marginal table
 
 
-def marginal_table(trials: pd.DataFrame, factors: Sequence[str] | None = None,
-                   metrics: Sequence[TableMetric] = METRICS) -> pd.DataFrame:
+def marginal_table(
+    trials: pd.DataFrame, factors: Sequence[str] | None = None, metrics: Sequence[TableMetric] = METRICS
+) -> pd.DataFrame:
     """One block of rows per factor: that factor's levels, every other factor and the seeds
     pooled (a paper's compact main-text table; the full ablation table is the appendix).
     Columns as ``ablation_table``'s plus ``factor``; no best marks (a pooled spread mixes
@@ -386,9 +459,11 @@ def marginal_table(trials: pd.DataFrame, factors: Sequence[str] | None = None,
 
 
 def marginal_caption(table: pd.DataFrame) -> str:
-    return ("Marginal means: each row is one level of one factor, mean ± std (N−1) (n) over every completed trial "
-            "with that level, pooled over the seeds and all levels of the other factors (a spread of settings as much "
-            "as of seeds: compare rows within a block, and see the ablation table for the cells).")
+    return (
+        "Marginal means: each row is one level of one factor, mean ± std (N−1) (n) over every completed trial "
+        "with that level, pooled over the seeds and all levels of the other factors (a spread of settings as much "
+        "as of seeds: compare rows within a block, and see the ablation table for the cells)."
+    )
 
 
 def marginal_markdown(table: pd.DataFrame) -> str:
@@ -408,15 +483,22 @@ def marginal_html(table: pd.DataFrame) -> str:
     from html import escape
 
     ms = _metrics_of(table)
-    out = ["<table class='ablation marginal'><thead><tr><th>factor</th><th>level</th><th>completed/trials</th>"
-           + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms) + "</tr></thead><tbody>"]
+    out = [
+        "<table class='ablation marginal'><thead><tr><th>factor</th><th>level</th><th>completed/trials</th>"
+        + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms)
+        + "</tr></thead><tbody>"
+    ]
     last = None
     for row in table.to_dict("records"):
         first = row["factor"] != last
         last = row["factor"]
         cells = [name_of(table, row["factor"]) if first else "", fmt_level(row["level"]), _trials_cell(row)]
-        out.append(("<tr class='block'>" if first else "<tr>") + "".join(f"<td>{escape(c)}</td>" for c in cells)
-                   + "".join(f"<td class='num'>{escape(cell(row, m))}</td>" for m in ms) + "</tr>")
+        out.append(
+            ("<tr class='block'>" if first else "<tr>")
+            + "".join(f"<td>{escape(c)}</td>" for c in cells)
+            + "".join(f"<td class='num'>{escape(cell(row, m))}</td>" for m in ms)
+            + "</tr>"
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -424,20 +506,36 @@ def marginal_html(table: pd.DataFrame) -> str:
 def marginal_latex(table: pd.DataFrame) -> str:
     ms = _metrics_of(table)
     study = table.attrs.get("study", "study")
-    lines = [f"% vaebench marginal table of study {tex_escape(study)}; needs \\usepackage{{booktabs}}",
-             r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{llr" + "r" * len(ms) + "}", r"\toprule",
-             " & ".join(["factor", "level", "$n$"] + [_header(m, tex=True) for m in ms]) + r" \\"]
+    lines = [
+        f"% vaebench marginal table of study {tex_escape(study)}; needs \\usepackage{{booktabs}}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{llr" + "r" * len(ms) + "}",
+        r"\toprule",
+        " & ".join(["factor", "level", "$n$"] + [_header(m, tex=True) for m in ms]) + r" \\",
+    ]
     last = None
     for row in table.to_dict("records"):
         if row["factor"] != last:
             lines.append(r"\midrule")
-        cells = [tex_escape(name_of(table, row["factor"])) if row["factor"] != last else "",
-                 tex_escape(str(fmt_level(row["level"]))), str(row["completed"])]
+        cells = [
+            tex_escape(name_of(table, row["factor"])) if row["factor"] != last else "",
+            tex_escape(str(fmt_level(row["level"]))),
+            str(row["completed"]),
+        ]
         last = row["factor"]
         cells += [cell(row, m, count=int(row[f"{m.key} n"]) != int(row["completed"]), tex=True) for m in ms]
         lines.append(" & ".join(cells) + r" \\")
-    cap = ("Marginal means of " + tex_escape(study) + r": mean $\pm$ std (N$-$1) over the $n$ completed trials of each "
-           "level, pooled over the seeds and every level of the other factors.")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + cap + "}",
-              r"\label{tab:" + study + "-marginal}", r"\end{table}"]
+    cap = (
+        "Marginal means of " + tex_escape(study) + r": mean $\pm$ std (N$-$1) over the $n$ completed trials of each "
+        "level, pooled over the seeds and every level of the other factors."
+    )
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{" + cap + "}",
+        r"\label{tab:" + study + "-marginal}",
+        r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
