@@ -256,12 +256,19 @@ class TrialConfig(Section):
     def params(self) -> dict[str, Any]:
         """The settings that apply to this trial, as {dotted.path: value}: what a run logs as its
         params. ``flat()`` less the other model kinds' settings (``model.hidden`` is the MLP's,
-        ``model.channels`` the conv's) and ``model.sigma`` unless the likelihood is the fixed-sigma
-        Gaussian. The config hash still covers every setting (``config_hash``)."""
+        ``model.channels`` the conv's), ``model.sigma`` unless the likelihood is the fixed-sigma
+        Gaussian, beta-TCVAE's weights and estimator for another objective, and the
+        disentanglement settings when no disentanglement metric is computed. The config hash
+        still covers every setting (``config_hash``)."""
         out = self.flat()
         m = self.model
         unused = {"mlp": ["model.channels"], "conv": ["model.hidden"], "linear": ["model.hidden", "model.channels"]}
-        for key in unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"]):
+        unused = unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"])
+        if self.objective.kind != "beta_tcvae":
+            unused += ["objective.alpha", "objective.gamma", "objective.tc_estimator"]
+        if not self.metrics.disentanglement:
+            unused += [k for k in out if k.startswith("metrics.disentanglement_")]
+        for key in unused:
             out.pop(key, None)
         return out
 
