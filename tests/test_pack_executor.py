@@ -85,6 +85,38 @@ seeds: [0, 1]
 """
 
 
+def test_a_grid_runs_the_packs_validate_shows(tmp_path, monkeypatch):
+    """A grid's packs are planned over the whole grid (two packs' worth per free slot), so the
+    sweep runs the plan `vaebench validate` prints, not the accident of which trials came first."""
+    from collections import Counter
+
+    from vaebench.pack import plan_packs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    text = (
+        STUDY.replace("name: packed", "name: lookahead")
+        .replace("resources: {cpus_per_trial: 1, pack: auto}", "resources: {cpus_per_trial: 1, pack: 4}")
+        .replace("model: {kind: mlp, latent_dim: 2,", "model: {kind: mlp,")
+        .replace("  objective.beta: [0.5, 2.0]", "  model.latent_dim: [2, 3]\n  objective.beta: [0.5, 2.0, 4.0]")
+        .replace("train.lr: [1.0e-3, 1.0e+4]     # 1e4: the loss becomes NaN -> diverged; its pack mates go on", "")
+    )
+    path = tmp_path / "lookahead.yaml"
+    path.write_text(text)
+    study = load_study(path)
+    configs = [s.config for s in expand(study)]  # two shapes (latent 2 and 3), 6 trials each
+    planned = sorted(map(len, plan_packs(configs, 4, slots=2)))
+    assert planned == [3, 3, 3, 3]  # one slot's worth at a time would give 3, 3, 2 then 4
+    summary = run_sweep(study, text, SweepOptions(f"sqlite:///{tmp_path}/m.db", workers=2))
+    assert summary.exit_code == 0
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
+    runs = mlflow.search_runs(
+        experiment_names=["lookahead"], output_format="list", filter_string="tags.`vaebench.role` = 'trial'"
+    )
+    ran = sorted(Counter(r.data.tags[PACK_TAG] for r in runs).values())
+    assert len(runs) == len(configs) and ran == planned, (ran, planned)
+
+
 def test_packed_sweep_records_each_member_as_its_own_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -44,7 +44,8 @@ def test_members_share_a_pack_only_with_the_same_shape():
 
 def test_auto_fills_the_slots_then_grows_packs():
     configs = collapse_configs()  # two shapes (latent 8 and 32), 54 trials each
-    assert sorted(map(len, plan_packs(configs, "auto", device="cpu", slots=2))) == [54, 54]  # one slot per shape
+    # one slot per shape, capped at MAX_PACK members: two packs of 27 per shape
+    assert sorted(map(len, plan_packs(configs, "auto", device="cpu", slots=2))) == [27, 27, 27, 27]
     assert sorted(map(len, plan_packs(configs, "auto", device="cpu", slots=8))) == [13, 13, 13, 13, 14, 14, 14, 14]
     assert sorted(map(len, plan_packs(configs[:4], "auto", device="cpu", slots=2))) == [2, 2]  # one pack per slot
     many = configs[:54] * 3  # 162 of one shape on one slot: capped at MAX_PACK members

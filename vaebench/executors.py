@@ -357,7 +357,8 @@ class PackedExecutor:
     Members end independently (one Event per member per epoch, exactly as solo jobs, plus the
     ``vaebench.pack`` tag on "start"); ``cancel`` masks members. A pack whose worker dies is
     rerun with the members that had not ended ("restart" events for those), up to
-    ``max_retries`` times, then they end failed. Ray is connected by the caller."""
+    ``max_retries`` times, then they end failed. ``lookahead``: how many packs' worth of jobs
+    per free slot ``capacity`` asks for. Ray is connected by the caller."""
 
     def __init__(
         self,
@@ -367,6 +368,7 @@ class PackedExecutor:
         prefix: str = "vaebench",
         max_retries: int = MAX_RETRIES,
         pack: Any = "auto",
+        lookahead: int = 1,
     ):
         self.workers, self.cpus, self.gpus, self.prefix, self.max_retries = (
             workers,
@@ -375,7 +377,7 @@ class PackedExecutor:
             prefix,
             max_retries,
         )
-        self.pack = pack
+        self.pack, self.lookahead = pack, lookahead
         self.running: dict[Any, _Pack] = {}  # step ref -> pack
         self.queued: deque[_Pack] = deque()  # planned, waiting for a slot
         self.where: dict[str, _Pack] = {}  # key -> its pack
@@ -390,9 +392,11 @@ class PackedExecutor:
         return MAX_PACK["cuda" if self.gpus > 0 else "cpu"] if self.pack == "auto" else 1
 
     def capacity(self) -> int:
+        """Nothing while packs wait for a slot; else ``lookahead`` full packs per free slot (the
+        jobs of one submission are planned together: a larger lookahead, more balanced packs)."""
         if self.queued:
             return 0
-        return max(0, self.workers - len(self.running)) * self._pack_size()
+        return max(0, self.workers - len(self.running)) * self._pack_size() * self.lookahead
 
     def submit(self, jobs: list[Job]) -> None:
         from vaebench.pack import pack_key, plan_packs

@@ -157,8 +157,11 @@ def pack_key(config: dict[str, Any] | TrialConfig) -> str | None:
 # the packs that run at once), at most MAX_PACK[device type]; and when the members would not
 # fill every slot at that size, as many packs as slots (n / slots members each), so that no
 # CPU (or GPU) sits idle. On CPU the gain grows with M until the per-op overhead is amortised
-# (benchmarks/PACK.md); past 64 members a pack only costs balance between slots.
-MAX_PACK = {"cpu": 64, "cuda": 512}
+# and then falls a little as the working set leaves the cache (collapse.yaml's MLP, 1 thread:
+# 1,680 model-steps/s at M = 16, 1,470 at M = 64; benchmarks/PACK.md); packs of at most 32 also
+# give the slots several packs to share, so that they end together (collapse.yaml at 40 epochs:
+# 74 s in four packs of 27 against 82 s in two of 54).
+MAX_PACK = {"cpu": 32, "cuda": 512}
 # Grouped convolutions on a CPU ran at 0.35-0.6x the members' solo speed (benchmarks/PACK.md):
 # "auto" keeps conv trials solo there (an explicit N still packs them); on a GPU they pack.
 CPU_SOLO_KINDS = ("conv",)

@@ -89,6 +89,13 @@ def default_storage(study: Study) -> str:
     return f"sqlite:///{path}"
 
 
+# A grid is known in advance: the packed executor takes two packs' worth of trials per free slot,
+# so that it plans them together, as `vaebench validate` shows (collapse.yaml: four packs of 27 for
+# two slots, ending together), rather than one slot's worth at a time. A search asks one round at a
+# time so that its sampler gets feedback.
+GRID_LOOKAHEAD = 2
+
+
 def run_sweep(
     study: Study,
     study_text: str,
@@ -129,7 +136,12 @@ def run_sweep(
                     )
                 else:  # packed trials (vaebench.pack): a pack takes one worker's resources
                     executor = PackedExecutor(
-                        workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}", pack=pack
+                        workers,
+                        res.cpus_per_trial,
+                        res.gpus_per_trial,
+                        prefix=f"vaebench:{study.name}",
+                        pack=pack,
+                        lookahead=GRID_LOOKAHEAD if study.search.kind == "grid" else 1,
                     )
         try:
             try:
