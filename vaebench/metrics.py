@@ -145,17 +145,23 @@ def iw_nll(model: Any, enc: Encoded, cfg: MetricsConfig, generator: torch.Genera
     K = 1 is the ELBO; the bound tightens as K grows. Over the first iw_examples of the split."""
     K, N = cfg.iw_samples, enc.x.shape[0] if cfg.iw_examples is None else min(cfg.iw_examples, enc.x.shape[0])
     chunk = max(1, 2**24 // (K * enc.x[0].numel()))  # noise is drawn per chunk of examples (bounds it to ~64 MB)
+    members = enc.mu[..., 0, 0].numel()
+    piece = max(1, DECODE_PIECE // (K * enc.x[0].numel() * members))  # ...and used piece by piece (cache-sized)
     bounds = []
-    for xb, mu, logvar in zip(
+    for xc, mc, lc in zip(
         enc.x[:N].split(chunk), enc.mu[..., :N, :].split(chunk, dim=-2), enc.logvar[..., :N, :].split(chunk, dim=-2)
     ):
-        z = mu + torch.exp(0.5 * logvar) * shared_noise(mu, generator, n=K)  # [K, *members, B, J]
-        log_w = (
-            _log_likelihood(model, xb, z)
-            + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
-            - gaussian_log_density(z, mu, logvar)
-        )  # [K, *members, B]
-        bounds.append(torch.logsumexp(log_w, dim=0) - math.log(K))
+        eps = shared_noise(mc, generator, n=K)  # [K, 1.., B, J]: the same draws whatever the piece size
+        for xb, mu, logvar, e in zip(
+            xc.split(piece), mc.split(piece, dim=-2), lc.split(piece, dim=-2), eps.split(piece, dim=-2)
+        ):
+            z = mu + torch.exp(0.5 * logvar) * e  # [K, *members, b, J]
+            log_w = (
+                model.log_likelihood(xb, model.decode(z))
+                - 0.5 * (LOG_2PI + z**2).sum(-1)  # log N(z; 0, I)
+                - gaussian_log_density(z, mu, logvar)
+            )  # [K, *members, b]
+            bounds.append(torch.logsumexp(log_w, dim=0) - math.log(K))
     return {"iw_nll": -torch.cat(bounds, dim=-1).mean(-1)}
 
 
