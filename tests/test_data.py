@@ -38,6 +38,18 @@ def test_digits_shapes_range_and_split():
     assert np.array_equal(_sorted_rows(torch.cat([d.train, d.val])), _sorted_rows(digit_images()))
 
 
+def test_digits_read_from_the_file_equal_scikit_learns_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from vaebench.data import digits
+
+    assert digits._bundled_csv() is not None  # the fast path is the one taken here
+    expected = torch.from_numpy((load_digits().data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8))
+    assert torch.equal(digit_images(), expected)
+    monkeypatch.setattr(digits, "_bundled_csv", lambda: None)  # the fallback: scikit-learn's loader
+    assert torch.equal(digit_images(), expected)
+
+
 def test_digits_deterministic_in_seed():
     a, b, c = (load_data(DigitsData(), seed=s) for s in (1, 1, 2))
     assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)

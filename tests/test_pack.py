@@ -250,6 +250,17 @@ def test_a_diverging_member_ends_alone_and_leaves_the_others_as_without_it():
             assert g == e  # bit for bit: a member's numbers never depend on its pack mates
 
 
+def test_iw_every_last_computes_the_bound_at_the_last_epoch_and_changes_nothing_else():
+    every = run_pack(member_configs("mlp", epochs=3))
+    last = run_pack([config("mlp", epochs=3, **m, metrics={"iw_every": "last"}) for m in MEMBERS])
+    for member in range(len(MEMBERS)):
+        got, expected = metrics_of(last, member), metrics_of(every, member)
+        assert ["val/iw_nll" in m for m in got] == [False, False, True]
+        for g, e in zip(got[:2], expected[:2]):
+            assert g == {k: v for k, v in e.items() if k != "val/iw_nll"}
+        assert got[2] == expected[2]  # bit for bit, the bound included
+
+
 def test_a_forced_nan_diverges_only_its_member():
     configs = member_configs("mlp", epochs=2)
     pt = PackTrainer(configs, threads=1)

@@ -71,6 +71,38 @@ def test_a_dead_pack_worker_is_rerun_with_its_live_members():
         ray.shutdown()
 
 
+def test_a_slot_runs_its_packs_in_one_worker_and_a_pack_owes_nothing_to_the_last():
+    import ray
+
+    def metrics(events: list, keys: list[str]) -> dict:
+        return {
+            (e.key, e.msg["epoch"]): {k: v for k, v in e.msg["metrics"].items() if k != "train/epoch_seconds"}
+            for e in events
+            if e.kind == "epoch" and e.key in keys
+        }
+
+    connect_ray(None, 1, 0)
+    try:
+        jobs = [Job(f"k{i}", config(i, epochs=2, lr=10.0**-i), f"trial {i}") for i in range(4)]
+        ex = PackedExecutor(workers=1, cpus_per_trial=1, gpus_per_trial=0, pack=2)
+        ex.submit(jobs)  # two packs of two, one after the other on the one slot
+        events = drain(ex, lambda evs: sum(e.kind == "end" for e in evs) == 4)
+        starts = {e.key: e for e in events if e.kind == "start"}
+        assert {e.tags[PACK_TAG] for e in starts.values()} == {"p1/2", "p2/2"}
+        assert len({e.msg["pid"] for e in starts.values()}) == 1  # one worker process ran both
+        ex.close()  # frees the slot its idle worker held
+        fresh = PackedExecutor(workers=1, cpus_per_trial=1, gpus_per_trial=0, pack=2)
+        second = [j for j in jobs if starts[j.key].tags[PACK_TAG] == "p2/2"]
+        fresh.submit(second)
+        alone = drain(fresh, lambda evs: sum(e.kind == "end" for e in evs) == 2)
+        keys = [j.key for j in second]
+        assert {e.msg["pid"] for e in alone if e.kind == "start"} != {starts[keys[0]].msg["pid"]}
+        assert metrics(events, keys) == metrics(alone, keys)  # bit for bit, after another pack or not
+        fresh.close()
+    finally:
+        ray.shutdown()
+
+
 STUDY = """\
 name: packed
 data: {kind: digits}

@@ -74,6 +74,24 @@ BAD = [
         ["objective.anneal", "cosine"],
     ),
     ("not_a_mapping", "- just\n- a list\n", ["mapping"]),
+    (
+        "bad_iw_every",
+        GOOD + "metrics: {iw_every: first}\n",
+        ["metrics.iw_every", "'first'", "last", "number of epochs"],
+    ),
+    (
+        "pruner_without_iw_nll_during_training",
+        GOOD
+        + "metrics: {iw_every: last}\nsearch: {kind: tpe, budget: 4, objectives: {val/iw_nll: min}, pruner: median}\n",
+        ["(line 8)", "metrics.iw_every", "pruner median", "val/iw_nll", "at the last epoch only"],
+    ),
+    (
+        "pruner_without_dis_metric_during_training",
+        GOOD.replace("{kind: digits}", "{kind: dsprites}")
+        + "metrics: {disentanglement: [mig]}\nsearch: {kind: tpe, budget: 4, objectives: {val/dis/mig: max}, "
+        "pruner: median}\n",
+        ["metrics.disentanglement_every", "pruner median", "val/dis/mig", "a number of epochs"],
+    ),
 ]
 
 

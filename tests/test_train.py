@@ -56,6 +56,16 @@ def test_metrics_do_not_disturb_training():
     assert every[-1].metrics["val/elbo"] == last_only[-1].metrics["val/elbo"]
 
 
+def test_iw_every_computes_the_bound_only_where_asked_and_changes_nothing_else():
+    every = run(digits_cfg(metrics={"iw_samples": 8}))
+    for iw_every, epochs_with_iw in (("last", [4]), (3, [3, 4]), (None, [1, 2, 3, 4])):
+        got = run(digits_cfg(metrics={"iw_samples": 8, "iw_every": iw_every}))
+        assert [r.epoch for r in got if "val/iw_nll" in r.metrics] == epochs_with_iw
+        for g, e in zip(got, every):  # iw_nll draws its noise last: every other number is the same
+            expected = {k: v for k, v in e.metrics.items() if k != "val/iw_nll" or g.epoch in epochs_with_iw}
+            assert without_timing(g.metrics) == without_timing(expected)
+
+
 def test_every_metric_is_reported():
     last = run(digits_cfg())[-1].metrics
     expected = {

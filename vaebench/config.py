@@ -210,12 +210,23 @@ class MetricsConfig(Section):
     collapse_delta: float = Field(0.01, ge=0, lt=1)
     eval_batch_size: int = Field(1024, ge=1)
     every: int = Field(1, ge=1)  # evaluate every N epochs (and always at the last)
+    # iw_nll takes iw_samples decoder passes per example, most of an evaluation's time: None computes
+    # it at every evaluation, N at the evaluations whose epoch is a multiple of N, "last" at the last
+    # epoch only (the final value is the same whichever: same examples, same noise)
+    iw_every: int | Literal["last"] | None = None
     # ground-truth-factor metrics (vaebench.disentanglement), recorded as val/dis/NAME; data with known
     # factors only (dsprites). dci records dci_disentanglement, dci_completeness, dci_informativeness.
     disentanglement: list[Literal["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]] = []
     disentanglement_every: int | None = Field(None, ge=1)  # None: at the last epoch only
     disentanglement_preset: Literal["default", "publish"] = "default"  # sample sizes; publish = disentanglement_lib
     disentanglement_seed: int = 0  # the metrics' own sampling; the same for every trial
+
+    @field_validator("iw_every", mode="before")
+    @classmethod
+    def _iw_every(cls, v: Any) -> Any:
+        if v is None or v == "last" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"got {v!r}; allowed: null (every evaluation), last, or a number of epochs >= 1")
 
     @field_validator("disentanglement")
     @classmethod
@@ -290,6 +301,7 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("objective", "alpha"): 1.0,
     ("objective", "gamma"): 1.0,
     ("objective", "tc_estimator"): "mws",
+    ("metrics", "iw_every"): None,
     ("metrics", "disentanglement"): [],
     ("metrics", "disentanglement_every"): None,
     ("metrics", "disentanglement_preset"): "default",

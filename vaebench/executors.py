@@ -303,17 +303,25 @@ PACK_TAG = "vaebench.pack"  # on "start": the pack's id and size, e.g. "p3/16"
 
 
 class PackWorker:
-    """What runs in one Ray actor: a pack (vaebench.pack.PackTrainer) or, for a job the packs do
-    not support, one solo trial (run_trial), behind the same ``step()``: the messages of one
-    epoch, each with "member", and whether the worker is done."""
+    """What runs in one Ray actor: packs (vaebench.pack.PackTrainer) one after another or, for a
+    job the packs do not support, one solo trial (run_trial), behind the same ``step()``: the
+    messages of one epoch, each with "member", and whether the worker is done. ``load`` starts
+    the next pack in the same process, so a worker's start (torch's import, ~3 s of CPU) is paid
+    once per slot, not once per pack; nothing else carries over (each trial seeds its own init,
+    order and noise, and the trainer sets the threads)."""
 
-    def __init__(self, configs: list[dict[str, Any]], threads: int, packed: bool):
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.messages: Iterator[dict[str, Any]] = iter(())
+
+    def load(self, configs: list[dict[str, Any]], threads: int, packed: bool) -> None:
+        self.trainer, self.messages = None, iter(())  # the last pack's tensors go before the next's
         if packed:
             from vaebench.pack import PackTrainer
 
             self.trainer = PackTrainer(configs, threads)
         else:
-            self.trainer, self.messages = None, run_trial(configs[0])
+            self.messages = run_trial(configs[0])
 
     def step(self) -> tuple[list[dict[str, Any]], bool]:
         if self.trainer is not None:
@@ -383,6 +391,7 @@ class PackedExecutor:
         self.where: dict[str, _Pack] = {}  # key -> its pack
         self.count = 0
         self._actor_class: Any = None
+        self.idle: list[Any] = []  # workers whose pack ended normally: the next pack runs in one
 
     def _pack_size(self) -> int:
         from vaebench.pack import MAX_PACK
@@ -425,10 +434,14 @@ class PackedExecutor:
         if self._actor_class is None:
             self._actor_class = ray.remote(PackWorker)
         threads = max(1, int(self.cpus))
-        pack.actor = self._actor_class.options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
-        ).remote([j.config for j in pack.live], threads, pack.packed)
+        if self.idle:
+            pack.actor = self.idle.pop()
+        else:
+            pack.actor = self._actor_class.options(
+                num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
+            ).remote()
         pack.jobs = pack.live  # a rerun holds only the members that had not ended
+        pack.actor.load.remote([j.config for j in pack.jobs], threads, pack.packed)  # an actor runs calls in order
         pack.ref = pack.actor.step.remote()
         self.running[pack.ref] = pack
 
@@ -461,7 +474,7 @@ class PackedExecutor:
                     pack.ended.add(job.key)
                     self.where.pop(job.key, None)
                     events.append(failed(job.key, "the pack ended without a final message for this trial"))
-                self._release(pack)
+                self._release(pack, reuse=done)
             else:
                 pack.ref = pack.actor.step.remote()
                 self.running[pack.ref] = pack
@@ -484,11 +497,16 @@ class PackedExecutor:
             self.where.pop(j.key, None)
         return [failed(j.key, f"the pack's Ray worker died {pack.attempt + 1} times: {error}") for j in live]
 
-    def _release(self, pack: _Pack) -> None:
+    def _release(self, pack: _Pack, reuse: bool = False) -> None:
+        """Free the pack's slot; its worker runs the next pack if ``reuse`` (it ended normally:
+        no step in flight), else it is killed."""
         import ray
 
         if pack.ref is not None:
             self.running.pop(pack.ref, None)
+        if reuse and pack.actor is not None:
+            self.idle.append(pack.actor)
+            pack.actor = None
         if pack.actor is not None:
             try:
                 ray.kill(pack.actor, no_restart=True)
@@ -515,7 +533,14 @@ class PackedExecutor:
                     self._release(pack)
 
     def close(self) -> None:
+        import ray
+
         self.cancel(list(self.where))
         for pack in list(self.running.values()):
             self._release(pack)
         self.queued.clear()
+        while self.idle:
+            try:
+                ray.kill(self.idle.pop(), no_restart=True)
+            except Exception:  # noqa: BLE001, S110  (already gone)
+                pass

@@ -185,35 +185,44 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def iw_due(cfg: MetricsConfig, epoch: int, last: bool) -> bool:
+    """Whether an evaluation at ``epoch`` computes iw_nll (``metrics.iw_every``)."""
+    if last or cfg.iw_every is None:
+        return True
+    return cfg.iw_every != "last" and epoch % cfg.iw_every == 0
+
+
 @torch.no_grad()
 def evaluate_batched(
-    model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator
+    model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator, iw: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Every metric over the validation split ``x``: {name: tensor of the model's member shape}."""
+    """Every metric over the validation split ``x``: {name: tensor of the model's member shape};
+    iw_nll only if ``iw``. iw_nll is the last metric to draw noise: leaving it out changes no other value."""
     enc = encode(model, x, cfg.eval_batch_size)
     out: dict[str, torch.Tensor] = {}
-    for metric in METRICS.values():
-        out.update(metric(model, enc, cfg, generator))
+    for name, metric in METRICS.items():
+        if name != "iw_nll" or iw:
+            out.update(metric(model, enc, cfg, generator))
     return out
 
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator
+    model: torch.nn.Module, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator, iw: bool = True
 ) -> dict[str, float]:
     """Every metric of one VAE over the validation split ``x``, in eval mode; returns {name: value}."""
     was_training = model.training
     model.eval()
-    out = {k: float(v) for k, v in evaluate_batched(model, x, cfg, generator).items()}
+    out = {k: float(v) for k, v in evaluate_batched(model, x, cfg, generator, iw).items()}
     model.train(was_training)
     return out
 
 
 def evaluate_members(
-    model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator
+    model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator, iw: bool = True
 ) -> list[dict[str, float]]:
     """Every metric of each member of a pack (``model`` with members (M,)): M dicts, each what
     ``evaluate`` gives that member alone with a generator seeded alike (up to float rounding)."""
-    values = {k: v.tolist() for k, v in evaluate_batched(model, x, cfg, generator).items()}
+    values = {k: v.tolist() for k, v in evaluate_batched(model, x, cfg, generator, iw).items()}
     M = len(next(iter(values.values())))
     return [{k: v[i] for k, v in values.items()} for i in range(M)]

@@ -55,7 +55,7 @@ from vaebench.config import (
 from vaebench.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.convergence import convergence
 from vaebench.data import Dataset, load_data
-from vaebench.metrics import evaluate_members
+from vaebench.metrics import evaluate_members, iw_due
 from vaebench.models import VAE, build_model
 from vaebench.models.vae import ConvDecoder, GaussianHead, LinearEncoder, MLPDecoder
 from vaebench.objectives import capacity, kl_per_dim, kl_weight
@@ -111,6 +111,7 @@ SUPPORTED: dict[str, Any] = {
     "metrics.collapse_delta": "*",
     "metrics.eval_batch_size": "*",
     "metrics.every": "*",
+    "metrics.iw_every": "*",
     # the ground-truth-factor metrics (vaebench.disentanglement) are not computed in packs: off only
     "metrics.disentanglement": ([],),
     "metrics.disentanglement_every": "*",
@@ -740,7 +741,8 @@ class PackTrainer:
         val: list[dict[str, float]] = [{}] * len(self.live)
         if epoch % self.live[0].cfg.metrics.every == 0 or last:  # metric settings are the pack's (pack_key)
             eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
-            val = evaluate_members(SharedInput(model), self.x_val, self.live[0].cfg.metrics, eval_noise)
+            mcfg = self.live[0].cfg.metrics
+            val = evaluate_members(SharedInput(model), self.x_val, mcfg, eval_noise, iw_due(mcfg, epoch, last))
         out, keep = [], []
         for k, (m, vals) in enumerate(zip(self.live, means)):
             metrics = {f"train/{name}": v for name, v in zip(TRAIN_TERMS, vals)}

@@ -308,6 +308,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None, open_data: 
         raise StudyError(_format_errors(path, root, e)) from None
     _check_size(path, root, study)
     _check_factors(path, root, study)
+    _check_pruned_objective(path, root, study)
     _check_space(path, root, study)
     _check_data_files(path, root, study)
     if open_data:
@@ -408,6 +409,26 @@ def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
             f"{study.data.kind!r} has none; allowed with data.kind: {', '.join(FACTOR_KINDS)} (otherwise leave "
             f"metrics.disentanglement empty)"
         )
+
+
+def _check_pruned_objective(path: Path, root: yaml.Node | None, study: Study) -> None:
+    """A pruner compares the objective's values during training: the objective must be computed
+    before the last epoch (iw_nll and the disentanglement metrics may be set to the last only)."""
+    s, m = study.search, study.metrics
+    if s.pruner == "none":
+        return
+    metric = next(iter(s.objectives))
+    if metric == "val/iw_nll" and m.iw_every == "last":
+        field, fix = ("metrics", "iw_every"), "null (every evaluation) or a number of epochs"
+    elif metric.startswith("val/dis/") and m.disentanglement_every is None:
+        field, fix = ("metrics", "disentanglement_every"), "a number of epochs"
+    else:
+        return
+    raise StudyError(
+        f"{path}{_line(root, field)}: {'.'.join(field)}: search.pruner {s.pruner} needs {metric} during training, "
+        f"and {'.'.join(field)} computes it at the last epoch only; allowed with a pruner: {fix} "
+        f"(or search.pruner: none)"
+    )
 
 
 def _check_data_files(path: Path, root: yaml.Node | None, study: Study) -> None:

@@ -20,7 +20,7 @@ from vaebench.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.convergence import convergence
 from vaebench.data import Dataset, load_data
 from vaebench.disentanglement import evaluate_trial
-from vaebench.metrics import evaluate
+from vaebench.metrics import evaluate, iw_due
 from vaebench.models import VAE, build_model, reparameterise
 from vaebench.objectives import kl_weight, objective
 
@@ -72,7 +72,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
 
     The objective is REFERENCE.md's ``distortion + beta * a_t * regulariser`` with one
     reparameterised sample per example; validation metrics (``vaebench.metrics``) are
-    computed every ``metrics.every`` epochs and at the last; the last epoch's metrics also hold
+    computed every ``metrics.every`` epochs and at the last (iw_nll as ``metrics.iw_every`` says);
+    the last epoch's metrics also hold
     ``conv/*``, whether the trial was still moving (``vaebench.convergence``). Same config on CPU, same
     numbers: model init, minibatch order and noise all derive from ``cfg.seed``.
     """
@@ -122,7 +123,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
         if epoch % cfg.metrics.every == 0 or epoch == epochs:
             # the same evaluation noise for every trial (common random numbers across seeds)
             eval_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
-            metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise).items()})
+            iw = iw_due(cfg.metrics, epoch, last=epoch == epochs)
+            metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise, iw).items()})
             for k in CONVERGENCE_KEYS:
                 history[k].append((epoch, metrics[k]))
         dis_every = cfg.metrics.disentanglement_every
