@@ -310,9 +310,8 @@ class PackWorker:
     once per slot, not once per pack; nothing else carries over (each trial seeds its own init,
     order and noise, and the trainer sets the threads)."""
 
-    def __init__(self) -> None:
-        self.trainer: Any = None
-        self.messages: Iterator[dict[str, Any]] = iter(())
+    trainer: Any = None
+    messages: Iterator[dict[str, Any]] = iter(())
 
     def load(self, configs: list[dict[str, Any]], threads: int, packed: bool) -> None:
         self.trainer, self.messages = None, iter(())  # the last pack's tensors go before the next's

@@ -739,9 +739,9 @@ class PackTrainer:
         means = (per_step * weights).sum(0).T.tolist()  # [M][terms]
         last = epoch == self.epochs
         val: list[dict[str, float]] = [{}] * len(self.live)
-        if epoch % self.live[0].cfg.metrics.every == 0 or last:  # metric settings are the pack's (pack_key)
+        mcfg = self.live[0].cfg.metrics  # metric settings are the pack's (pack_key)
+        if epoch % mcfg.every == 0 or last:
             eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
-            mcfg = self.live[0].cfg.metrics
             val = evaluate_members(SharedInput(model), self.x_val, mcfg, eval_noise, iw_due(mcfg, epoch, last))
         out, keep = [], []
         for k, (m, vals) in enumerate(zip(self.live, means)):

@@ -73,9 +73,9 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     The objective is REFERENCE.md's ``distortion + beta * a_t * regulariser`` with one
     reparameterised sample per example; validation metrics (``vaebench.metrics``) are
     computed every ``metrics.every`` epochs and at the last (iw_nll as ``metrics.iw_every`` says);
-    the last epoch's metrics also hold
-    ``conv/*``, whether the trial was still moving (``vaebench.convergence``). Same config on CPU, same
-    numbers: model init, minibatch order and noise all derive from ``cfg.seed``.
+    the last epoch's metrics also hold ``conv/*``, whether the trial was still moving
+    (``vaebench.convergence``). Same config on CPU, same numbers: model init, minibatch order and
+    noise all derive from ``cfg.seed``.
     """
     configure_torch(cfg.train.threads)
     device = resolve_device(cfg.train.device)
