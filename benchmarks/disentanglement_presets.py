@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from vaebench import disentanglement as D
-from vaebench.config import DSpritesData, TrialConfig
+from vaebench.core import disentanglement as D
+from vaebench.core.models import build_model
+from vaebench.core.train import train
 from vaebench.data import ground_truth
-from vaebench.models import build_model
-from vaebench.train import train
+from vaebench.study.config import DSpritesData, TrialConfig
 
 CONFIG = {
     "data": {"kind": "dsprites", "n_samples": 10000},

@@ -8,8 +8,8 @@ Writes benchmarks/PACK.md (``--quick``: benchmarks/.cache/PACK-quick.md unless `
 
 1. Throughput. M trials that differ in seed, beta, annealing schedule and free bits, one
    training epoch each: *solo* = the M trials one after the other through
-   ``vaebench.train.train`` (each its own model, optimiser and loop, what a sweep worker runs),
-   *packed* = the same M trials as one ``vaebench.pack.PackTrainer``. Both sides report the
+   ``vaebench.core.train.train`` (each its own model, optimiser and loop, what a sweep worker runs),
+   *packed* = the same M trials as one ``vaebench.core.pack.PackTrainer``. Both sides report the
    same field, ``train/epoch_seconds`` (the training loop; model build, data load and
    evaluation excluded), so model-steps/s = M x steps per epoch / summed epoch seconds. Both
    sides run in the same process, interleaved (the side that goes first alternates between
@@ -18,11 +18,11 @@ Writes benchmarks/PACK.md (``--quick``: benchmarks/.cache/PACK-quick.md unless `
    Bernoulli, batch 64, Adam, free bits on half the members) and a conv VAE on procedural
    dSprites (64x64, channels 32-32-64-64, 10 latents, batch 64).
 2. Evaluation: the packed trainer evaluates every member in one batched pass
-   (``vaebench.metrics.evaluate_members`` on ``vaebench.pack.SharedInput``), against member
-   by member with the solo ``vaebench.metrics.evaluate``; cost per member, against the packed
+   (``vaebench.core.metrics.evaluate_members`` on ``vaebench.core.pack.SharedInput``), against member
+   by member with the solo ``vaebench.core.metrics.evaluate``; cost per member, against the packed
    training epoch per member, with collapse.yaml's metric settings (iw_samples 64).
 3. Conv packing: forward + backward of the packed conv VAE as one grouped convolution per
-   layer (what vaebench.pack does) against ``torch.func.vmap`` over the solo model.
+   layer (what vaebench.core.pack does) against ``torch.func.vmap`` over the solo model.
 
 Imports torch and vaebench's training modules only (no ray, mlflow, optuna), so it runs on
 a GPU machine where only torch (and pydantic, numpy, scikit-learn for vaebench's config
@@ -45,12 +45,12 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402  (after the sys.path line)
 
-from vaebench.config import TrialConfig  # noqa: E402  (after the sys.path line)
+from vaebench.core.metrics import evaluate, evaluate_members  # noqa: E402  (after the sys.path line)
+from vaebench.core.models import build_model  # noqa: E402  (after the sys.path line)
+from vaebench.core.pack import PackedVAE, PackTrainer, SharedInput  # noqa: E402  (after the sys.path line)
+from vaebench.core.train import configure_torch, train  # noqa: E402  (after the sys.path line)
 from vaebench.data import load_data  # noqa: E402  (after the sys.path line)
-from vaebench.metrics import evaluate, evaluate_members  # noqa: E402  (after the sys.path line)
-from vaebench.models import build_model  # noqa: E402  (after the sys.path line)
-from vaebench.pack import PackedVAE, PackTrainer, SharedInput  # noqa: E402  (after the sys.path line)
-from vaebench.train import configure_torch, train  # noqa: E402  (after the sys.path line)
+from vaebench.study.config import TrialConfig  # noqa: E402  (after the sys.path line)
 
 BETAS, ANNEALS, FREE_BITS = (
     [0.5, 2.0, 8.0],
@@ -250,8 +250,8 @@ def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
 def bench_agreement(epochs: int | None, threads: int, device: str) -> dict:
     """studies/collapse.yaml packed (as plan_packs groups it on one slot) and unpacked: per
     configuration, the mean over seeds of the final val/elbo against the seed-to-seed std."""
-    from vaebench.pack import plan_packs
-    from vaebench.study import expand, load_study
+    from vaebench.core.pack import plan_packs
+    from vaebench.study.spec import expand, load_study
 
     configure_torch(threads)
     study = load_study(HERE.parent / "studies" / "collapse.yaml")
@@ -355,7 +355,7 @@ def render(args, rows, evals, convs, started: float, agreement: dict | None = No
         (
             "Model-steps/s = M x steps per epoch / the training seconds of one epoch (`train/epoch_seconds`: "
             "model build, data load and evaluation excluded), solo = the M trials one after the other through "
-            "`vaebench.train.train`, packed = one `vaebench.pack.PackTrainer`. Both in the same process, interleaved; "
+            "`vaebench.core.train.train`, packed = one `vaebench.core.pack.PackTrainer`. Both in the same process, interleaved; "
             "the ratio is taken within each repetition: median [min–max] over repetitions."
         ),
         "",
@@ -406,7 +406,7 @@ def render(args, rows, evals, convs, started: float, agreement: dict | None = No
             "",
             (
                 f"All 108 trials, {a['epochs']} epochs, {a['threads']} thread(s), packed as `plan_packs` groups them on "
-                f"one slot and unpacked through `vaebench.train.train`. Per configuration (36), the mean over the 3 "
+                f"one slot and unpacked through `vaebench.core.train.train`. Per configuration (36), the mean over the 3 "
                 f"seeds of the final val/elbo: |packed - unpacked| is below the seed-to-seed standard deviation "
                 f"(unpacked) for **{a['within']}/{a['points']}** configurations; |difference| / std: median "
                 f"{a['median_ratio']:.3f}, worst {a['worst']:.3f}. Wall time, evaluation included: packed "

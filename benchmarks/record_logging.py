@@ -1,5 +1,5 @@
 """The driver's cost of logging one trial-epoch to a SQLite MLflow store: one log_batch per
-epoch (the driver before buffering, the baseline) against vaebench.record's buffer (one
+epoch (the driver before buffering, the baseline) against vaebench.record.writer's buffer (one
 log_batch per run every FLUSH_SECONDS and at the trial's end, several steps per batch).
 
 A sweep is simulated as the driver sees it: TRIALS trials in flight, each sending an epoch of
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlflow.entities import Metric  # noqa: E402
 
-from vaebench.record import FLUSH_SECONDS, Record  # noqa: E402
+from vaebench.record.writer import FLUSH_SECONDS, Record  # noqa: E402
 
 TRIALS, EPOCHS, METRICS, EPOCH_S = 4, 24, 40, 0.5
 
@@ -98,7 +98,7 @@ candidate measured in the same repetition (order alternating).
 | | wall per trial-epoch | CPU per trial-epoch |
 |---|---|---|
 | one log_batch per epoch (before) | {base_w * 1e3:.2f} ms | {base_c * 1e3:.2f} ms |
-| buffered (vaebench.record) | {cand_w * 1e3:.3f} ms | {cand_c * 1e3:.3f} ms |
+| buffered (vaebench.record.writer) | {cand_w * 1e3:.3f} ms | {cand_c * 1e3:.3f} ms |
 | ratio (median of per-repetition ratios) | {ratio_w:.1f}x | {ratio_c:.1f}x |
 
 Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other work while

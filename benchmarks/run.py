@@ -13,7 +13,7 @@ benchmarks/.cache/RESULTS-quick.md unless ``--out`` is given):
    epoch, and which metric dominates;
 3. sweep scaling: 8 identical short trials one at a time vs one 2-worker sweep;
 4. record and report at scale: 1,000 trials x 50 epochs written through
-   ``vaebench.tracking.Record``, then ``vaebench report`` timed;
+   ``vaebench.record.vocab.Record``, then ``vaebench report`` timed;
 5. peak memory of the driver, of one trial and of the report.
 
 Every measurement runs in a fresh child process (``--child NAME``) so that peak memory is
@@ -263,7 +263,7 @@ LOOPS = {
     "bare": "the plainest loop: PyTorch defaults (for-loop Adam, denormals kept)",
     "bare_fused": "bare + Adam(fused=True)",
     "bare_tuned": "bare + Adam(fused=True) + torch.set_flush_denormal(True): vaebench's two CPU settings",
-    "vaebench": "vaebench.train.train with metrics every epoch + Record.log_epoch to SQLite",
+    "vaebench": "vaebench.core.train.train with metrics every epoch + Record.log_epoch to SQLite",
 }
 
 
@@ -274,7 +274,7 @@ def loop_process(conn, kind: str, a: dict) -> None:
     quiet()
     import torch
 
-    import vaebench.train as vt
+    import vaebench.core.train as vt
 
     threads, epochs = a["threads"], a["epochs"]
     if kind == "bare_tuned":
@@ -284,9 +284,9 @@ def loop_process(conn, kind: str, a: dict) -> None:
     torch.set_num_threads(threads)
     from bare_loop import bare_epochs
 
-    from vaebench.config import TrialConfig
     from vaebench.data import Dataset, load_data
-    from vaebench.tracking import Record
+    from vaebench.record.vocab import Record
+    from vaebench.study.config import TrialConfig
 
     base = trial_config(a["data"], epochs, threads)
     cfg0 = TrialConfig.model_validate(base)
@@ -402,10 +402,10 @@ def loop_process(conn, kind: str, a: dict) -> None:
 
 
 def time_metrics(model, data, mcfg, reps: int) -> dict:
-    """Benchmark 2: each metric of vaebench.metrics.METRICS once on the trained model, and evaluate."""
+    """Benchmark 2: each metric of vaebench.core.metrics.METRICS once on the trained model, and evaluate."""
     import torch
 
-    from vaebench.metrics import METRICS, encode, evaluate
+    from vaebench.core.metrics import METRICS, encode, evaluate
 
     model.eval()
     parts: dict[str, list[float]] = {"encode": [], **{k: [] for k in METRICS}, "evaluate (all)": []}
@@ -431,7 +431,7 @@ def child_overhead(a: dict) -> dict:
     change in machine load hits all alike; then every metric is timed on the trained model."""
     import multiprocessing as mp
 
-    from vaebench.config import TrialConfig
+    from vaebench.study.config import TrialConfig
 
     ctx = mp.get_context("spawn")
     procs, conns = {}, {}
@@ -494,15 +494,15 @@ def child_overhead(a: dict) -> dict:
 
 
 def child_sweep(a: dict) -> dict:
-    """A grid study through ``vaebench.sweep.run_sweep`` (the full path: Ray, driver, MLflow).
+    """A grid study through ``vaebench.sweep.driver.run_sweep`` (the full path: Ray, driver, MLflow).
     Ray start and shutdown are timed by wrapping them; the wall time includes both."""
     quiet()
     import ray
     import yaml
 
-    import vaebench.sweep as vs
-    from vaebench.study import Study
-    from vaebench.tracking import Record
+    import vaebench.sweep.driver as vs
+    from vaebench.record.vocab import Record
+    from vaebench.study.spec import Study
 
     timing: dict[str, float] = {}
     connect, shutdown = vs.connect_ray, ray.shutdown
@@ -564,9 +564,9 @@ def child_sweep(a: dict) -> dict:
 
 
 def run_trials(config: dict, seeds: list[int]) -> dict:
-    """``vaebench.trial.run_trial`` for each seed, one after another (what a Ray worker runs);
+    """``vaebench.core.trial.run_trial`` for each seed, one after another (what a Ray worker runs);
     each timed from config to its end message (data load included). Raises unless all complete."""
-    from vaebench.trial import run_trial
+    from vaebench.core.trial import run_trial
 
     times, cpu, states = [], [], []
     for seed in seeds:
@@ -585,7 +585,7 @@ def run_trials(config: dict, seeds: list[int]) -> dict:
 def child_sequential(a: dict) -> dict:
     """Trials one at a time in one process, 1 thread (``run_trials``)."""
     quiet()
-    import vaebench.trial  # noqa: F401  (imports before the memory reading, as in a worker)
+    import vaebench.core.trial  # noqa: F401  (imports before the memory reading, as in a worker)
 
     rss_imports = rss_mib()
     return {
@@ -599,7 +599,7 @@ def child_sequential(a: dict) -> dict:
 def _trials_process(conn, a: dict, seeds: list[int]) -> None:
     """One of the control's processes: imports done, wait for the start, then ``run_trials``."""
     quiet()
-    import vaebench.trial  # noqa: F401  (imports are not timed)
+    import vaebench.core.trial  # noqa: F401  (imports are not timed)
 
     conn.send("ready")
     conn.recv()
@@ -683,9 +683,9 @@ def child_record(a: dict) -> dict:
     import numpy as np
     import yaml
 
-    from vaebench.naming import run_name
-    from vaebench.study import Study, expand
-    from vaebench.tracking import HASH, POINT, Record
+    from vaebench.record.naming import run_name
+    from vaebench.record.vocab import HASH, POINT, Record
+    from vaebench.study.spec import Study, expand
 
     nb, nf, ns = a["grid"]
     betas = [round(0.25 * 2 ** (i / 2), 4) for i in range(nb)]
@@ -760,7 +760,7 @@ def child_record(a: dict) -> dict:
 
 def child_readback(a: dict) -> dict:
     """Reading the record back in Python: ``mlflow.search_runs`` (all runs, as pandas) and
-    ``vaebench.results`` (trials_frame, histories_frame of every metric) when it exists."""
+    ``vaebench.record.results`` (trials_frame, histories_frame of every metric) when it exists."""
     quiet()
     import mlflow
 
@@ -774,7 +774,7 @@ def child_readback(a: dict) -> dict:
     out["search_runs_s"] = stats(t[1:])
     out["search_runs_rows"] = len(frame)
     try:
-        from vaebench.results import histories_frame, trials_frame
+        from vaebench.record.results import histories_frame, trials_frame
     except ImportError as e:
         out["results"] = f"not available ({e})"
         return out
@@ -1157,7 +1157,7 @@ def bench_record(r: Runner, sz: Sizes, data: Path, vers: dict, rebuild: bool) ->
         print(f"  [4] report: {how}", flush=True)
     out["report"] = runs
     # (d) reading back in Python
-    print("  [4] reading the record back (mlflow.search_runs, vaebench.results)", flush=True)
+    print("  [4] reading the record back (mlflow.search_runs, vaebench.record.results)", flush=True)
     out["readback"] = r.child("readback", {"name": "bench-record", "uri": uri, "reps": min(3, sz.report_reps)})
     return out
 
@@ -1313,7 +1313,7 @@ def render(res: dict) -> str:
         sec.append(f"\nLoad average (1 min) after each repetition: {loads}.\n")
         if fp:
             sec.append(
-                "**Full path**: a 1-trial grid study through `vaebench.sweep.run_sweep` (local Ray, driver, "
+                "**Full path**: a 1-trial grid study through `vaebench.sweep.driver.run_sweep` (local Ray, driver, "
                 "MLflow, checkpoint artifact). *in trial* = steps / the MLflow trial run's span "
                 "(worker start, data load, training, metrics, artifacts); *end to end* = steps / the "
                 "run_sweep call (Ray start and shutdown included). Ratios against the bare loop of the same "
@@ -1421,7 +1421,7 @@ def render(res: dict) -> str:
         sec = [
             "## 3. Sweep scaling: 8 identical short trials\n",
             f"Each trial: the benchmark-1 model, {sc['epochs']} epoch(s) on the full data, default metrics, "
-            "seeds 0-7. *Single*: `vaebench.trial.run_trial` one after another in one process, 1 thread, each "
+            "seeds 0-7. *Single*: `vaebench.core.trial.run_trial` one after another in one process, 1 thread, each "
             "timed from config to end message (data load and checkpoint included, imports excluded). *Sweep*: "
             f"one grid study through `run_sweep`, cpus_per_trial 1, {sc['workers']} workers, wall time of the "
             "call: Ray start, worker start-up and imports, driver logging and Ray shutdown included.\n",
@@ -1476,7 +1476,7 @@ def render(res: dict) -> str:
             f"A grid study of {rc['trials']:,} trials ({' x '.join(map(str, s['record_grid']))} = beta levels x "
             f"free_bits levels x seeds) x {rc['epochs']} epochs x "
             f"{b['metrics_per_epoch']} metrics, written into a fresh SQLite MLflow store through "
-            "`vaebench.tracking.Record` exactly as the sweep driver calls it (start_study; per trial start_trial "
+            "`vaebench.record.vocab.Record` exactly as the sweep driver calls it (start_study; per trial start_trial "
             "with the flattened config and the driver's tags, one log_epoch per epoch, end_trial; no artifacts). "
             "The store is built once and cached in `benchmarks/.cache/` (keyed by the sizes, the MLflow and "
             "SQLAlchemy versions and the source of the `Record` methods the driver writes with); the logging "
@@ -1526,13 +1526,13 @@ def render(res: dict) -> str:
         rb = rc["readback"]
         sec.append(f"| `mlflow.search_runs` (all {rb['search_runs_rows']:,} runs) | {fmt(rb['search_runs_s'], ' s')} |")
         if "trials_frame_s" in rb:
-            sec.append(f"| `vaebench.results.trials_frame` | {fmt(rb['trials_frame_s'], ' s')} |")
+            sec.append(f"| `vaebench.record.results.trials_frame` | {fmt(rb['trials_frame_s'], ' s')} |")
             sec.append(
-                f"| `vaebench.results.histories_frame`, every metric ({rb['history_rows']:,} rows) | "
+                f"| `vaebench.record.results.histories_frame`, every metric ({rb['history_rows']:,} rows) | "
                 f"{fmt(rb['histories_frame_s'], ' s')} |"
             )
         else:
-            sec.append(f"| vaebench.results | {rb.get('results')} |")
+            sec.append(f"| vaebench.record.results | {rb.get('results')} |")
         sec.append("")
         sections += sec
 

@@ -1,6 +1,6 @@
 """Synthetic study records for the report tests and the report benchmark.
 
-``write_synthetic_study`` writes a study record through ``vaebench.tracking.Record``,
+``write_synthetic_study`` writes a study record through ``vaebench.record.vocab.Record``,
 the same code path the sweep driver uses (parent run, tags, flattened params of the real
 validated trial configs, one metric batch per epoch), with made-up but plausible numbers
 instead of training: the report is tested on the layout, not on the model.
@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 from mlflow.entities import Metric
 
-from vaebench.convergence import KEYS as CONVERGENCE_KEYS
-from vaebench.convergence import convergence
-from vaebench.study import Study, expand
-from vaebench.tracking import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, Record
+from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.core.convergence import convergence
+from vaebench.record.vocab import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, Record
+from vaebench.study.spec import Study, expand
 
 
 def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: int) -> dict[str, float]:

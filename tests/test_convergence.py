@@ -1,4 +1,4 @@
-"""Convergence flags (vaebench.convergence): the pure function on hand-made histories with
+"""Convergence flags (vaebench.core.convergence): the pure function on hand-made histories with
 known answers, then on real training: a trial cut short is still moving; the linear-VAE
 trial at its closed-form optimum is not (tests/test_linear_vae.py)."""
 
@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from vaebench.config import TrialConfig
-from vaebench.convergence import ELBO_TOL, convergence, window_start
-from vaebench.train import train
+from vaebench.core.convergence import ELBO_TOL, convergence, window_start
+from vaebench.core.train import train
+from vaebench.study.config import TrialConfig
 
 
 def history(elbo, units=None, every=1):
@@ -96,8 +96,8 @@ def test_reconstructions_png_is_large_with_labelled_rows(tmp_path):
 
     from PIL import Image
 
+    from vaebench.core.trial import image_grid
     from vaebench.data import load_data
-    from vaebench.trial import image_grid
 
     cfg = digits_config(1)
     *_, last = train(cfg)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from vaebench.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
 from vaebench.data import DataError, load_data
 from vaebench.data import dsprites as ds
 from vaebench.data.digits import digit_images
 from vaebench.data.files import binarize, read_idx, read_idx_images, read_npz_array
 from vaebench.data.ppca import exact_gaussian, ppca_nll
+from vaebench.study.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
 
 # ----------------------------------------------------------------------------- digits
 

@@ -12,10 +12,10 @@ import sys
 import pytest
 import yaml
 
-from vaebench.config import TrialConfig
-from vaebench.disentanglement import evaluate_trial
-from vaebench.study import StudyError, load_study
-from vaebench.train import train
+from vaebench.core.disentanglement import evaluate_trial
+from vaebench.core.train import train
+from vaebench.study.config import TrialConfig
+from vaebench.study.spec import StudyError, load_study
 
 NAMES = ["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]
 KEYS = [
@@ -123,7 +123,7 @@ def swept(tmp_path_factory):
 def test_study_records_every_metric_in_mlflow(swept):
     from mlflow import MlflowClient
 
-    from vaebench.results import trials_frame
+    from vaebench.record.results import trials_frame
 
     _, _, uri = swept
     trials = trials_frame("dis_tiny", uri)

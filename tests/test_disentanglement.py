@@ -1,4 +1,4 @@
-"""Disentanglement metrics (vaebench.disentanglement) against disentanglement_lib's oracle checks and
+"""Disentanglement metrics (vaebench.core.disentanglement) against disentanglement_lib's oracle checks and
 closed forms (REFERENCE.md, "Disentanglement metrics"), their determinism and order independence,
 and the ground-truth-factor interface of procedural dSprites."""
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from vaebench import disentanglement as D
-from vaebench.config import DigitsData, DSpritesData
+from vaebench.core import disentanglement as D
 from vaebench.data import dsprites as ds
 from vaebench.data import ground_truth
+from vaebench.study.config import DigitsData, DSpritesData
 
 
 class Identity:

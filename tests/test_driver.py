@@ -21,15 +21,15 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from vaebench.definition import DEFINITION_TAG, changes, definition
-from vaebench.executors import InlineExecutor
-from vaebench.mlflow_view import EXPERIMENT_KIND, TRAINING
-from vaebench.naming import run_name
-from vaebench.record import Record
-from vaebench.search import INTERRUPTED, RESUMES
-from vaebench.study import expand, load_study
-from vaebench.sweep import SweepError, SweepOptions, run_sweep
-from vaebench.trial import run_trial
+from vaebench.core.trial import run_trial
+from vaebench.record.definition import DEFINITION_TAG, changes, definition
+from vaebench.record.mlflow_view import EXPERIMENT_KIND, TRAINING
+from vaebench.record.naming import run_name
+from vaebench.record.writer import Record
+from vaebench.study.spec import expand, load_study
+from vaebench.sweep.driver import SweepError, SweepOptions, run_sweep
+from vaebench.sweep.executors import InlineExecutor
+from vaebench.sweep.search import INTERRUPTED, RESUMES
 
 STUDY = """\
 name: {name}
@@ -183,7 +183,7 @@ def test_grid_record_and_resume(tmp_path):
 def test_report_reads_only_the_records_definition(tmp_path):
     """A trial run written under another definition (by hand, or an older vaebench) is left out
     of the tables, not averaged in as one more seed."""
-    from vaebench.results import trials_frame
+    from vaebench.record.results import trials_frame
 
     path = study_file(tmp_path)
     sweep(path, tmp_path)
@@ -271,7 +271,7 @@ def test_new_description_is_recorded_without_rerunning(tmp_path):
 
 
 def test_definition_changes_are_listed():
-    from vaebench.study import Study
+    from vaebench.study.spec import Study
 
     base = {"name": "x", "space": {"objective.beta": [1, 2]}, "seeds": [0]}
     old = definition(Study.model_validate(base))
@@ -291,7 +291,7 @@ def test_definition_changes_are_listed():
 
 def test_equal_configs_run_once(tmp_path):
     """Levels 1.0 and 1 give one config: refused by the study schema, or run once."""
-    from vaebench.study import Study, StudyError
+    from vaebench.study.spec import Study, StudyError
 
     path = study_file(tmp_path, seeds="[0]", space="  objective.beta: [1.0, 1, 2.0]")
     try:
@@ -412,7 +412,7 @@ def crash_at(monkeypatch, where: str, n: int) -> None:
     """Make the n-th passage through crash point ``where`` kill the driver."""
     from mlflow import MlflowClient as Client
 
-    from vaebench.record import Record as Rec
+    from vaebench.record.writer import Record as Rec
 
     seen = {"n": 0}
 
@@ -497,12 +497,12 @@ def test_search_killed_then_resumed(tmp_path, monkeypatch, where, n):
 
 CHILD = r"""
 import os, sys
-from vaebench.mlflow_view import EXPERIMENT_KIND, TRAINING
-from vaebench.naming import run_name
-from vaebench.record import Record
-from vaebench.study import load_study
-from vaebench.sweep import SweepOptions, run_sweep
-from vaebench.executors import InlineExecutor
+from vaebench.record.mlflow_view import EXPERIMENT_KIND, TRAINING
+from vaebench.record.naming import run_name
+from vaebench.record.writer import Record
+from vaebench.study.spec import load_study
+from vaebench.sweep.driver import SweepOptions, run_sweep
+from vaebench.sweep.executors import InlineExecutor
 
 path, tmp, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 seen = {"n": 0}
@@ -662,7 +662,7 @@ def test_tracking_server_down_fails_within_bounds(tmp_path):
 def test_duplicate_seeds_are_refused_or_merged(tmp_path, kind):
     """`seeds: [0, 0]`: refused by the study schema, or merged (one run per config hash, every
     Optuna trial told), the same way for grid and search."""
-    from vaebench.study import StudyError
+    from vaebench.study.spec import StudyError
 
     path = study_file(tmp_path, seeds="[0, 0]") if kind == "grid" else search_file(tmp_path, budget=2, seeds="[0, 0]")
     try:

@@ -19,10 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vaebench.checks import CheckError, check_address, check_device, check_server, parse_address
 from vaebench.cli import app
-from vaebench.report.command import report_folder
-from vaebench.store import (
+from vaebench.record.store import (
     StoreAddressError,
     check_storage,
     check_tracking_uri,
@@ -31,8 +29,10 @@ from vaebench.store import (
     default_store,
     project_root,
 )
-from vaebench.study import Study, expand, iter_trials, load_study
-from vaebench.yaml_input import MAX_NODES, YamlInputError, expanded_size, parse
+from vaebench.report.command import report_folder
+from vaebench.study.spec import Study, expand, iter_trials, load_study
+from vaebench.study.yaml_input import MAX_NODES, YamlInputError, expanded_size, parse
+from vaebench.sweep.checks import CheckError, check_address, check_device, check_server, parse_address
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES = REPO / "studies"
@@ -552,7 +552,7 @@ def test_the_store_sits_beside_the_project(tmp_path, monkeypatch):
 
 
 def test_every_folder_reaches_the_same_store(project, tmp_path, monkeypatch):
-    from vaebench.tracking import Record
+    from vaebench.record.vocab import Record
 
     study = write(project / "tiny.yaml", GOOD)
     store = project.parent / "sweeps" / "mlflow.db"
@@ -591,7 +591,7 @@ def test_report_folder_refuses_names_that_leave_reports(tmp_path, name):
 
 
 def test_report_of_a_store_name_that_would_escape(tmp_path, monkeypatch):
-    from vaebench.tracking import Record
+    from vaebench.record.vocab import Record
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/m.db"

@@ -17,10 +17,10 @@ import math
 
 import pytest
 
-from vaebench.config import TrialConfig
+from vaebench.core.train import train
 from vaebench.data import load_data
 from vaebench.data.ppca import ppca_nll
-from vaebench.train import train
+from vaebench.study.config import TrialConfig
 
 EIGEN = [5.0, 2.0, 0.8, 0.3, 0.1]
 SIGMA2 = 0.5
@@ -81,7 +81,7 @@ def test_iw_nll_equals_exact_ppca_likelihood():
 
 @pytest.mark.parametrize("beta", [1.0, 2.0])
 def test_converged_at_the_optimum(beta):
-    # vaebench.convergence: at the closed-form optimum nothing is moving over the last 20% of epochs
+    # vaebench.core.convergence: at the closed-form optimum nothing is moving over the last 20% of epochs
     cfg, last = trained(beta)
     assert last.metrics["conv/still_moving"] == 0
     assert abs(last.metrics["conv/elbo_rel_change"]) < 0.03  # noise of +-0.05 nats on an ELBO of -7 nats

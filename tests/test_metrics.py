@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from vaebench.config import MetricsConfig, ModelConfig
-from vaebench.metrics import Encoded, active_units, collapse, encode, evaluate, iw_nll, mutual_information
-from vaebench.models import build_model
+from vaebench.core.metrics import Encoded, active_units, collapse, encode, evaluate, iw_nll, mutual_information
+from vaebench.core.models import build_model
+from vaebench.study.config import MetricsConfig, ModelConfig
 
 
 def linear_vae(n: int, k: int, sigma: float = 1.0):

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from vaebench.mlflow_view import (
+from vaebench.record.mlflow_view import (
     EXPERIMENT_KIND,
     TRAINING,
     experiment_tags,

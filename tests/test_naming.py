@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from vaebench.naming import abbreviations, level_text, run_name
-from vaebench.study import expand, load_study
+from vaebench.record.naming import abbreviations, level_text, run_name
+from vaebench.study.spec import expand, load_study
 
 STUDIES = Path(__file__).parent.parent / "studies"
 

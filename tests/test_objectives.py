@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from vaebench.config import CapacityAnneal, CyclicalAnneal, LinearAnneal, NoAnneal, ObjectiveConfig, SigmoidAnneal
-from vaebench.objectives import anneal_factor, capacity, kl_per_dim, kl_weight, regulariser
+from vaebench.core.objectives import anneal_factor, capacity, kl_per_dim, kl_weight, regulariser
+from vaebench.study.config import CapacityAnneal, CyclicalAnneal, LinearAnneal, NoAnneal, ObjectiveConfig, SigmoidAnneal
 
 
 @pytest.mark.parametrize("t,expected", [(0, 0.0), (6, 0.48), (12, 0.96), (13, 1.0), (25, 0.0), (30, 0.4), (99, 1.0)])

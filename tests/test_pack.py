@@ -1,4 +1,4 @@
-"""Packed trials (vaebench.pack): packing changes speed, not the experiment.
+"""Packed trials (vaebench.core.pack): packing changes speed, not the experiment.
 
 Each check compares a member of a pack with the same trial run alone, computed here
 independently (the solo model built as train() builds it, its first step written out as
@@ -14,18 +14,18 @@ import sys
 import pytest
 import torch
 
-from vaebench.config import TrialConfig
-from vaebench.data import load_data
-from vaebench.models import build_model, reparameterise
-from vaebench.objectives import kl_per_dim, kl_weight, regulariser
-from vaebench.pack import (
+from vaebench.core.models import build_model, reparameterise
+from vaebench.core.objectives import kl_per_dim, kl_weight, regulariser
+from vaebench.core.pack import (
     PackedObjective,
     PackedOptimizer,
     PackTrainer,
     pack_key,
     unsupported,
 )
-from vaebench.train import make_optimizer
+from vaebench.core.train import make_optimizer
+from vaebench.data import load_data
+from vaebench.study.config import TrialConfig
 
 DATA = {
     "mlp": {"kind": "digits", "binarize": True},
@@ -121,11 +121,11 @@ def test_members_start_and_take_their_first_step_as_alone(kind):
 )
 def test_batched_evaluation_gives_each_member_its_solo_metrics(kind, likelihood):
     """Every validation metric of a member, evaluated with its pack mates in one batched pass,
-    equals vaebench.metrics.evaluate on the member alone (same generator seed) within 1e-5
+    equals vaebench.core.metrics.evaluate on the member alone (same generator seed) within 1e-5
     relative: the same noise, the same examples, the same formulas. Members differ in their
     weights (seeds) and one has diverged (NaN weights), which must not leak into the others."""
-    from vaebench.metrics import evaluate, evaluate_members
-    from vaebench.pack import SharedInput
+    from vaebench.core.metrics import evaluate, evaluate_members
+    from vaebench.core.pack import SharedInput
 
     binarize = {"binarize": likelihood == "bernoulli"} if kind != "linear" else {}
     configs = [
@@ -286,7 +286,7 @@ def test_a_forced_nan_diverges_only_its_member():
 
 
 def test_stop_masks_a_member_and_messages_match_run_trials():
-    from vaebench.trial import run_trial
+    from vaebench.core.trial import run_trial
 
     configs = [config("conv", seed=s, epochs=3) for s in range(3)]
     msgs = run_pack(configs, stop_after={1: [1]})
@@ -349,7 +349,7 @@ def test_unsupported_settings_are_named_and_not_packed():
 
 def test_pack_module_imports_no_ray_mlflow_or_optuna():
     code = (
-        "import sys, vaebench.pack; bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; "
+        "import sys, vaebench.core.pack; bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)

@@ -11,11 +11,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from vaebench.config import TrialConfig
-from vaebench.executors import PACK_TAG, Job, PackedExecutor, connect_ray
-from vaebench.pack import PackTrainer
-from vaebench.study import expand, load_study
-from vaebench.sweep import SweepOptions, run_sweep
+from vaebench.core.pack import PackTrainer
+from vaebench.study.config import TrialConfig
+from vaebench.study.spec import expand, load_study
+from vaebench.sweep.driver import SweepOptions, run_sweep
+from vaebench.sweep.executors import PACK_TAG, Job, PackedExecutor, connect_ray
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def test_a_grid_runs_the_packs_validate_shows(tmp_path, monkeypatch):
     sweep runs the plan `vaebench validate` prints, not the accident of which trials came first."""
     from collections import Counter
 
-    from vaebench.pack import plan_packs
+    from vaebench.core.pack import plan_packs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,16 +1,16 @@
-"""Pack planning (vaebench.pack.plan_packs), resources.pack and --pack: which trials share a pack."""
+"""Pack planning (vaebench.core.pack.plan_packs), resources.pack and --pack: which trials share a pack."""
 
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from vaebench import pack
 from vaebench.cli import app
-from vaebench.config import TrialConfig
-from vaebench.models import build_model
-from vaebench.pack import member_bytes, pack_key, plan_packs
-from vaebench.study import expand, load_study
+from vaebench.core import pack
+from vaebench.core.models import build_model
+from vaebench.core.pack import member_bytes, pack_key, plan_packs
+from vaebench.study.config import TrialConfig
+from vaebench.study.spec import expand, load_study
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

@@ -1,6 +1,6 @@
 """TrialConfig.params(): the params a run logs hold only the settings that apply to its model."""
 
-from vaebench.config import TrialConfig
+from vaebench.study.config import TrialConfig
 
 
 def cfg(**model):

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
-from vaebench.progress import Best, Progress, best_point, planned
+from vaebench.sweep.progress import Best, Progress, best_point, planned
 
 
 def test_best_point_is_the_mean_over_seeds():
@@ -27,7 +27,7 @@ def test_best_point_is_the_mean_over_seeds():
 def test_eta_honours_max_trials(capsys, monkeypatch):
     assert planned(108, 2, 10) == 12 and planned(108, 2, None) == 108 and planned(5, 2, 10) == 5
     clock = [100.0]
-    monkeypatch.setattr("vaebench.progress.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("vaebench.sweep.progress.time.monotonic", lambda: clock[0])
     p = Progress(console=Console(stderr=True, force_terminal=False), every=0)
     p.start("collapse", 108, Counter(completed=2), max_trials=10)
     clock[0] += 40  # 4 new trials in 40 s: 10 s each, 6 of the 10 allowed left
@@ -41,7 +41,7 @@ def test_eta_honours_max_trials(capsys, monkeypatch):
 def test_packed_trials_in_flight_count_towards_the_eta(capsys, monkeypatch):
     """Trials in packs end together: their epochs done keep the line and the ETA moving."""
     clock = [0.0]
-    monkeypatch.setattr("vaebench.progress.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("vaebench.sweep.progress.time.monotonic", lambda: clock[0])
     p = Progress(console=Console(stderr=True, force_terminal=False), every=0)
     p.start("collapse", 108, Counter())
     clock[0] += 100  # 108 trials at a quarter of their epochs after 100 s: 300 s left

@@ -1,11 +1,11 @@
-"""vaebench report and vaebench.results, on real records.
+"""vaebench report and vaebench.record.results, on real records.
 
-A session fixture runs two real tiny sweeps (``vaebench.sweep.run_sweep``, local Ray) into a
+A session fixture runs two real tiny sweeps (``vaebench.sweep.driver.run_sweep``, local Ray) into a
 temporary SQLite store: ``tiny`` (beta x free bits x 2 seeds, all complete) and ``broken``
 (a conv model that fails on 8x8 digits, SGD at lr 1e4 that diverges). The tables are
 checked against numbers recomputed from ``mlflow.search_runs``. Studies the sweep cannot
 make cheaply (a search study with its Optuna storage, a study without a beta factor) are
-written through ``vaebench.tracking.Record`` by ``tests/report_fixtures.py``.
+written through ``vaebench.record.vocab.Record`` by ``tests/report_fixtures.py``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import grid_study, write_synthetic_study  # noqa: E402
 
-from vaebench.report.command import report  # noqa: E402
-from vaebench.results import (  # noqa: E402
+from vaebench.record.results import (  # noqa: E402
     ReportError,
     histories_frame,
     level_label,
@@ -37,6 +36,7 @@ from vaebench.results import (  # noqa: E402
     short_names,
     trials_frame,
 )
+from vaebench.report.command import report  # noqa: E402
 
 TINY = {
     "name": "tiny",
@@ -252,7 +252,7 @@ def test_index_html_is_self_contained(tiny_report):
 
 
 def test_report_logged_to_parent_run(store, tiny_report):
-    from vaebench.tracking import Record
+    from vaebench.record.vocab import Record
 
     rec = Record(store["uri"], "tiny")
     names = {Path(a.path).name for a in rec.client.list_artifacts(rec.parent_run().info.run_id, "report")}
@@ -321,7 +321,7 @@ def test_histories_frame_long_form(store):
 
 def test_client_path_reads_the_same(store, monkeypatch):
     """A tracking server is read through MlflowClient instead of SQL: same frames."""
-    import vaebench.results as results
+    import vaebench.record.results as results
 
     t_sql = trials_frame("broken", store["uri"])
     h_sql = histories_frame("broken", store["uri"], metrics=["val/elbo", "train/loss"], trials=t_sql)
@@ -382,7 +382,7 @@ def test_other_bad_options(store, args, words):
 
 
 def test_empty_study(store, tmp_path):
-    from vaebench.tracking import Record
+    from vaebench.record.vocab import Record
 
     uri = store["uri"]
     Record(uri, "empty").start_study("nothing ran", "name: empty\n", {"vaebench.factors": '["objective.beta"]'})

@@ -14,10 +14,10 @@ matplotlib.use("Agg")
 sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import grid_study, write_synthetic_study  # noqa: E402
 
+from vaebench.record.results import trials_frame  # noqa: E402
 from vaebench.report import figures as F  # noqa: E402
 from vaebench.report.render import make_figures  # noqa: E402
 from vaebench.report.tables import ablation_table  # noqa: E402
-from vaebench.results import trials_frame  # noqa: E402
 
 DRAWN = ["rate_distortion", "active_units", "kl_per_dim", "collapse_map", "training_curves"]
 
@@ -83,7 +83,7 @@ def test_bands_are_over_seeds_and_never_below_zero(store):
     assert cur.pooled == ["objective.anneal"] and cur.data["lo"].isna().all()  # pooled: no band
     # with nothing pooled (curves by beta over a study of beta x latent only) the band is the seeds' min-max
     sub = trials[(trials["objective.anneal"] == "none") & (trials["objective.free_bits"] == 0)]
-    from vaebench.results import histories_frame
+    from vaebench.record.results import histories_frame
 
     h = histories_frame("four", store, metrics=list(F.CURVE_METRICS), trials=sub[sub["state"] == "completed"])
     h.attrs["factors"] = ["model.latent_dim", "objective.beta"]

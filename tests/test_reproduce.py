@@ -26,7 +26,7 @@ from vaebench.reproduce import (
     run_reproduction,
     study_path,
 )
-from vaebench.study import load_study
+from vaebench.study.spec import load_study
 
 
 def failed(checks) -> list[str]:
@@ -116,7 +116,7 @@ def test_a_failing_check_exits_1(linear_run, monkeypatch):
 
 
 def _frame(uri: str) -> pd.DataFrame:
-    from vaebench.results import trials_frame
+    from vaebench.record.results import trials_frame
 
     return trials_frame("linear_collapse", uri)
 

@@ -1,4 +1,4 @@
-"""vaebench.results reads histories through one SQL adapter (SqlHistories) with a fallback to
+"""vaebench.record.results reads histories through one SQL adapter (SqlHistories) with a fallback to
 MLflow's public API: both paths give the same frames, a schema it does not expect sends it to
 the fallback, and the adapter is what a SQLite store normally uses."""
 
@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import grid_study, write_synthetic_study  # noqa: E402
 
-import vaebench.results as results  # noqa: E402
-from vaebench.results import SqlHistories, histories_frame, trials_frame  # noqa: E402
+import vaebench.record.results as results  # noqa: E402
+from vaebench.record.results import SqlHistories, histories_frame, trials_frame  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from vaebench.search import CONTINUE, GridSearch, OptunaSearch
-from vaebench.study import Study
+from vaebench.study.spec import Study
+from vaebench.sweep.search import CONTINUE, GridSearch, OptunaSearch
 
 RANGE = {"objective.beta": {"low": 0.5, "high": 4.0}}  # continuous: the sampler never proposes a point twice
 

@@ -1,4 +1,4 @@
-"""`vaebench status` on records written through vaebench.tracking.Record (tests/report_fixtures.py):
+"""`vaebench status` on records written through vaebench.record.vocab.Record (tests/report_fixtures.py):
 partial or complete with the planned count, still-moving trials counted, the best point's mean."""
 
 import sys
@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report_fixtures import grid_study, write_synthetic_study  # noqa: E402
 
 from vaebench.cli import app  # noqa: E402
-from vaebench.results import trials_frame  # noqa: E402
+from vaebench.record.results import trials_frame  # noqa: E402
 
 
 def test_status_partial_complete_moving_and_best(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vaebench.cli import app
-from vaebench.study import expand, load_study
+from vaebench.study.spec import expand, load_study
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

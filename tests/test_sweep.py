@@ -19,7 +19,7 @@ from conftest import free_port, http_ok, stop, wait_for
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from vaebench.study import expand, load_study
+from vaebench.study.spec import expand, load_study
 
 TINY = """\
 name: {name}
@@ -555,7 +555,7 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
 
 
 def test_ui_serves_the_store(tmp_path):
-    from vaebench.tracking import Record
+    from vaebench.record.vocab import Record
 
     uri = f"sqlite:///{tmp_path}/m.db"
     Record(uri, "served").start_study("d", "name: served\n", {})  # ui refuses a store that does not exist
@@ -580,7 +580,7 @@ def test_ui_serves_the_store(tmp_path):
 LOCAL_RAY = r"""
 import os, subprocess, sys
 import ray
-from vaebench.executors import connect_ray
+from vaebench.sweep.executors import connect_ray
 connect_ray(None, 1, 0)
 address = ray.get_runtime_context().gcs_address
 env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -603,7 +603,7 @@ def test_local_ray_requires_its_token(tmp_path):
 
 def test_server_lease_refuses_a_second_driver(mlflow_server):
     """With a tracking server the record's lock is a lease in an experiment tag."""
-    from vaebench.record import LockError, Record
+    from vaebench.record.writer import LockError, Record
 
     first, second = Record(mlflow_server, "leased"), Record(mlflow_server, "leased")
     assert first.lock() is None

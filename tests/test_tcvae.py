@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from vaebench.config import ObjectiveConfig, TrialConfig
-from vaebench.objectives import (
+from vaebench.core.objectives import (
     kl_per_dim,
     log_importance_weights,
     objective,
     tc_decomposition,
 )
-from vaebench.train import train
+from vaebench.core.train import train
+from vaebench.study.config import ObjectiveConfig, TrialConfig
 
 
 def gaussian_posteriors(S: torch.Tensor, s2: float, m: int, seed: int):

@@ -1,4 +1,4 @@
-"""The MLflow store a Record creates: a copy of a cached empty store (vaebench.tracking.new_sqlite_store)
+"""The MLflow store a Record creates: a copy of a cached empty store (vaebench.record.vocab.new_sqlite_store)
 must behave exactly like one MLflow creates itself."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sqlite3
 
 from mlflow import MlflowClient
 
-from vaebench.tracking import Record, new_sqlite_store
+from vaebench.record.vocab import Record, new_sqlite_store
 
 
 def schema(db) -> tuple[set, list]:

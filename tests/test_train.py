@@ -7,11 +7,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from vaebench.config import TrialConfig
+from vaebench.core.models import build_model
+from vaebench.core.objectives import anneal_factor
+from vaebench.core.train import train
 from vaebench.data import DataError
-from vaebench.models import build_model
-from vaebench.objectives import anneal_factor
-from vaebench.train import train
+from vaebench.study.config import TrialConfig
 
 
 def digits_cfg(**over) -> TrialConfig:
@@ -174,7 +174,7 @@ def test_conv_on_dsprites():
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 64, 64), (3, 32, 32)])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_learned"])
 def test_conv_decoder_output_shape(shape, likelihood):
-    from vaebench.config import ModelConfig
+    from vaebench.study.config import ModelConfig
 
     model = build_model(ModelConfig(kind="conv", latent_dim=5, likelihood=likelihood), shape)
     x = torch.rand(3, *shape)
@@ -186,7 +186,7 @@ def test_conv_decoder_output_shape(shape, likelihood):
 
 
 def test_logvar_is_clamped():
-    from vaebench.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
+    from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
 
     model = build_model(ModelConfig(kind="mlp", latent_dim=2, hidden=[4]), (3,))
     with torch.no_grad():

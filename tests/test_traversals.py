@@ -1,4 +1,4 @@
-"""Latent traversals (vaebench.traversals): rows sorted by KL, collapsed dims found by REFERENCE.md's
+"""Latent traversals (vaebench.core.traversals): rows sorted by KL, collapsed dims found by REFERENCE.md's
 (epsilon, delta) rule, each row decoded along its own dim only; the per-trial artifact."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import io
 import torch
 from PIL import Image
 
-from vaebench.config import DigitsData, MetricsConfig, ModelConfig
+from vaebench.core.models import build_model
+from vaebench.core.traversals import traversal_grid, traversals_png
+from vaebench.core.trial import artifacts
 from vaebench.data import load_data
-from vaebench.models import build_model
-from vaebench.traversals import traversal_grid, traversals_png
-from vaebench.trial import artifacts
+from vaebench.study.config import DigitsData, MetricsConfig, ModelConfig
 
 
 def model_with_a_dead_dim(data):

@@ -2,13 +2,13 @@
 
 Public API (small and typed, in the manner of Optuna):
 
-- ``TrialConfig`` and its sections (``vaebench.config``): one trial's settings.
+- ``TrialConfig`` and its sections (``vaebench.study.config``): one trial's settings.
 - ``train(cfg)``: the training loop, yielding an ``EpochReport`` per epoch.
 - ``load_study(path)``: a validated ``Study`` from a YAML file.
 - ``trials_frame(study)`` / ``histories_frame(study)``: a study's MLflow record as pandas.
 """
 
-from vaebench.config import TrialConfig
+from vaebench.study.config import TrialConfig
 
 __version__ = "0.1.0"
 

@@ -18,10 +18,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from vaebench.checks import CheckError, check_address, check_device, check_server
 from vaebench.console import err, fail, out, say
-from vaebench.reproduce import REPRODUCTIONS
-from vaebench.store import (
+from vaebench.record.store import (
     STORAGE_HELP,
     TRACKING_HELP,
     StoreAddressError,
@@ -34,7 +32,9 @@ from vaebench.store import (
     resolve_tracking_uri,
     store_missing,
 )
-from vaebench.study import Study, StudyError, load_study, resolve_path
+from vaebench.reproduce import REPRODUCTIONS
+from vaebench.study.spec import Study, StudyError, load_study, resolve_path
+from vaebench.sweep.checks import CheckError, check_address, check_device, check_server
 
 HELP = "Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."
 app = typer.Typer(
@@ -100,8 +100,8 @@ def sweep(
         fail(str(e))
     say(f"store: {uri}" + (f"; Optuna storage: {storage}" if study.search.kind != "grid" else ""))
 
-    from vaebench.progress import Progress
-    from vaebench.sweep import SweepError, SweepOptions, run_sweep
+    from vaebench.sweep.driver import SweepError, SweepOptions, run_sweep
+    from vaebench.sweep.progress import Progress
 
     made = ensure_folder(storage) if study.search.kind != "grid" else None  # SQLite makes the file, not its folder
     opts = SweepOptions(
@@ -137,7 +137,7 @@ def sweep(
 
 
 def _set_pack(study, value: str) -> None:
-    from vaebench.study import PACK_ALLOWED
+    from vaebench.study.spec import PACK_ALLOWED
 
     try:
         study.resources.pack = value  # validated on assignment
@@ -176,7 +176,7 @@ def validate(
             f"{study.search.kind} search: budget {study.search.budget} points x {seeds} seeds "
             f"= {n:,} trials; objectives {study.search.objectives}; pruner {study.search.pruner}"
         )
-    from vaebench.pack import packing_summary
+    from vaebench.core.pack import packing_summary
 
     out.print(packing_summary(study), highlight=False)
     say(f"store: {uri}" + (" (not created yet)" if store_missing(uri) else ""))
@@ -188,8 +188,8 @@ def status(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP),
 ) -> None:
     """Trials of the current study record by state, whether it is complete, and the best point."""
-    from vaebench.progress import best_point
-    from vaebench.tracking import FINAL_STATES, STATE, Record
+    from vaebench.record.vocab import FINAL_STATES, STATE, Record
+    from vaebench.sweep.progress import best_point
 
     name, st, path = study, None, resolve_path(study)
     if path.is_file():
@@ -329,9 +329,9 @@ def reproduce(
         fail(str(e))
     say(f"store: {uri}")
 
-    from vaebench.progress import Progress
-    from vaebench.results import ReportError
-    from vaebench.sweep import SweepError
+    from vaebench.record.results import ReportError
+    from vaebench.sweep.driver import SweepError
+    from vaebench.sweep.progress import Progress
 
     try:
         checks = repro.run_reproduction(

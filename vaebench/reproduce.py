@@ -2,7 +2,7 @@
 
 ``vaebench reproduce NAME`` (the command is in ``vaebench.cli``) runs ``studies/<study>.yaml``
 through the sweep driver (or reuses its record: a resumed sweep reruns nothing already final), reads the record back
-from MLflow (``vaebench.results.trials_frame``) and evaluates the reproduction's checks,
+from MLflow (``vaebench.record.results.trials_frame``) and evaluates the reproduction's checks,
 printing PASS or FAIL per check with the measured value, the expected one and the
 tolerance. Exit 0 iff every check passes, 1 otherwise, 2 for an unknown NAME or a study
 that cannot start.
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from vaebench.progress import Progress
+    from vaebench.sweep.progress import Progress
 
 
 @dataclass
@@ -433,7 +433,7 @@ def oracle_scores() -> dict[str, dict[str, float]]:
     independently of the factors (``noise``)."""
     import numpy as np
 
-    from vaebench import disentanglement as D
+    from vaebench.core import disentanglement as D
 
     def noise(x: Any) -> Any:  # a fixed function of the observation (a stable hash seeds it)
         return np.stack(
@@ -621,7 +621,7 @@ def study_path(name: str) -> Path:
     """The study file of reproduction ``name``: studies/ beside the package (a checkout),
     else studies/ under the working directory."""
     repro = get(name)
-    here = Path(__file__).resolve().parent.parent / "studies" / repro.study_file
+    here = Path(__file__).resolve().parents[1] / "studies" / repro.study_file
     return here if here.is_file() else Path("studies") / repro.study_file
 
 
@@ -638,8 +638,8 @@ def get(name: str) -> Reproduction:
 def _record_complete(study: Any, trials: pd.DataFrame) -> bool:
     """True when the current record holds a final run (completed, diverged, pruned) for every
     trial of the grid study: then nothing would run and Ray need not start."""
-    from vaebench.study import expand
-    from vaebench.tracking import FINAL_STATES
+    from vaebench.record.vocab import FINAL_STATES
+    from vaebench.study.spec import expand
 
     if study.search.kind != "grid" or trials.empty:
         return False
@@ -648,7 +648,7 @@ def _record_complete(study: Any, trials: pd.DataFrame) -> bool:
 
 
 def _read_trials(study_name: str, tracking_uri: str) -> pd.DataFrame | None:
-    from vaebench.results import ReportError, trials_frame
+    from vaebench.record.results import ReportError, trials_frame
 
     try:
         return trials_frame(study_name, tracking_uri)
@@ -671,9 +671,9 @@ def run_reproduction(
     record (``SweepOptions(fresh=True)``). Raises UnknownReproduction, StudyError, SweepError,
     ReportError (also when the store failed during the sweep);
     KeyboardInterrupt when the sweep was interrupted."""
-    from vaebench.results import ReportError
-    from vaebench.study import load_study
-    from vaebench.sweep import SweepOptions, run_sweep
+    from vaebench.record.results import ReportError
+    from vaebench.study.spec import load_study
+    from vaebench.sweep.driver import SweepOptions, run_sweep
 
     repro = get(name)
     path = study_path(name)
@@ -699,7 +699,7 @@ def run_reproduction(
 def _this_study(study: Any, trials: pd.DataFrame) -> pd.DataFrame:
     """The trials of the study file as it is now: a record resumed after the file changed
     also holds runs of configs the file no longer names; they are left out of the checks."""
-    from vaebench.study import expand
+    from vaebench.study.spec import expand
 
     hashes = {spec.config_hash for spec in expand(study)}
     out = trials[trials["config_hash"].isin(hashes)].reset_index(drop=True)

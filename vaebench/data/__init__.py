@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from vaebench.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
+    from vaebench.study.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
 
 __all__ = [
     "DataError",

@@ -18,7 +18,7 @@ from vaebench.data import DataMeta, Dataset, split_indices
 from vaebench.data.files import binarize
 
 if TYPE_CHECKING:
-    from vaebench.config import DigitsData
+    from vaebench.study.config import DigitsData
 
 __all__ = ["SHAPE", "digit_images", "load_digits"]
 

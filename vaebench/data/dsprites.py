@@ -36,7 +36,7 @@ import torch
 from vaebench.data import DataError, DataMeta, Dataset, split_indices
 
 if TYPE_CHECKING:
-    from vaebench.config import DSpritesData
+    from vaebench.study.config import DSpritesData
 
 __all__ = [
     "DSpritesFactors",

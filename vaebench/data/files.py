@@ -22,7 +22,7 @@ import torch
 from vaebench.data import DataError, DataMeta, Dataset, split_indices
 
 if TYPE_CHECKING:
-    from vaebench.config import IdxData, NpzData
+    from vaebench.study.config import IdxData, NpzData
 
 __all__ = ["binarize", "load_idx", "load_npz", "read_idx", "read_idx_images", "read_npz_array"]
 

@@ -21,7 +21,7 @@ import torch
 from vaebench.data import DataError, DataMeta, Dataset
 
 if TYPE_CHECKING:
-    from vaebench.config import PPCAData
+    from vaebench.study.config import PPCAData
 
 __all__ = ["exact_gaussian", "load_ppca", "ppca_covariance", "ppca_nll"]
 

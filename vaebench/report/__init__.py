@@ -5,6 +5,6 @@
 - ``render``: the report folder (index.html, report.md, PNGs, tables);
 - ``command``: the Typer command ``report``.
 
-The data come from ``vaebench.results`` (``trials_frame``, ``histories_frame``), which
+The data come from ``vaebench.record.results`` (``trials_frame``, ``histories_frame``), which
 reads the tracking store only.
 """

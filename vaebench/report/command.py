@@ -14,9 +14,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from vaebench.checks import CheckError, check_server
 from vaebench.console import fail
-from vaebench.store import (
+from vaebench.record.store import (
     STORAGE_HELP,
     TRACKING_HELP,
     StoreAddressError,
@@ -27,6 +26,7 @@ from vaebench.store import (
     resolve_tracking_uri,
     short,
 )
+from vaebench.sweep.checks import CheckError, check_server
 
 # a study name that is one plain folder name: no separator, no leading dot (so not '..'), bounded
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -105,8 +105,8 @@ def report(
 ) -> None:
     """Render a study's figures and ablation tables from its MLflow record into reports/NAME/."""
     err = Console(stderr=True, highlight=False)
-    from vaebench.results import ReportError, load_record, trials_frame
-    from vaebench.study import StudyError, load_study, resolve_path
+    from vaebench.record.results import ReportError, load_record, trials_frame
+    from vaebench.study.spec import StudyError, load_study, resolve_path
 
     started = time.perf_counter()
     path = resolve_path(study)

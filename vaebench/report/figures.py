@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from vaebench.results import level_label, short_names
+from vaebench.record.results import level_label, short_names
 
 WIDTH = 6.5  # inches: a paper's text width
 MAX_HEATMAP_ROWS = 40

@@ -23,10 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from vaebench.report import disentanglement as D
+from vaebench.record.results import ReportError, histories_frame, resolve_factor
+from vaebench.report import disentanglement_figures as D
 from vaebench.report import figures as F
 from vaebench.report import tables as T
-from vaebench.results import ReportError, histories_frame, resolve_factor
 
 FORMATS = ("md", "html", "tex", "csv")
 DPI = 150

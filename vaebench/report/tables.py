@@ -31,10 +31,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from vaebench.record.results import STATE_ORDER, ReportError, resolve_factor
 from vaebench.report.figures import fmt_level, levels, name_of, point_keys
 from vaebench.report.figures import hashable as _hashable
 from vaebench.report.significance import difference
-from vaebench.results import STATE_ORDER, ReportError, resolve_factor
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def state_counts(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metrics_of(table: pd.DataFrame) -> list[TableMetric]:
-    from vaebench.report.disentanglement import TABLE_METRICS as DIS  # val/dis columns, when recorded
+    from vaebench.report.disentanglement_figures import TABLE_METRICS as DIS  # val/dis columns, when recorded
 
     keys = table.attrs.get("metrics") or [m.key for m in METRICS]
     return [m for m in METRICS + DIS if m.key in keys]

@@ -14,10 +14,10 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from vaebench.store import short
+from vaebench.record.store import short
 
 if TYPE_CHECKING:
-    from vaebench.study import Study
+    from vaebench.study.spec import Study
 
 ADDRESS_TIMEOUT_S = 3.0  # a Ray head on a live network answers a TCP connect in milliseconds
 _HOST_PORT = re.compile(r"^(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")

@@ -1,8 +1,8 @@
 """The sweep driver (DESIGN.md, sweep): a short loop over Search x Executor x Record.
 
-    search  (vaebench.search)     what runs next; takes epoch and final results
-    executor (vaebench.executors) where trials run; streams run_trial's messages as Events
-    record  (vaebench.record)     the only writer of MLflow; one definition and a lock per record
+    search  (vaebench.sweep.search)     what runs next; takes epoch and final results
+    executor (vaebench.sweep.executors) where trials run; streams run_trial's messages as Events
+    record  (vaebench.record.writer)     the only writer of MLflow; one definition and a lock per record
 
 Resuming: a trial whose config hash already has a final run (completed, diverged, pruned)
 in the current record is not run again; runs left failed, killed or RUNNING are
@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaebench.definition import DEFINITION_TAG, changes, definition, fixed_hash
-from vaebench.executors import (
+from vaebench.record.definition import DEFINITION_TAG, changes, definition, fixed_hash
+from vaebench.record.naming import run_name
+from vaebench.record.vocab import FINAL_STATES, HASH, OPTUNA_STUDY, POINT, STATE
+from vaebench.record.writer import LockError, Record, StoreError
+from vaebench.study.spec import Study, TrialSpec, effective_pack
+from vaebench.sweep.executors import (
     Executor,
     ExecutorError,
     InlineExecutor,
@@ -32,12 +36,8 @@ from vaebench.executors import (
     cluster_workers,
     connect_ray,
 )
-from vaebench.naming import run_name
-from vaebench.progress import Best, Progress, best_point
-from vaebench.record import LockError, Record, StoreError
-from vaebench.search import GridSearch, OptunaSearch, Planned, Search, SearchStoreError
-from vaebench.study import Study, TrialSpec, effective_pack
-from vaebench.tracking import FINAL_STATES, HASH, OPTUNA_STUDY, POINT, STATE
+from vaebench.sweep.progress import Best, Progress, best_point
+from vaebench.sweep.search import GridSearch, OptunaSearch, Planned, Search, SearchStoreError
 
 
 class SweepError(RuntimeError):
@@ -134,7 +134,7 @@ def run_sweep(
                     executor = RayExecutor(
                         workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}"
                     )
-                else:  # packed trials (vaebench.pack): a pack takes one worker's resources
+                else:  # packed trials (vaebench.core.pack): a pack takes one worker's resources
                     executor = PackedExecutor(
                         workers,
                         res.cpus_per_trial,

@@ -11,8 +11,8 @@ import math
 import torch
 from torch import nn
 
-from vaebench.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
-from vaebench.models.likelihoods import Likelihood
+from vaebench.core.models.likelihoods import Likelihood
+from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
 
 
 class VAE(nn.Module):

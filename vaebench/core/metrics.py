@@ -9,7 +9,7 @@ and ``evaluate`` merges their dicts into floats. Names (without the ``val/`` pre
 training loop adds): elbo, recon, kl, kl_dim/NN, active_units, mi, iw_nll, collapsed_dims,
 collapsed_fraction, posterior_collapse. All in nats per example.
 
-One code path serves one model and a pack of M models (vaebench.pack): ``model`` maps
+One code path serves one model and a pack of M models (vaebench.core.pack): ``model`` maps
 x [B, *event] to posteriors [*members, B, J] and decodes z [..., *members, B, J];
 ``members`` is () for a VAE and (M,) for a pack, and every value comes out with that
 shape (a 0-d tensor for one model, [M] for a pack: ``evaluate_members``).
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from vaebench.config import MetricsConfig
-from vaebench.objectives import kl_per_dim
+from vaebench.core.objectives import kl_per_dim
+from vaebench.study.config import MetricsConfig
 
 LOG_2PI = math.log(2 * math.pi)
 DECODE_PIECE = 2**18  # decoder outputs are made in ~1 MB pieces: they stay in cache (2x faster on CPU)

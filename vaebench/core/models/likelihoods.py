@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vaebench.config import LOGVAR_MAX, LOGVAR_MIN
+from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from vaebench.config import MetricsConfig, TrialConfig
+from vaebench.core.models import VAE
+from vaebench.core.train import configure_torch, train
 from vaebench.data import Dataset, load_data
-from vaebench.models import VAE
-from vaebench.train import configure_torch, train
+from vaebench.study.config import MetricsConfig, TrialConfig
 
 
 def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -44,8 +44,8 @@ def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -> dict[str, bytes]:
     """The final checkpoint, and for image data a grid of reconstructions and samples and the latent
-    traversals (vaebench.traversals; collapsed dims by ``metrics``' epsilon and delta)."""
-    from vaebench.traversals import traversals_png
+    traversals (vaebench.core.traversals; collapsed dims by ``metrics``' epsilon and delta)."""
+    from vaebench.core.traversals import traversals_png
 
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)

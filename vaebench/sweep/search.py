@@ -29,12 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vaebench.study import Range, Study, TrialSpec
+from vaebench.study.spec import Range, Study, TrialSpec
 
 INTERRUPTED = "vaebench.interrupted"  # Optuna study user attr: numbers of points cut off by an interrupt
 RESUMES = "vaebench.resumes"  # Optuna trial user attr: the interrupted point this trial asks again
 FINAL_STATES = ("completed", "diverged", "pruned")
-OPTUNA_TRIAL = "vaebench.optuna_trial"  # the run tag naming a trial's Optuna trial (vaebench.tracking)
+OPTUNA_TRIAL = "vaebench.optuna_trial"  # the run tag naming a trial's Optuna trial (vaebench.record.vocab)
 
 
 @dataclass(frozen=True)

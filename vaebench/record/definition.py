@@ -18,8 +18,8 @@ import hashlib
 import json
 from typing import Any
 
-from vaebench.config import flatten
-from vaebench.study import Range, Study
+from vaebench.study.config import flatten
+from vaebench.study.spec import Range, Study
 
 DEFINITION_TAG = "vaebench.definition"
 

@@ -41,7 +41,7 @@ import torch
 from vaebench.data import GroundTruth
 
 if TYPE_CHECKING:
-    from vaebench.config import TrialConfig
+    from vaebench.study.config import TrialConfig
 
 NAMES = ("beta_vae", "factor_vae", "mig", "dci", "sap", "modularity")
 

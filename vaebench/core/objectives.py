@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from vaebench.config import (
+from vaebench.study.config import (
     AnnealConfig,
     CapacityAnneal,
     CyclicalAnneal,

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from vaebench.models import VAE
-from vaebench.objectives import kl_per_dim
+from vaebench.core.models import VAE
+from vaebench.core.objectives import kl_per_dim
 
 LABEL_WIDTH = 190
 CELL = 64  # smallest drawn size of an image, pixels: small images are upscaled

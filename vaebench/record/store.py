@@ -38,7 +38,7 @@ STORAGE_HELP = (
 
 class StoreAddressError(ValueError):
     """A tracking URI, storage URL or store location that cannot be used (bad input, exit 2); the
-    message says what is allowed. A store that fails while in use raises vaebench.record.StoreError."""
+    message says what is allowed. A store that fails while in use raises vaebench.record.writer.StoreError."""
 
 
 def short(value: object, limit: int = 80) -> str:

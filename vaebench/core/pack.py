@@ -11,11 +11,11 @@ optimiser kind, device, metric settings) are stacked along a leading member dime
 - linear layers run as one ``torch.baddbmm`` over the members, convolutions as one grouped
   convolution (members are groups; benchmarks/PACK.md measures it against ``vmap``);
 - each member draws its minibatch order and reparameterisation noise from its own
-  generators, seeded as ``vaebench.train.train`` seeds them: packing changes speed, not
+  generators, seeded as ``vaebench.core.train.train`` seeds them: packing changes speed, not
   the experiment;
 - the per-trial numbers (beta, a_t, free bits lambda and mode, capacity C_t and gamma, lr,
   weight decay, grad clip) are per-member tensors; a_t and C_t come from the pure
-  functions of ``vaebench.objectives``;
+  functions of ``vaebench.core.objectives``;
 - one optimiser step updates every member (Adam, AdamW, SGD written on stacked tensors,
   matching ``torch.optim`` per member); gradients are clipped per member.
 
@@ -23,7 +23,7 @@ Members are independent slices everywhere (the loss is a sum of per-member losse
 member whose loss turns NaN harms no other. As in ``train``, divergence is judged at the
 end of an epoch; a diverged, completed or stopped member is then dropped from the stacked
 tensors, so it costs nothing afterwards. Validation metrics are batched over the members
-too: ``vaebench.metrics`` runs its one code path on the pack (``SharedInput``: every member
+too: ``vaebench.core.metrics`` runs its one code path on the pack (``SharedInput``: every member
 sees the validation split and the noise a solo trial would), so a member's numbers are its
 solo trial's up to float rounding, with the same names.
 
@@ -45,22 +45,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaebench.config import (
+from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.core.convergence import convergence
+from vaebench.core.metrics import evaluate_members, iw_due
+from vaebench.core.models import VAE, build_model
+from vaebench.core.models.vae import ConvDecoder, GaussianHead, LinearEncoder, MLPDecoder
+from vaebench.core.objectives import capacity, kl_per_dim, kl_weight
+from vaebench.core.train import TRAIN_TERMS, configure_torch, resolve_device
+from vaebench.core.trial import artifacts
+from vaebench.data import Dataset, load_data
+from vaebench.study.config import (
     LOGVAR_MAX,
     LOGVAR_MIN,
     CapacityAnneal,
     ObjectiveConfig,
     TrialConfig,
 )
-from vaebench.convergence import KEYS as CONVERGENCE_KEYS
-from vaebench.convergence import convergence
-from vaebench.data import Dataset, load_data
-from vaebench.metrics import evaluate_members, iw_due
-from vaebench.models import VAE, build_model
-from vaebench.models.vae import ConvDecoder, GaussianHead, LinearEncoder, MLPDecoder
-from vaebench.objectives import capacity, kl_per_dim, kl_weight
-from vaebench.train import TRAIN_TERMS, configure_torch, resolve_device
-from vaebench.trial import artifacts
 
 # --------------------------------------------------------------------------------------- allow-list
 #
@@ -102,7 +102,7 @@ SUPPORTED: dict[str, Any] = {
     "train.grad_clip": "*",
     "train.device": "*",
     "train.threads": "*",
-    # the metrics of vaebench.metrics (batched over the members: SharedInput)
+    # the metrics of vaebench.core.metrics (batched over the members: SharedInput)
     "metrics.active_threshold": "*",
     "metrics.mi_batch_size": "*",
     "metrics.iw_samples": "*",
@@ -112,7 +112,7 @@ SUPPORTED: dict[str, Any] = {
     "metrics.eval_batch_size": "*",
     "metrics.every": "*",
     "metrics.iw_every": "*",
-    # the ground-truth-factor metrics (vaebench.disentanglement) are not computed in packs: off only
+    # the ground-truth-factor metrics (vaebench.core.disentanglement) are not computed in packs: off only
     "metrics.disentanglement": ([],),
     "metrics.disentanglement_every": "*",
     "metrics.disentanglement_preset": "*",
@@ -285,7 +285,7 @@ def describe_plan(configs: list[dict[str, Any] | TrialConfig], groups: list[list
 
 
 class NotPackable(TypeError):
-    """A module type the packed forward does not know (a new layer in vaebench.models)."""
+    """A module type the packed forward does not know (a new layer in vaebench.core.models)."""
 
 
 def _grouped(h: torch.Tensor) -> torch.Tensor:
@@ -419,7 +419,7 @@ class PackedVAE(nn.Module):
 
 
 class SharedInput:
-    """A PackedVAE as ``vaebench.metrics`` takes a model: every member encodes the same x
+    """A PackedVAE as ``vaebench.core.metrics`` takes a model: every member encodes the same x
     [B, *event] into [M, B, J], and z [..., M, B, J] (leading sample dims allowed) decodes to
     [..., M, B, *out_event]."""
 
@@ -443,7 +443,7 @@ class SharedInput:
 
 class PackedObjective:
     """Per-member objective settings as tensors; the schedules themselves come from
-    vaebench.objectives (kl_weight, capacity), evaluated per member and step."""
+    vaebench.core.objectives (kl_weight, capacity), evaluated per member and step."""
 
     def __init__(self, objectives: list[ObjectiveConfig], T: int, device: torch.device):
         self.objectives, self.T, self.device = list(objectives), T, device
@@ -495,7 +495,7 @@ class PackedObjective:
 class PackedOptimizer:
     """One step for every member over the stacked parameters, with per-member lr, weight decay
     and grad clip, as torch.optim would take it for each member alone (Adam, AdamW; SGD with
-    momentum 0.9 as vaebench.train.make_optimizer builds them).
+    momentum 0.9 as vaebench.core.train.make_optimizer builds them).
 
     The update runs as torch.optim's fused kernel over the stacked tensors (one pass over
     memory; the same update written as ~10 elementwise ops was 60% of a packed MLP step) with
@@ -710,7 +710,7 @@ class PackTrainer:
         eps = torch.stack(
             [torch.randn(mu.shape[1:], generator=m.noise, device=self.device, dtype=mu.dtype) for m in self.live]
         )
-        z = mu + torch.exp(0.5 * logvar) * eps  # vaebench.models.reparameterise, per member
+        z = mu + torch.exp(0.5 * logvar) * eps  # vaebench.core.models.reparameterise, per member
         recon = -self.model.likelihood.log_prob(x, self.model.decode(z)).mean(1)
         kl = kl_per_dim(mu, logvar)  # [M, B, J]
         reg = self.objective.regulariser(kl, c_t)
@@ -758,7 +758,7 @@ class PackTrainer:
                 metrics.update({f"val/{n}": v for n, v in val[k].items()})
                 for key in CONVERGENCE_KEYS:
                     m.history[key].append((epoch, metrics[key]))
-            if last:  # still moving at the end? (vaebench.convergence, as train() records it)
+            if last:  # still moving at the end? (vaebench.core.convergence, as train() records it)
                 metrics.update(convergence(m.history, self.epochs))
             state = "completed" if last else "running"
             out.append({"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": state, "member": m.index})
@@ -790,9 +790,9 @@ def local_slots(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> int:
 
 
 def packing_summary(study: Any) -> str:
-    """`vaebench validate`'s packing line for a vaebench.study.Study (imported lazily: this module
+    """`vaebench validate`'s packing line for a vaebench.study.spec.Study (imported lazily: this module
     stays importable with torch alone)."""
-    from vaebench.study import effective_pack, expand
+    from vaebench.study.spec import effective_pack, expand
 
     res, pack = study.resources, effective_pack(study)
     slots = local_slots(res.cpus_per_trial, res.gpus_per_trial)

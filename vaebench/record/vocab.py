@@ -1,11 +1,11 @@
-"""Names shared by the writer of a study's MLflow record (vaebench.record) and its readers
+"""Names shared by the writer of a study's MLflow record (vaebench.record.writer) and its readers
 (``status``, ``report``, users): tags, states, the tracking URI (DESIGN.md, one writer).
 
 Layout: one experiment per study (named after it); a parent run per study record
 (tag ``vaebench.role=study``); one child run per trial and seed (``vaebench.role=trial``,
 ``mlflow.parentRunId``), tagged with ``vaebench.trial_state`` and ``vaebench.config_hash``;
 params are the trial's config flattened with dotted names; metrics per epoch with
-step = epoch. vaebench.record writes it (and defines Record, importable from here too).
+step = epoch. vaebench.record.writer writes it (and defines Record, importable from here too).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vaebench.store import resolve_tracking_uri, store_missing  # noqa: F401  (where the store is found)
+from vaebench.record.store import resolve_tracking_uri, store_missing  # noqa: F401  (where the store is found)
 
 ROLE, STATE, HASH, POINT = "vaebench.role", "vaebench.trial_state", "vaebench.config_hash", "vaebench.point"
 SUPERSEDED, OPTUNA_STUDY, OPTUNA_TRIAL = "vaebench.superseded", "vaebench.optuna_study", "vaebench.optuna_trial"
@@ -46,10 +46,10 @@ def param_value(v: Any) -> str:
 
 
 def __getattr__(name: str):
-    # Record and new_sqlite_store live in vaebench.record (the only module that writes MLflow);
-    # imported lazily because vaebench.record imports the names above
+    # Record and new_sqlite_store live in vaebench.record.writer (the only module that writes MLflow);
+    # imported lazily because vaebench.record.writer imports the names above
     if name in ("Record", "new_sqlite_store"):
-        from vaebench import record
+        from vaebench.record import writer as record
 
         return getattr(record, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

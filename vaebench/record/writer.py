@@ -36,8 +36,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
-from vaebench.mlflow_view import EXPERIMENT_KIND, experiment_tags, show_as_training
-from vaebench.tracking import (
+from vaebench.record.mlflow_view import EXPERIMENT_KIND, experiment_tags, show_as_training
+from vaebench.record.vocab import (
     FINAL_STATES,
     MAX_METRICS_PER_CALL,
     MAX_PARAMS_PER_CALL,

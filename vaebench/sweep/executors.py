@@ -1,7 +1,7 @@
 """Where trials run (DESIGN.md, sweep: Executor). The driver submits Jobs and polls Events;
 an executor never writes to MLflow or Optuna and never raises for a trial's failure.
 
-Every executor speaks the messages of ``vaebench.trial.run_trial`` ("start", "epoch",
+Every executor speaks the messages of ``vaebench.core.trial.run_trial`` ("start", "epoch",
 "end"), one Event each, plus "restart" when a trial's worker died and the trial starts again
 from scratch (the driver discards the partial run and opens a new one).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from vaebench.trial import run_trial
+from vaebench.core.trial import run_trial
 
 MAX_RETRIES = 2  # a trial whose worker dies is rerun this many times, then failed
 PRELOAD_VAR = "RAY_preload_python_modules"  # Ray (experimental): modules its workers import at start
@@ -303,7 +303,7 @@ PACK_TAG = "vaebench.pack"  # on "start": the pack's id and size, e.g. "p3/16"
 
 
 class PackWorker:
-    """What runs in one Ray actor: packs (vaebench.pack.PackTrainer) one after another or, for a
+    """What runs in one Ray actor: packs (vaebench.core.pack.PackTrainer) one after another or, for a
     job the packs do not support, one solo trial (run_trial), behind the same ``step()``: the
     messages of one epoch, each with "member", and whether the worker is done. ``load`` starts
     the next pack in the same process, so a worker's start (torch's import, ~3 s of CPU) is paid
@@ -316,7 +316,7 @@ class PackWorker:
     def load(self, configs: list[dict[str, Any]], threads: int, packed: bool) -> None:
         self.trainer, self.messages = None, iter(())  # the last pack's tensors go before the next's
         if packed:
-            from vaebench.pack import PackTrainer
+            from vaebench.core.pack import PackTrainer
 
             self.trainer = PackTrainer(configs, threads)
         else:
@@ -358,7 +358,7 @@ class _Pack:
 
 
 class PackedExecutor:
-    """Packs of jobs (vaebench.pack.plan_packs: same shape, settings PackTrainer supports) as
+    """Packs of jobs (vaebench.core.pack.plan_packs: same shape, settings PackTrainer supports) as
     Ray actors wrapping PackTrainer, at most ``workers`` packs at once, each with the CPUs (and
     GPUs) of one trial; jobs the packs do not support run alone in the same kind of actor.
     Members end independently (one Event per member per epoch, exactly as solo jobs, plus the
@@ -393,7 +393,7 @@ class PackedExecutor:
         self.idle: list[Any] = []  # workers whose pack ended normally: the next pack runs in one
 
     def _pack_size(self) -> int:
-        from vaebench.pack import MAX_PACK
+        from vaebench.core.pack import MAX_PACK
 
         if isinstance(self.pack, int):
             return self.pack
@@ -407,7 +407,7 @@ class PackedExecutor:
         return max(0, self.workers - len(self.running)) * self._pack_size() * self.lookahead
 
     def submit(self, jobs: list[Job]) -> None:
-        from vaebench.pack import pack_key, plan_packs
+        from vaebench.core.pack import pack_key, plan_packs
 
         if not jobs:
             return

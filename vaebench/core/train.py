@@ -15,14 +15,14 @@ from typing import Literal
 
 import torch
 
-from vaebench.config import TrialConfig
-from vaebench.convergence import KEYS as CONVERGENCE_KEYS
-from vaebench.convergence import convergence
+from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
+from vaebench.core.convergence import convergence
+from vaebench.core.disentanglement import evaluate_trial
+from vaebench.core.metrics import evaluate, iw_due
+from vaebench.core.models import VAE, build_model, reparameterise
+from vaebench.core.objectives import kl_weight, objective
 from vaebench.data import Dataset, load_data
-from vaebench.disentanglement import evaluate_trial
-from vaebench.metrics import evaluate, iw_due
-from vaebench.models import VAE, build_model, reparameterise
-from vaebench.objectives import kl_weight, objective
+from vaebench.study.config import TrialConfig
 
 TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")  # train/NAME; beta_tcvae adds mi, tc, dwkl
 
@@ -71,10 +71,10 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     """Train the VAE of ``cfg``; yield an EpochReport per epoch.
 
     The objective is REFERENCE.md's ``distortion + beta * a_t * regulariser`` with one
-    reparameterised sample per example; validation metrics (``vaebench.metrics``) are
+    reparameterised sample per example; validation metrics (``vaebench.core.metrics``) are
     computed every ``metrics.every`` epochs and at the last (iw_nll as ``metrics.iw_every`` says);
     the last epoch's metrics also hold ``conv/*``, whether the trial was still moving
-    (``vaebench.convergence``). Same config on CPU, same numbers: model init, minibatch order and
+    (``vaebench.core.convergence``). Same config on CPU, same numbers: model init, minibatch order and
     noise all derive from ``cfg.seed``.
     """
     configure_torch(cfg.train.threads)

@@ -2,7 +2,7 @@
 as a pandas DataFrame"). Everything here reads the tracking store only, so results and
 reports can be rebuilt at any time from any machine that sees it.
 
-    from vaebench.results import trials_frame, histories_frame
+    from vaebench.record.results import trials_frame, histories_frame
 
     trials = trials_frame("collapse")                      # one row per trial
     trials.groupby("objective.beta")["val/active_units"].mean()
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vaebench.definition import DEFINITION_TAG
-from vaebench.tracking import (
+from vaebench.record.definition import DEFINITION_TAG
+from vaebench.record.vocab import (
     HASH,
     OPTUNA_STUDY,
     OPTUNA_TRIAL,

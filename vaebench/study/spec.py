@@ -4,7 +4,7 @@ it into trial specs; it runs nothing.
 
     name: collapse                      # the MLflow experiment
     description: ...
-    data/model/objective/train/metrics  # base sections (vaebench.config)
+    data/model/objective/train/metrics  # base sections (vaebench.study.config)
     resources: {cpus_per_trial: 1, gpus_per_trial: 0, pack: auto}   # pack: auto | off | N
     space:                              # dotted setting path -> levels (list) or range (mapping)
       objective.beta: [0.5, 1, 4]
@@ -31,7 +31,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from vaebench.config import (
+from vaebench.record.store import short
+from vaebench.study.config import (
     DataConfig,
     DigitsData,
     MetricsConfig,
@@ -43,11 +44,10 @@ from vaebench.config import (
     flatten,
     set_dotted,
 )
-from vaebench.store import short
-from vaebench.yaml_input import YamlInputError, parse, read_text
+from vaebench.study.yaml_input import YamlInputError, parse, read_text
 
 STUDY_DIR = Path("studies")
-# metrics a search may optimise (vaebench.metrics / vaebench.train), and val/kl_dim/NN
+# metrics a search may optimise (vaebench.core.metrics / vaebench.core.train), and val/kl_dim/NN
 OBJECTIVE_METRICS = (
     tuple(
         f"val/{m}"
@@ -114,7 +114,7 @@ PACK_ALLOWED = "auto, off, or a whole number >= 1 (the most members per pack)"
 class Resources(Section):
     cpus_per_trial: float = Field(1.0, gt=0)  # a pack gets the same: it is one task
     gpus_per_trial: float = Field(0.0, ge=0)
-    # packed trials (vaebench.pack): auto sizes packs from memory and slots, off runs every trial alone
+    # packed trials (vaebench.core.pack): auto sizes packs from memory and slots, off runs every trial alone
     pack: Literal["auto", "off"] | int = "auto"
 
     @field_validator("pack", mode="before")
@@ -282,7 +282,7 @@ def resolve_path(ref: str | Path) -> Path:
 def load_study(path: str | Path, overrides: list[str] | None = None, open_data: bool = True) -> Study:
     """Read, override (``--set a.b=value``) and validate a study file. Raises StudyError.
 
-    Bounded (vaebench.yaml_input): at most 1 MB of UTF-8, no duplicate keys, aliases
+    Bounded (vaebench.study.yaml_input): at most 1 MB of UTF-8, no duplicate keys, aliases
     that stay small; a study implying more than ``trial_limit`` trials is refused
     by arithmetic. With ``open_data``, every data file the study names is read as a trial
     would read it, so a corrupt or misshapen file fails here, not in every trial."""

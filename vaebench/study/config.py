@@ -2,7 +2,7 @@
 
 Configs live apart from the code that uses them (as in pythae): every section is a
 pydantic model with unknown keys refused, so a typo in a study file is an error and
-never a silently ignored setting. A study (``vaebench.study``) is a base
+never a silently ignored setting. A study (``vaebench.study.spec``) is a base
 ``TrialConfig`` plus the factors that vary; each trial gets a fully validated copy.
 """
 
@@ -82,7 +82,7 @@ DataConfig = Annotated[Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzDat
 
 
 class ModelConfig(Section):
-    """Encoder/decoder family and likelihood. See ``vaebench.models``."""
+    """Encoder/decoder family and likelihood. See ``vaebench.core.models``."""
 
     kind: Literal["mlp", "conv", "linear"] = "mlp"
     latent_dim: int = Field(10, ge=1, le=1024)
@@ -214,7 +214,7 @@ class MetricsConfig(Section):
     # it at every evaluation, N at the evaluations whose epoch is a multiple of N, "last" at the last
     # epoch only (the final value is the same whichever: same examples, same noise)
     iw_every: int | Literal["last"] | None = None
-    # ground-truth-factor metrics (vaebench.disentanglement), recorded as val/dis/NAME; data with known
+    # ground-truth-factor metrics (vaebench.core.disentanglement), recorded as val/dis/NAME; data with known
     # factors only (dsprites). dci records dci_disentanglement, dci_completeness, dci_informativeness.
     disentanglement: list[Literal["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]] = []
     disentanglement_every: int | None = Field(None, ge=1)  # None: at the last epoch only
