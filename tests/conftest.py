@@ -18,6 +18,15 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+SERVICES = {"ray_cluster", "mlflow_server"}  # session fixtures that start real services
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a real Ray cluster or MLflow server belongs to the integration tier,
+    whether or not its module says so."""
+    for item in items:
+        if SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def free_port() -> int:

@@ -120,6 +120,7 @@ def swept(tmp_path_factory):
     return root, study, uri
 
 
+@pytest.mark.integration  # the CLI starts a local Ray
 def test_study_records_every_metric_in_mlflow(swept):
     from mlflow import MlflowClient
 
@@ -139,6 +140,7 @@ def test_study_records_every_metric_in_mlflow(swept):
         assert [m.step for m in client.get_metric_history(run_id, "val/dis/mig")] == [1]
 
 
+@pytest.mark.integration  # the CLI starts a local Ray
 def test_report_shows_the_figure_columns_and_traversals(swept):
     root, study, uri = swept
     proc = cli("report", str(study), "--tracking-uri", uri, "--out", str(root / "report"), cwd=root)
