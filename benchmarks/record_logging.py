@@ -38,7 +38,7 @@ def metrics(epoch: int) -> dict[str, float]:
 def one_run(kind: str, folder: Path) -> tuple[float, float]:
     """(wall s, cpu s) spent in logging calls per trial-epoch."""
     rec = Record(f"sqlite:///{folder}/{kind}.db", "bench")
-    parent = rec.start_study("logging benchmark", "name: bench\n", {}).info.run_id
+    parent = rec.start_study("logging benchmark", "name: bench\n", {}).run_id
     runs = [rec.start_trial(parent, f"t{i}", {"seed": i}, {}) for i in range(TRIALS)]
     wall = cpu = 0.0
     for epoch in range(1, EPOCHS + 1):

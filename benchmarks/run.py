@@ -285,7 +285,7 @@ def loop_process(conn, kind: str, a: dict) -> None:
     from bare_loop import bare_epochs
 
     from vaebench.data import Dataset, load_data
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
     from vaebench.study.config import TrialConfig
 
     base = trial_config(a["data"], epochs, threads)
@@ -310,7 +310,7 @@ def loop_process(conn, kind: str, a: dict) -> None:
 
         vt.evaluate = timed_evaluate
         record = Record(a["uri"], "bench-overhead")
-        parent_id = record.start_study("benchmark 1", "name: bench-overhead\n", {}).info.run_id
+        parent_id = record.start_study("benchmark 1", "name: bench-overhead\n", {}).run_id
         small = Dataset(data.train[:2560], data.val[:1024], data.meta)  # warm-up: first-call costs
         for _ in vt.train(TrialConfig.model_validate({**base, "train": {**base["train"], "epochs": 1}}), small):
             pass
@@ -501,7 +501,7 @@ def child_sweep(a: dict) -> dict:
     import yaml
 
     import vaebench.sweep.driver as vs
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
     from vaebench.study.spec import Study
 
     timing: dict[str, float] = {}
@@ -538,12 +538,12 @@ def child_sweep(a: dict) -> dict:
     sampler.stop.set()
     sampler.join()
     rec = Record(a["uri"], study.name)
-    runs = rec.trial_runs(rec.parent_run().info.run_id)
-    trial_s = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
-    starts = [r.info.start_time / 1000 - epoch0 for r in runs]
-    ends = [r.info.end_time / 1000 - epoch0 for r in runs]
+    runs = rec.trial_runs(rec.parent_run().run_id)
+    trial_s = [(r.end_time - r.start_time) / 1000 for r in runs]
+    starts = [r.start_time / 1000 - epoch0 for r in runs]
+    ends = [r.end_time / 1000 - epoch0 for r in runs]
     timing.update(first_trial_start_s=min(starts), last_trial_end_s=max(ends), makespan_s=max(ends) - min(starts))
-    epoch_s = [m.value for r in runs for m in rec.client.get_metric_history(r.info.run_id, "train/epoch_seconds")]
+    epoch_s = [m.value for r in runs for m in rec.client.get_metric_history(r.run_id, "train/epoch_seconds")]
     return {
         "wall_s": wall,
         **timing,
@@ -684,7 +684,8 @@ def child_record(a: dict) -> dict:
     import yaml
 
     from vaebench.record.naming import run_name
-    from vaebench.record.vocab import HASH, POINT, Record
+    from vaebench.record.vocab import HASH, POINT
+    from vaebench.record.writer import Record
     from vaebench.study.spec import Study, expand
 
     nb, nf, ns = a["grid"]

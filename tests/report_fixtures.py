@@ -19,7 +19,8 @@ from mlflow.entities import Metric
 
 from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.core.convergence import convergence
-from vaebench.record.vocab import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, Record
+from vaebench.record.vocab import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT
+from vaebench.record.writer import Record
 from vaebench.study.spec import Study, expand
 
 
@@ -79,7 +80,7 @@ def write_synthetic_study(
         },
     )
     if st.search.kind != "grid":
-        rec.client.set_tag(parent.info.run_id, OPTUNA_STUDY, f"{st.name}-{parent.info.run_id[:8]}")
+        rec.client.set_tag(parent.run_id, OPTUNA_STUDY, f"{st.name}-{parent.run_id[:8]}")
     epochs = st.train.epochs
     for i, spec in enumerate(expand(st)):
         state = states.get(i, "completed")
@@ -92,7 +93,7 @@ def write_synthetic_study(
         if st.search.kind != "grid":
             tags[OPTUNA_TRIAL] = str(i // len(st.seeds))
         name = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in spec.point.items()) + f" s{spec.seed}"
-        run_id = rec.start_trial(parent.info.run_id, name, {**spec.config.params(), "seed": spec.seed}, tags)
+        run_id = rec.start_trial(parent.run_id, name, {**spec.config.params(), "seed": spec.seed}, tags)
         last = {"completed": epochs, "failed": 0, "killed": 1}.get(state, max(1, epochs // 2))
         batch: list[Metric] = []
         history: dict[str, list] = {k: [] for k in CONVERGENCE_KEYS}
@@ -111,7 +112,7 @@ def write_synthetic_study(
             rec.client.log_batch(run_id, metrics=batch[j : j + 1000])
         extra = {"vaebench.diverged_epoch": str(last + 1)} if state == "diverged" else {}
         rec.end_trial(run_id, state, extra)
-    rec.end_study(parent.info.run_id)
+    rec.end_study(parent.run_id)
     return rec
 
 

@@ -22,14 +22,14 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from vaebench.core.trial import run_trial
-from vaebench.record.definition import DEFINITION_TAG, changes, definition
+from vaebench.record.definition import changes, definition
 from vaebench.record.mlflow_view import EXPERIMENT_KIND, TRAINING
 from vaebench.record.naming import run_name
+from vaebench.record.vocab import DEFINITION_TAG, INTERRUPTED, RESUMES
 from vaebench.record.writer import Record
 from vaebench.study.spec import expand, load_study
 from vaebench.sweep.driver import SweepError, SweepOptions, run_sweep
 from vaebench.sweep.executors import InlineExecutor
-from vaebench.sweep.search import INTERRUPTED, RESUMES
 
 STUDY = """\
 name: {name}

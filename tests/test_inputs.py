@@ -552,7 +552,7 @@ def test_the_store_sits_beside_the_project(tmp_path, monkeypatch):
 
 
 def test_every_folder_reaches_the_same_store(project, tmp_path, monkeypatch):
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
 
     study = write(project / "tiny.yaml", GOOD)
     store = project.parent / "sweeps" / "mlflow.db"
@@ -591,7 +591,7 @@ def test_report_folder_refuses_names_that_leave_reports(tmp_path, name):
 
 
 def test_report_of_a_store_name_that_would_escape(tmp_path, monkeypatch):
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/m.db"

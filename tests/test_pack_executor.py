@@ -12,10 +12,11 @@ import mlflow
 import pytest
 
 from vaebench.core.pack import PackTrainer
+from vaebench.record.vocab import PACK_TAG
 from vaebench.study.config import TrialConfig
 from vaebench.study.spec import expand, load_study
 from vaebench.sweep.driver import SweepOptions, run_sweep
-from vaebench.sweep.executors import PACK_TAG, Job, PackedExecutor, connect_ray
+from vaebench.sweep.executors import Job, PackedExecutor, connect_ray
 
 pytestmark = pytest.mark.integration
 

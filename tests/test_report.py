@@ -252,10 +252,10 @@ def test_index_html_is_self_contained(tiny_report):
 
 
 def test_report_logged_to_parent_run(store, tiny_report):
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
 
     rec = Record(store["uri"], "tiny")
-    names = {Path(a.path).name for a in rec.client.list_artifacts(rec.parent_run().info.run_id, "report")}
+    names = {Path(a.path).name for a in rec.client.list_artifacts(rec.parent_run().run_id, "report")}
     assert {"index.html", "report.md", "ablation.tex", "ablation.csv", "rate_distortion.png"} <= names
 
 
@@ -382,7 +382,7 @@ def test_other_bad_options(store, args, words):
 
 
 def test_empty_study(store, tmp_path):
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
 
     uri = store["uri"]
     Record(uri, "empty").start_study("nothing ran", "name: empty\n", {"vaebench.factors": '["objective.beta"]'})

@@ -555,7 +555,7 @@ def test_max_trials_then_resume_then_fresh(ray_cluster, tmp_path):
 
 
 def test_ui_serves_the_store(tmp_path):
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
 
     uri = f"sqlite:///{tmp_path}/m.db"
     Record(uri, "served").start_study("d", "name: served\n", {})  # ui refuses a store that does not exist

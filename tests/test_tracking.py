@@ -7,7 +7,7 @@ import sqlite3
 
 from mlflow import MlflowClient
 
-from vaebench.record.vocab import Record, new_sqlite_store
+from vaebench.record.writer import Record, new_sqlite_store
 
 
 def schema(db) -> tuple[set, list]:
@@ -46,7 +46,7 @@ def test_new_store_is_a_copy_of_mlflows_own(tmp_path, monkeypatch):
     assert (default.name, default.artifact_location) == (own_default.name, own_default.artifact_location)
 
     parent = rec.start_study("d", "name: s\n", {})
-    run_id = rec.start_trial(parent.info.run_id, "t", {"a": 1}, {})
+    run_id = rec.start_trial(parent.run_id, "t", {"a": 1}, {})
     rec.log_epoch(run_id, 1, {"val/elbo": -90.5})
     rec.end_trial(run_id, "completed")
     assert MlflowClient(tracking_uri=f"sqlite:///{copied}").get_run(run_id).data.metrics == {"val/elbo": -90.5}
@@ -71,4 +71,4 @@ def test_unwritable_cache_leaves_the_store_to_mlflow(tmp_path, monkeypatch):
     new_sqlite_store(db)
     assert not db.exists()  # nothing half-made
     rec = Record(f"sqlite:///{db}", "s")  # MLflow creates it
-    assert rec.start_study("d", "name: s\n", {}).info.status == "RUNNING"
+    assert rec.start_study("d", "name: s\n", {}).status == "RUNNING"

@@ -188,7 +188,8 @@ def status(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", metavar="URI", help=TRACKING_HELP),
 ) -> None:
     """Trials of the current study record by state, whether it is complete, and the best point."""
-    from vaebench.record.vocab import FINAL_STATES, STATE, Record
+    from vaebench.record.vocab import FINAL_STATES, POINT
+    from vaebench.record.writer import Record
     from vaebench.sweep.progress import best_point
 
     name, st, path = study, None, resolve_path(study)
@@ -206,39 +207,39 @@ def status(
     parent = record.parent_run()
     if parent is None:
         fail(f"no study record named {name!r} in {record.uri}")
-    st = st or _study_of_record(record, parent.info.run_id)
-    runs = record.trial_runs(parent.info.run_id)
-    counts = Counter(r.data.tags.get(STATE, "unknown") for r in runs)
+    st = st or _study_of_record(record, parent.run_id)
+    runs = record.trial_runs(parent.run_id)
+    counts = Counter(r.state or "unknown" for r in runs)
     ended = sum(counts[s] for s in FINAL_STATES)
     total = st.n_trials() if st is not None else None
     if total is None:
-        word = parent.info.status.lower()
+        word = parent.status.lower()
     elif ended >= total:
         word = f"complete ({ended} of {total})"
     else:
         word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
-            parent.info.status, ""
+            parent.status, ""
         )
-    out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}", highlight=False, soft_wrap=True)
+    out.print(f"[bold]{name}[/]  {word}  record {parent.run_id}", highlight=False, soft_wrap=True)
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
-    done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
-    flagged = [r for r in done if "conv/still_moving" in r.data.metrics]
+    done = [r for r in runs if r.state == "completed"]
+    flagged = [r for r in done if "conv/still_moving" in r.metrics]
     if flagged:
-        moving = sum(r.data.metrics["conv/still_moving"] == 1 for r in flagged)
+        moving = sum(r.metrics["conv/still_moving"] == 1 for r in flagged)
         out.print(
             f"still moving at the last epoch: {moving} of {len(flagged)} completed trials (conv/still_moving)",
             highlight=False,
         )
     metric, direction = next(iter(st.search.objectives.items())) if st is not None else ("val/elbo", "max")
     best = best_point(
-        ((r.data.tags.get("vaebench.point_key", r.info.run_id), "completed", r.data.metrics) for r in done),
+        ((r.point_key, "completed", r.metrics) for r in done),
         metric,
         direction,
     )
     if best is not None:
-        r = next(r for r in done if r.data.tags.get("vaebench.point_key", r.info.run_id) == best.point)
+        r = next(r for r in done if r.point_key == best.point)
         out.print(
-            f"{best}: {r.data.tags.get('vaebench.point', r.info.run_name)}",
+            f"{best}: {r.tags.get(POINT, r.run_name)}",
             highlight=False,
             markup=False,
             soft_wrap=True,

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaebench.record.vocab import DIS_SCORES
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -104,7 +106,7 @@ def _trials_present(trials: pd.DataFrame) -> Check:
 
 # ----------------------------------------------------------------------------- linear_collapse
 
-#: REFERENCE.md worked example; used when the frame lacks the data/model params
+#: docs/reference.md worked example; used when the frame lacks the data/model params
 PPCA_EIGENVALUES = (5.0, 2.0, 0.8, 0.3, 0.1)
 PPCA_SIGMA2 = 0.5
 LINEAR_KL_TOL = 0.03  # nats per dim, as tests/test_linear_vae.py
@@ -113,7 +115,7 @@ LINEAR_KL_TOL = 0.03  # nats per dim, as tests/test_linear_vae.py
 def linear_closed_form(
     eigenvalues: Sequence[float], sigma2: float, beta: float, k: int, active_threshold: float = 0.01
 ) -> tuple[list[float], int, int]:
-    """REFERENCE.md's optimum of the beta-weighted linear VAE on pPCA data with s = beta sigma^2:
+    """docs/reference.md's optimum of the beta-weighted linear VAE on pPCA data with s = beta sigma^2:
     KL_i = max(0, 0.5 ln(lambda_i / s)) for the k largest eigenvalues (descending), the number
     of active units (Var_x mu_i = max(0, 1 - s / lambda_i) > threshold) and of collapsed dims
     (lambda_i <= s)."""
@@ -204,7 +206,7 @@ def beta_dsprites_checks(trials: pd.DataFrame) -> list[Check]:
       distortion: the optimum of D + beta R moves along the R-D curve). Measured, beta 1 to 16:
       R 29.7, 21.0, 14.9, 10.3, 6.9 and D 96.1, 105.9, 121.6, 148.7, 192.4 nats; the two seeds
       differ by at most 0.2 nats in R and 3.6 in D, the steps between betas are >= 3.4 and 9.9;
-    - per trial, -ELBO >= iw_nll - IW_TOL (REFERENCE.md: -ELBO >= iw_nll >= NLL). Both sides
+    - per trial, -ELBO >= iw_nll - IW_TOL (docs/reference.md: -ELBO >= iw_nll >= NLL). Both sides
       are Monte-Carlo estimates over the same 1,000 validation images: -ELBO uses one sample
       of z per image for the distortion, iw_nll K = 32. IW_TOL = 5 nats: re-evaluating trained
       checkpoints with 12 evaluation seeds, the standard deviation of (-ELBO - iw_nll) was
@@ -276,7 +278,7 @@ def annealing_checks(trials: pd.DataFrame) -> list[Check]:
     """Which KL annealing schedules and free bits avoid posterior collapse (beta 1, 32 latents).
 
     A setting (schedule, free bits) *avoids collapse* iff no dim of any seed is collapsed by
-    REFERENCE.md's criterion (Lucas et al. 2019: P_x[KL_j(x) < 0.01] >= 0.99). The verdicts
+    docs/reference.md's criterion (Lucas et al. 2019: P_x[KL_j(x) < 0.01] >= 0.99). The verdicts
     expected, all verified (2 seeds, 50 epochs; AU = active units of 32, C = collapsed dims):
 
     - none, free bits 0 (the baseline): no. AU 5 and 14, C 19 and 8.
@@ -390,16 +392,7 @@ def annealing_checks(trials: pd.DataFrame) -> list[Check]:
 
 # ----------------------------------------------------------------------------- disentanglement
 
-DIS_KEYS = (
-    "beta_vae",
-    "factor_vae",
-    "mig",
-    "dci_disentanglement",
-    "dci_completeness",
-    "dci_informativeness",
-    "sap",
-    "modularity",
-)
+DIS_KEYS = DIS_SCORES
 #: thresholds of disentanglement_checks; its docstring gives the measurements behind them
 ORACLE_HIGH = 0.85  # identity code: BetaVAE, FactorVAE, MIG at least this (measured 1.0, 1.0, 0.889)
 ORACLE_NOISE_MARGIN = 0.1  # noise code: BetaVAE and FactorVAE at most chance 1/K + this (measured 0.233, 0.187)

@@ -39,11 +39,12 @@ import numpy as np
 import torch
 
 from vaebench.data import GroundTruth
+from vaebench.record.vocab import DIS_METRICS
 
 if TYPE_CHECKING:
     from vaebench.study.config import TrialConfig
 
-NAMES = ("beta_vae", "factor_vae", "mig", "dci", "sap", "modularity")
+NAMES = DIS_METRICS
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Every loader returns a :class:`Dataset` of float32 tensors, images shaped
 Loading is deterministic given the seed: all randomness comes from
 ``numpy.random.default_rng(seed)``, never from global RNG state. Nothing is ever
 downloaded: digits ship with scikit-learn, dSprites and pPCA data are generated
-(REFERENCE.md, "procedural dSprites" and "linear VAE on probabilistic-PCA data"),
+(docs/reference.md, "procedural dSprites" and "linear VAE on probabilistic-PCA data"),
 IDX and npz files are read from disk.
 
 The submodules are imported lazily by :func:`load_data`, so importing this package
@@ -14,11 +14,10 @@ does not import scikit-learn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from vaebench.data.base import DataError, DataMeta, Dataset, GroundTruth, split_indices
+from vaebench.study.config import FACTOR_KINDS  # data kinds whose generative factors are known
 
 if TYPE_CHECKING:
     from vaebench.study.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
@@ -33,56 +32,6 @@ __all__ = [
     "split_indices",
     "FACTOR_KINDS",
 ]
-
-
-class DataError(ValueError):
-    """A user-facing data problem (missing or malformed file, impossible request).
-
-    The message names the offending path (or setting) and what is wrong with it.
-    """
-
-
-@dataclass(frozen=True)
-class DataMeta:
-    """What a model and the metrics need to know about a dataset.
-
-    ``shape`` is one example's shape, e.g. ``(1, 8, 8)``, ``(1, 64, 64)`` or ``(n,)``.
-    ``value_range`` is the (min, max) the values can take; ``(-inf, inf)`` for
-    unbounded (Gaussian) data. ``binary`` is True when every value is 0 or 1 (a
-    Bernoulli likelihood fits). Ground-truth factors (dSprites) come as int64 index
-    tensors ``[N, len(factor_names)]``, row i belonging to example i. ``eigenvalues``
-    are the exact covariance eigenvalues of pPCA data (REFERENCE.md).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    value_range: tuple[float, float]
-    binary: bool
-    factor_names: tuple[str, ...] = ()
-    train_factors: torch.Tensor | None = None
-    val_factors: torch.Tensor | None = None
-    eigenvalues: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train and validation tensors (float32, examples along dim 0) and their meta."""
-
-    train: torch.Tensor
-    val: torch.Tensor
-    meta: DataMeta
-
-
-def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random (train, val) partition of ``range(n)``; val gets round(n * val_fraction).
-
-    Both parts are kept non-empty (n >= 2 is required).
-    """
-    if n < 2:
-        raise DataError(f"cannot split {n} example(s) into non-empty train and val sets")
-    n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
-    perm = rng.permutation(n)
-    return perm[n_val:], perm[:n_val]
 
 
 def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, seed: int) -> Dataset:
@@ -109,31 +58,6 @@ def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, see
 
         return load_npz(cfg, seed)
     raise ValueError(f"unknown data kind {kind!r}")
-
-
-# ------------------------------------------------------------------ ground-truth factors
-
-#: data kinds whose generative factors are known (the disentanglement metrics need them)
-FACTOR_KINDS = ("dsprites",)
-
-
-class GroundTruth(Protocol):
-    """A dataset that knows its generative factors (as disentanglement_lib's GroundTruthData).
-
-    Factors are integer indices: factor k takes the values 0 .. ``factor_sizes[k] - 1``.
-    The disentanglement metrics draw their own factor combinations (they need pairs that
-    share one factor, which a fixed validation split does not provide) and render them.
-    """
-
-    factor_names: tuple[str, ...]
-    factor_sizes: tuple[int, ...]
-
-    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` independent uniform factor combinations, int64 ``[n, K]`` (with replacement)."""
-
-    def observations(self, factors: np.ndarray) -> torch.Tensor:
-        """The observations of the given factor rows, float32 ``[n, *event]``; row i depends only on
-        factors[i] (deterministic), so a representation of them is order-independent."""
 
 
 def ground_truth(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData) -> GroundTruth | None:

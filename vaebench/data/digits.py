@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from vaebench.data import DataMeta, Dataset, split_indices
+from vaebench.data.base import DataMeta, Dataset, split_indices
 from vaebench.data.files import binarize
 
 if TYPE_CHECKING:

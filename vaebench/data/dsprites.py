@@ -1,4 +1,4 @@
-"""Procedural dSprites (REFERENCE.md, "Disentanglement data with ground truth").
+"""Procedural dSprites (docs/reference.md, "Disentanglement data with ground truth").
 
 64x64 binary images of one white shape on black, generated on the fly from five
 factors, deterministically; nothing is downloaded. Factors, as integer indices:
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from vaebench.data import DataError, DataMeta, Dataset, split_indices
+from vaebench.data.base import DataError, DataMeta, Dataset, split_indices
 
 if TYPE_CHECKING:
     from vaebench.study.config import DSpritesData

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from vaebench.data import DataError, DataMeta, Dataset, split_indices
+from vaebench.data.base import DataError, DataMeta, Dataset, split_indices
 
 if TYPE_CHECKING:
     from vaebench.study.config import IdxData, NpzData

@@ -1,4 +1,4 @@
-"""Probabilistic-PCA data with an exact sample covariance (REFERENCE.md, "A result to
+"""Probabilistic-PCA data with an exact sample covariance (docs/reference.md, "A result to
 check exactly: linear VAE on probabilistic-PCA data").
 
 x in R^n, n = len(eigenvalues), axes aligned with the eigenvectors and eigenvalues in
@@ -6,7 +6,7 @@ the given order (no rotation): the sample covariance of each split is exactly
 diag(eigenvalues) and its mean exactly 0, up to float32 rounding. The sample
 covariance is the maximum-likelihood one, (1/N) sum_x x x^T, the S of Tipping &
 Bishop (1999) whose eigenvalues the pPCA solution and the linear-VAE optimum in
-REFERENCE.md are stated in terms of.
+docs/reference.md are stated in terms of.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from vaebench.data import DataError, DataMeta, Dataset
+from vaebench.data.base import DataError, DataMeta, Dataset
 
 if TYPE_CHECKING:
     from vaebench.study.config import PPCAData
@@ -78,7 +78,7 @@ def ppca_nll(x: torch.Tensor, eigenvalues: Sequence[float], sigma2: float, k: in
     c >= sigma2 at c = max(lambda, sigma2); an axis outside span(W) has c = sigma2.
     Moving an axis into span(W) saves (log sigma2 + lambda/sigma2) - (log lambda + 1)
     >= 0, increasing in lambda for lambda > sigma2, so the k largest eigenvalues are
-    kept. At beta = 1 the optimum of the linear VAE in REFERENCE.md attains this
+    kept. At beta = 1 the optimum of the linear VAE in docs/reference.md attains this
     log-likelihood: there the true posterior is a diagonal Gaussian, so the ELBO is
     tight (Lucas et al. 2019).
     """

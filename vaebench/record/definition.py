@@ -1,4 +1,4 @@
-"""One study definition per record (DESIGN.md, invariants): what a study trains, as plain
+"""One study definition per record (docs/design.md, invariants): what a study trains, as plain
 data, and whether a new definition only extends an old one. Pure functions.
 
 A definition is the base trial config (flattened, every default filled in), the space,
@@ -20,8 +20,6 @@ from typing import Any
 
 from vaebench.study.config import flatten
 from vaebench.study.spec import Range, Study
-
-DEFINITION_TAG = "vaebench.definition"
 
 
 def definition(study: Study) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A study's MLflow record as pandas (DESIGN.md: "a function that returns a study's runs
+"""A study's MLflow record as pandas (docs/design.md: "a function that returns a study's runs
 as a pandas DataFrame"). Everything here reads the tracking store only, so results and
 reports can be rebuilt at any time from any machine that sees it.
 
@@ -29,17 +29,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vaebench.record.definition import DEFINITION_TAG
+from vaebench.record.runs import TrialRun
+from vaebench.record.store import resolve_tracking_uri, store_missing
 from vaebench.record.vocab import (
+    DEFINITION_TAG,
+    FACTORS,
     HASH,
     OPTUNA_STUDY,
     OPTUNA_TRIAL,
     POINT,
+    POINT_KEY,
+    SEARCH,
+    SEEDS,
     STATE,
-    Record,
-    resolve_tracking_uri,
-    store_missing,
 )
+from vaebench.record.writer import Record
 
 #: columns of ``trials_frame`` that describe the run rather than its config or metrics
 META_COLUMNS = [
@@ -60,20 +64,6 @@ STATE_ORDER = ["completed", "diverged", "pruned", "failed", "killed", "running"]
 class ReportError(ValueError):
     """The record cannot be read as asked (unknown study, no trials, unknown factor);
     the message names the problem and what exists instead."""
-
-
-@dataclass
-class TrialRun:
-    """One trial run as read from the store (strings as MLflow keeps them)."""
-
-    run_id: str
-    run_name: str
-    start_time: int | None
-    end_time: int | None
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]  # the latest value of each key (at the highest step)
-    last_step: int  # the highest step (epoch) logged, 0 when none
 
 
 @dataclass
@@ -108,21 +98,21 @@ def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
             f"no study record named {study!r} in {uri}"
             + (f"; studies there: {', '.join(names)}" if names else "; the store holds no studies")
         )
-    runs = current_definition(_read_trials(rec, parent.info.run_id), parent.data.tags.get(DEFINITION_TAG))
+    runs = current_definition(_read_trials(rec, parent.run_id), parent.tags.get(DEFINITION_TAG))
     if not runs:
         raise ReportError(
-            f"study {study!r} has no trial runs in {uri} (record {parent.info.run_id}): run `vaebench sweep` first"
+            f"study {study!r} has no trial runs in {uri} (record {parent.run_id}): run `vaebench sweep` first"
         )
-    tags = parent.data.tags
-    factors = json.loads(tags.get("vaebench.factors", "null")) or _factors_from_points(runs)
+    tags = parent.tags
+    factors = json.loads(tags.get(FACTORS, "null")) or _factors_from_points(runs)
     return StudyRecord(
         name=study,
         uri=uri,
-        parent_run_id=parent.info.run_id,
+        parent_run_id=parent.run_id,
         description=tags.get("mlflow.note.content", ""),
         factors=factors,
-        search=tags.get("vaebench.search", "grid"),
-        seeds=json.loads(tags.get("vaebench.seeds", "[]")),
+        search=tags.get(SEARCH, "grid"),
+        seeds=json.loads(tags.get(SEEDS, "[]")),
         optuna_study=tags.get(OPTUNA_STUDY),
         runs=runs,
         record=rec,
@@ -157,19 +147,7 @@ def _factors_from_points(runs: list[TrialRun]) -> list[str]:
 
 def _read_trials(rec: Record, parent_id: str) -> list[TrialRun]:
     """Every live trial run of the record, oldest first, with the last epoch each logged."""
-    runs = [
-        TrialRun(
-            r.info.run_id,
-            r.info.run_name,
-            r.info.start_time,
-            r.info.end_time,
-            dict(r.data.tags),
-            dict(r.data.params),
-            dict(r.data.metrics),
-            0,
-        )
-        for r in rec.trial_runs(parent_id)
-    ]
+    runs = rec.trial_runs(parent_id)
     if runs:
         steps = _fetch_histories(rec.uri, [r.run_id for r in runs], list(EPOCH_KEYS))
         last = steps.groupby("run_id", observed=True)["epoch"].max().to_dict() if len(steps) else {}
@@ -389,7 +367,7 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
                 "run_id": r.run_id,
                 "run_name": r.run_name,
                 "state": tags.get(STATE, "unknown"),
-                "point_key": tags.get("vaebench.point_key"),
+                "point_key": tags.get(POINT_KEY),
                 "config_hash": tags.get(HASH),
                 "optuna_trial": int(tags[OPTUNA_TRIAL]) if OPTUNA_TRIAL in tags else math.nan,
                 "epochs": r.last_step,

@@ -1,11 +1,11 @@
 """Names shared by the writer of a study's MLflow record (vaebench.record.writer) and its readers
-(``status``, ``report``, users): tags, states, the tracking URI (DESIGN.md, one writer).
+(``status``, ``report``, users): tags, states and metric names, in one place (docs/design.md: one writer).
 
 Layout: one experiment per study (named after it); a parent run per study record
 (tag ``vaebench.role=study``); one child run per trial and seed (``vaebench.role=trial``,
 ``mlflow.parentRunId``), tagged with ``vaebench.trial_state`` and ``vaebench.config_hash``;
 params are the trial's config flattened with dotted names; metrics per epoch with
-step = epoch. vaebench.record.writer writes it (and defines Record, importable from here too).
+step = epoch. vaebench.record.writer writes it; vaebench.record.runs types its runs.
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vaebench.record.store import resolve_tracking_uri, store_missing  # noqa: F401  (where the store is found)
-
 ROLE, STATE, HASH, POINT = "vaebench.role", "vaebench.trial_state", "vaebench.config_hash", "vaebench.point"
 SUPERSEDED, OPTUNA_STUDY, OPTUNA_TRIAL = "vaebench.superseded", "vaebench.optuna_study", "vaebench.optuna_trial"
+POINT_KEY, ATTEMPT, DIVERGED_EPOCH = "vaebench.point_key", "vaebench.attempt", "vaebench.diverged_epoch"
+# parent-run tags: the study's factors, search kind and seeds (JSON)
+FACTORS, SEARCH, SEEDS = "vaebench.factors", "vaebench.search", "vaebench.seeds"
+DEFINITION_TAG = "vaebench.definition"  # the definition's fixed hash, on the parent and every trial run
+PACK_TAG = "vaebench.pack"  # a packed trial's pack id and size, e.g. "p3/16"
+LOCK_TAG = "vaebench.lock"  # experiment tag: the lease of a driver writing to a tracking server
+INTERRUPTED = "vaebench.interrupted"  # Optuna study user attr: numbers of points cut off by an interrupt
+RESUMES = "vaebench.resumes"  # Optuna trial user attr: the interrupted point this trial asks again
 # trial states; the first three are final (a resumed sweep keeps them), the others are rerun
 FINAL_STATES = ("completed", "diverged", "pruned")
 RERUN_STATES = ("failed", "killed", "running")
@@ -28,6 +34,32 @@ MLFLOW_STATUS = {
     "failed": "FAILED",
     "killed": "KILLED",
 }
+# metric names (without the val/ or train/ prefix); metrics are logged per epoch with step = epoch
+VAL_METRICS = (
+    "elbo",
+    "recon",
+    "kl",
+    "active_units",
+    "mi",
+    "iw_nll",
+    "collapsed_dims",
+    "collapsed_fraction",
+    "posterior_collapse",
+)
+TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")  # train/NAME; beta_tcvae adds mi, tc, dwkl
+# the disentanglement metrics a study may ask for (metrics.disentanglement) and the scores they
+# record as val/dis/NAME (dci gives three)
+DIS_METRICS = ("beta_vae", "factor_vae", "mig", "dci", "sap", "modularity")
+DIS_SCORES = (
+    "beta_vae",
+    "factor_vae",
+    "mig",
+    "dci_disentanglement",
+    "dci_completeness",
+    "dci_informativeness",
+    "sap",
+    "modularity",
+)
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limits
 MAX_METRICS_PER_CALL = 1000
 
@@ -43,13 +75,3 @@ def artifact_root(uri: str, study: str) -> str | None:
 
 def param_value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-
-
-def __getattr__(name: str):
-    # Record and new_sqlite_store live in vaebench.record.writer (the only module that writes MLflow);
-    # imported lazily because vaebench.record.writer imports the names above
-    if name in ("Record", "new_sqlite_store"):
-        from vaebench.record import writer as record
-
-        return getattr(record, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The MLflow record of a study (DESIGN.md, sweep: Record): the only code that writes
+"""The MLflow record of a study (docs/design.md, sweep: Record): the only code that writes
 MLflow. Read by ``status``, ``report`` and users.
 
 Layout: one experiment per study (named after it); a parent run per study record
@@ -37,8 +37,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
 from vaebench.record.mlflow_view import EXPERIMENT_KIND, experiment_tags, show_as_training
+from vaebench.record.runs import StudyRun, TrialRun
 from vaebench.record.vocab import (
     FINAL_STATES,
+    LOCK_TAG,
     MAX_METRICS_PER_CALL,
     MAX_PARAMS_PER_CALL,
     MLFLOW_STATUS,
@@ -57,7 +59,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-LOCK_TAG = "vaebench.lock"  # experiment tag: the lease of a driver writing to a tracking server
 LEASE_SECONDS = 120.0  # a server lease not renewed for this long belongs to a dead driver
 DEFINITION_FILE = "definition.json"
 
@@ -190,7 +191,7 @@ class Record:
             self._experiment_id = exp.experiment_id if exp is not None else None
         return self._experiment_id
 
-    def parent_run(self) -> Run | None:
+    def parent_run(self) -> StudyRun | None:
         """The current study record: the newest parent run not superseded by --fresh."""
         if self.experiment_id is None:
             return None
@@ -199,11 +200,11 @@ class Record:
                 [self.experiment_id], f"tags.`{ROLE}` = 'study'", order_by=["attributes.start_time DESC"]
             )
         current = [r for r in runs if r.data.tags.get(SUPERSEDED) != "true"]
-        return current[0] if current else None
+        return study_run(current[0]) if current else None
 
-    def trial_runs(self, parent_id: str) -> list[Run]:
+    def trial_runs(self, parent_id: str) -> list[TrialRun]:
         """Every live (not deleted) trial run of a study record, oldest first."""
-        runs: list[Run] = []
+        runs: list[TrialRun] = []
         token = None
         with self._store("read the trial runs"):
             while True:
@@ -215,18 +216,18 @@ class Record:
                     order_by=["attributes.start_time ASC"],
                     page_token=token,
                 )
-                runs += page
+                runs += [trial_run(r) for r in page]
                 token = page.token
                 if not token:
                     return runs
 
-    def definition(self, parent: Run) -> dict[str, Any] | None:
+    def definition(self, parent: StudyRun) -> dict[str, Any] | None:
         """The study definition a parent run keeps (None for records made before definitions)."""
         with self._store("read the study definition"), tempfile.TemporaryDirectory() as tmp:
-            names = {a.path for a in self.client.list_artifacts(parent.info.run_id)}
+            names = {a.path for a in self.client.list_artifacts(parent.run_id)}
             if DEFINITION_FILE not in names:
                 return None
-            path = self.client.download_artifacts(parent.info.run_id, DEFINITION_FILE, tmp)
+            path = self.client.download_artifacts(parent.run_id, DEFINITION_FILE, tmp)
             return json.loads(Path(path).read_text())
 
     # ------------------------------------------------------------------ the lock
@@ -336,21 +337,21 @@ class Record:
 
     def start_study(
         self, description: str, study_yaml: str, tags: dict[str, str], defn: dict[str, Any] | None = None
-    ) -> Run:
+    ) -> StudyRun:
         """Create the experiment if needed and a new parent run holding ``defn`` (the sweep always
         gives one); older parents are superseded."""
         with self._store("start the study record"):
             self._ensure_experiment()
             old = self.parent_run()
             if old is not None:
-                self.client.set_tag(old.info.run_id, SUPERSEDED, "true")
+                self.client.set_tag(old.run_id, SUPERSEDED, "true")
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=self.study,
                 tags={ROLE: "study", "mlflow.note.content": description, **tags},
             )
             self.set_definition(run.info.run_id, defn, study_yaml, tags)
-            return run
+            return study_run(run)
 
     def set_definition(self, run_id: str, defn: dict[str, Any] | None, study_yaml: str, tags: dict[str, str]) -> None:
         with self._store("write the study definition"):
@@ -422,25 +423,43 @@ class Record:
             for f in files:
                 self.client.log_artifact(run_id, str(f), artifact_path)
 
-    def close_final(self, run: Run) -> None:
+    def close_final(self, run: TrialRun) -> None:
         """A run tagged final but left RUNNING (its driver died between the tag and closing it)."""
         with self._store("close a trial run"):
-            self.client.set_terminated(run.info.run_id, MLFLOW_STATUS[run.data.tags[STATE]])
+            self.client.set_terminated(run.run_id, MLFLOW_STATUS[run.tags[STATE]])
 
     def end_study(self, run_id: str, status: str = "FINISHED") -> None:
         with self._store("end the study record"):
             self.client.set_terminated(run_id, status)
 
-    def discard_run(self, run: Run | str) -> None:
+    def discard_run(self, run: TrialRun | str) -> None:
         """End a superseded trial run (an interrupted or failed attempt about to be rerun) as
         KILLED if it was left RUNNING, then soft-delete it: MLflow keeps it restorable, but
         readers see each trial once."""
-        self._buffer.pop(run if isinstance(run, str) else run.info.run_id, None)
+        run_id = run if isinstance(run, str) else run.run_id
+        self._buffer.pop(run_id, None)
         with self._store("discard a trial run"):
-            run = self.client.get_run(run) if isinstance(run, str) else run
-            if run.info.status == "RUNNING":
-                self.client.set_terminated(run.info.run_id, "KILLED")
-            self.client.delete_run(run.info.run_id)
+            status = self.client.get_run(run_id).info.status if isinstance(run, str) else run.status
+            if status == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")
+            self.client.delete_run(run_id)
+
+
+def study_run(run: Run) -> StudyRun:
+    return StudyRun(run.info.run_id, run.info.status, dict(run.data.tags))
+
+
+def trial_run(run: Run) -> TrialRun:
+    return TrialRun(
+        run.info.run_id,
+        run.info.run_name,
+        run.info.start_time,
+        run.info.end_time,
+        dict(run.data.tags),
+        dict(run.data.params),
+        dict(run.data.metrics),
+        status=run.info.status,
+    )
 
 
 __all__ = ["FINAL_STATES", "LockError", "Record", "StoreError", "new_sqlite_store"]

@@ -2,7 +2,7 @@
 
 Each function takes a ``trials_frame`` (or a ``histories_frame``) and the column names to
 use; it draws on a fresh ``matplotlib.figure.Figure`` (no pyplot, no global state, any
-backend) at paper size, with labelled axes in nats (REFERENCE.md). When the data cannot
+backend) at paper size, with labelled axes in nats (docs/reference.md). When the data cannot
 make the figure (a factor missing, no completed trial), it raises ``FigureSkipped`` with
 the reason, which the report prints in the figure's place.
 

@@ -14,10 +14,14 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vaebench.record.vocab import DIS_METRICS
+
 # Encoder log-variance is clamped to this range: exp(-10) ~ 4.5e-5 is a smaller
 # posterior std than any dataset here needs, exp(10) ~ 2.2e4 far wider than the prior;
 # outside it exp() overflows or the KL's -log(sigma^2) dominates the loss.
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0
+#: data kinds whose generative factors are known (the disentanglement metrics need them)
+FACTOR_KINDS = ("dsprites",)
 
 
 class Section(BaseModel):
@@ -38,7 +42,7 @@ class DigitsData(Section):
 
 
 class DSpritesData(Section):
-    """Procedural dSprites (REFERENCE.md): a random sample of the 737,280 factor combinations."""
+    """Procedural dSprites (docs/reference.md): a random sample of the 737,280 factor combinations."""
 
     kind: Literal["dsprites"] = "dsprites"
     n_samples: int = Field(10_000, ge=2)
@@ -145,9 +149,9 @@ AnnealConfig = Annotated[
 
 
 class ObjectiveConfig(Section):
-    """loss = distortion + beta * a_t * regulariser (REFERENCE.md, Objective).
+    """loss = distortion + beta * a_t * regulariser (docs/reference.md, Objective).
 
-    ``kind: beta_tcvae`` (Chen et al. 2018; REFERENCE.md, beta-TCVAE) splits the KL into index-code
+    ``kind: beta_tcvae`` (Chen et al. 2018; docs/reference.md, beta-TCVAE) splits the KL into index-code
     MI, total correlation and dimension-wise KL: loss = distortion + a_t (alpha MI + beta TC +
     gamma DWKL), the aggregate posterior estimated by minibatch-weighted (``mws``) or stratified
     (``mss``) sampling. Free bits and capacity apply to the KL of beta_vae only."""
@@ -197,7 +201,7 @@ class TrainConfig(Section):
 
 
 class MetricsConfig(Section):
-    """Settings of the held-out metrics (REFERENCE.md, Metrics on held-out data)."""
+    """Settings of the held-out metrics (docs/reference.md, Metrics on held-out data)."""
 
     active_threshold: float = Field(0.01, gt=0)
     mi_batch_size: int = Field(256, ge=2)  # B of the He et al. estimator; MI <= ~log B
@@ -216,7 +220,7 @@ class MetricsConfig(Section):
     iw_every: int | Literal["last"] | None = None
     # ground-truth-factor metrics (vaebench.core.disentanglement), recorded as val/dis/NAME; data with known
     # factors only (dsprites). dci records dci_disentanglement, dci_completeness, dci_informativeness.
-    disentanglement: list[Literal["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]] = []
+    disentanglement: list[Literal[DIS_METRICS]] = []
     disentanglement_every: int | None = Field(None, ge=1)  # None: at the last epoch only
     disentanglement_preset: Literal["default", "publish"] = "default"  # sample sizes; publish = disentanglement_lib
     disentanglement_seed: int = 0  # the metrics' own sampling; the same for every trial
@@ -250,8 +254,6 @@ class TrialConfig(Section):
 
     @model_validator(mode="after")
     def _factors_known(self) -> TrialConfig:
-        from vaebench.data import FACTOR_KINDS
-
         if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS:
             raise ValueError(
                 f"metrics.disentanglement needs data whose generative factors are known "

@@ -32,6 +32,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vaebench.record.store import short
+from vaebench.record.vocab import DIS_SCORES, TRAIN_TERMS, VAL_METRICS
 from vaebench.study.config import (
     DataConfig,
     DigitsData,
@@ -49,34 +50,9 @@ from vaebench.study.yaml_input import YamlInputError, parse, read_text
 STUDY_DIR = Path("studies")
 # metrics a search may optimise (vaebench.core.metrics / vaebench.core.train), and val/kl_dim/NN
 OBJECTIVE_METRICS = (
-    tuple(
-        f"val/{m}"
-        for m in (
-            "elbo",
-            "recon",
-            "kl",
-            "active_units",
-            "mi",
-            "iw_nll",
-            "collapsed_dims",
-            "collapsed_fraction",
-            "posterior_collapse",
-        )
-    )
-    + tuple(f"train/{m}" for m in ("loss", "recon", "kl", "regulariser"))
-    + tuple(
-        f"val/dis/{m}"
-        for m in (
-            "beta_vae",
-            "factor_vae",
-            "mig",
-            "dci_disentanglement",
-            "dci_completeness",
-            "dci_informativeness",
-            "sap",
-            "modularity",
-        )
-    )
+    tuple(f"val/{m}" for m in VAL_METRICS)
+    + tuple(f"train/{m}" for m in TRAIN_TERMS)
+    + tuple(f"val/dis/{m}" for m in DIS_SCORES)
 )
 DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
 TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
@@ -400,7 +376,7 @@ def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
 
 def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
     """Disentanglement metrics need data whose generative factors are known."""
-    from vaebench.data import FACTOR_KINDS
+    from vaebench.study.config import FACTOR_KINDS
 
     if study.metrics.disentanglement and study.data.kind not in FACTOR_KINDS:
         raise StudyError(

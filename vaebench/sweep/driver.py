@@ -1,4 +1,4 @@
-"""The sweep driver (DESIGN.md, sweep): a short loop over Search x Executor x Record.
+"""The sweep driver (docs/design.md, sweep): a short loop over Search x Executor x Record.
 
     search  (vaebench.sweep.search)     what runs next; takes epoch and final results
     executor (vaebench.sweep.executors) where trials run; streams run_trial's messages as Events
@@ -21,21 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaebench.record.definition import DEFINITION_TAG, changes, definition, fixed_hash
+from vaebench.record.definition import changes, definition, fixed_hash
 from vaebench.record.naming import run_name
-from vaebench.record.vocab import FINAL_STATES, HASH, OPTUNA_STUDY, POINT, STATE
-from vaebench.record.writer import LockError, Record, StoreError
-from vaebench.study.spec import Study, TrialSpec, effective_pack
-from vaebench.sweep.executors import (
-    Executor,
-    ExecutorError,
-    InlineExecutor,
-    Job,
-    PackedExecutor,
-    RayExecutor,
-    cluster_workers,
-    connect_ray,
+from vaebench.record.runs import StudyRun
+from vaebench.record.store import default_storage
+from vaebench.record.vocab import (
+    ATTEMPT,
+    DEFINITION_TAG,
+    DIVERGED_EPOCH,
+    FACTORS,
+    FINAL_STATES,
+    HASH,
+    OPTUNA_STUDY,
+    POINT,
+    POINT_KEY,
+    SEARCH,
+    SEEDS,
 )
+from vaebench.record.writer import LockError, Record, StoreError
+from vaebench.study.spec import Study, TrialSpec
+from vaebench.sweep.executors import Executor, ExecutorError, Job, choose_executor
 from vaebench.sweep.progress import Best, Progress, best_point
 from vaebench.sweep.search import GridSearch, OptunaSearch, Planned, Search, SearchStoreError
 
@@ -83,19 +88,6 @@ class Live:
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
 
 
-def default_storage(study: Study) -> str:
-    path = Path("sweeps") / study.name / "optuna.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
-
-
-# A grid is known in advance: the packed executor takes two packs' worth of trials per free slot,
-# so that it plans them together, as `vaebench validate` shows (collapse.yaml: four packs of 27 for
-# two slots, ending together), rather than one slot's worth at a time. A search asks one round at a
-# time so that its sampler gets feedback.
-GRID_LOOKAHEAD = 2
-
-
 def run_sweep(
     study: Study,
     study_text: str,
@@ -119,30 +111,10 @@ def run_sweep(
             return Summary(store_error=str(e))
         own_ray = executor is None and not opts.inline
         if executor is None:
-            if opts.inline:
-                executor = InlineExecutor(workers=1)
-            else:
-                try:  # before any write: a study that cannot run writes nothing
-                    connect_ray(opts.address, study.resources.cpus_per_trial, study.resources.gpus_per_trial)
-                except ExecutorError as e:
-                    raise SweepError(str(e)) from None
-                workers = opts.workers or cluster_workers(
-                    study.resources.cpus_per_trial, study.resources.gpus_per_trial
-                )
-                res, pack = study.resources, effective_pack(study)
-                if pack == "off":
-                    executor = RayExecutor(
-                        workers, res.cpus_per_trial, res.gpus_per_trial, prefix=f"vaebench:{study.name}"
-                    )
-                else:  # packed trials (vaebench.core.pack): a pack takes one worker's resources
-                    executor = PackedExecutor(
-                        workers,
-                        res.cpus_per_trial,
-                        res.gpus_per_trial,
-                        prefix=f"vaebench:{study.name}",
-                        pack=pack,
-                        lookahead=GRID_LOOKAHEAD if study.search.kind == "grid" else 1,
-                    )
+            try:  # before any write: a study that cannot run writes nothing
+                executor = choose_executor(study, opts.inline, opts.address, opts.workers)
+            except ExecutorError as e:
+                raise SweepError(str(e)) from None
         try:
             try:
                 record.create_store()
@@ -162,7 +134,7 @@ def run_sweep(
         record.unlock()
 
 
-def check_definition(record: Record, study: Study, fresh: bool) -> tuple[Any, dict[str, Any]]:
+def check_definition(record: Record, study: Study, fresh: bool) -> tuple[StudyRun | None, dict[str, Any]]:
     """The current parent run (None for a new record) and the study's definition; raises
     SweepError when the study changes the record's definition beyond an extension."""
     defn = definition(study)
@@ -199,54 +171,55 @@ class Driver:
 
     # ------------------------------------------------------------------ set-up
 
-    def _open(self, parent: Any, defn: dict[str, Any]) -> Search:
+    def _open(self, parent: StudyRun | None, defn: dict[str, Any]) -> Search:
         self.definition_hash = fixed_hash(defn)
         tags = {
             DEFINITION_TAG: self.definition_hash,
-            "vaebench.factors": json.dumps(list(self.study.space)),
-            "vaebench.search": self.study.search.kind,
-            "vaebench.seeds": json.dumps(self.study.seeds),
+            FACTORS: json.dumps(list(self.study.space)),
+            SEARCH: self.study.search.kind,
+            SEEDS: json.dumps(self.study.seeds),
         }
         if parent is None:
             parent = self.record.start_study(self.study.description, self.study_text, tags, defn)
             if self.study.search.kind != "grid":
-                optuna_name = f"{self.study.name}-{parent.info.run_id[:8]}"
-                self.record.set_tags(parent.info.run_id, {OPTUNA_STUDY: optuna_name})
-                parent.data.tags[OPTUNA_STUDY] = optuna_name
+                optuna_name = f"{self.study.name}-{parent.run_id[:8]}"
+                self.record.set_tags(parent.run_id, {OPTUNA_STUDY: optuna_name})
+                parent.tags[OPTUNA_STUDY] = optuna_name
         else:
-            self.record.reopen_study(parent.info.run_id)
+            self.record.reopen_study(parent.run_id)
             old = self.record.definition(parent)
             if old != defn:  # extended (check_definition refused anything else), or a record older than definitions
-                self.record.set_definition(parent.info.run_id, defn, self.study_text, tags)
+                self.record.set_definition(parent.run_id, defn, self.study_text, tags)
                 self.summary.notes.append(
                     "the record's definition was extended to the study's (levels, seeds or budget added)"
                     if old
                     else "the record was made before vaebench kept study definitions; it now keeps this study's"
                 )
-            elif parent.data.tags.get("mlflow.note.content", "") != self.study.description:
+            elif parent.description != self.study.description:
                 # the same definition, new words: the record shows the study file as it is now
                 self.record.set_definition(
-                    parent.info.run_id, None, self.study_text, {"mlflow.note.content": self.study.description}
+                    parent.run_id, None, self.study_text, {"mlflow.note.content": self.study.description}
                 )
                 self.summary.notes.append("the record's description and study.yaml now match the study file's")
-        self.parent_id = parent.info.run_id
+        self.parent_id = parent.run_id
         self._load_existing()
         if self.study.search.kind == "grid":
             return GridSearch(self.study, self.finals)
-        return OptunaSearch(
-            self.study, self.opts.storage or default_storage(self.study), parent.data.tags[OPTUNA_STUDY], self.finals
-        )
+        storage = self.opts.storage or default_storage(None, self.study.name)
+        if storage.startswith("sqlite:///"):
+            Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return OptunaSearch(self.study, storage, parent.tags[OPTUNA_STUDY], self.finals)
 
     def _load_existing(self) -> None:
         """Keep final runs of the record; soft-delete interrupted or failed ones (they rerun)."""
         for run in self.record.trial_runs(self.parent_id):
-            h, state = run.data.tags.get(HASH), run.data.tags.get(STATE)
+            h, state = run.config_hash, run.state
             if state in FINAL_STATES and h not in self.finals:
-                if run.info.status == "RUNNING":  # the driver died between the state tag and closing the run
+                if run.status == "RUNNING":  # the driver died between the state tag and closing the run
                     self.record.close_final(run)
-                self.finals[h] = (state, dict(run.data.metrics))
-                self.final_runs[h] = run.info.run_id
-                self.point_of[h] = run.data.tags.get("vaebench.point_key", h)
+                self.finals[h] = (state, dict(run.metrics))
+                self.final_runs[h] = run.run_id
+                self.point_of[h] = run.point_key
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:
@@ -254,7 +227,7 @@ class Driver:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, parent: Any, defn: dict[str, Any]) -> Summary:
+    def run(self, parent: StudyRun | None, defn: dict[str, Any]) -> Summary:
         # Ctrl-C and SIGTERM only set a flag: an exception raised asynchronously could land inside
         # an MLflow write and leave its transaction broken. The loop wakes at least every second.
         handlers = {}
@@ -313,8 +286,8 @@ class Driver:
         tags = {
             HASH: spec.config_hash,
             POINT: json.dumps(spec.point),
-            "vaebench.point_key": spec.point_key,
-            "vaebench.attempt": str(attempt),
+            POINT_KEY: spec.point_key,
+            ATTEMPT: str(attempt),
             DEFINITION_TAG: self.definition_hash,
             **p.tags,
         }
@@ -362,7 +335,7 @@ class Driver:
             artifacts["traceback.txt"] = msg["traceback"].encode()
             self.summary.failed.append((self._name(t.planned.spec), msg["traceback"].strip().splitlines()[-1]))
         if state == "diverged":
-            tags["vaebench.diverged_epoch"] = str(msg.get("epoch", t.epoch))
+            tags[DIVERGED_EPOCH] = str(msg.get("epoch", t.epoch))
         self.record.end_trial(t.run_id, state, tags, artifacts)
         del self.live[t.planned.key]
         self.finals[t.planned.key] = (state, dict(t.metrics))

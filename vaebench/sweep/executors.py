@@ -1,4 +1,4 @@
-"""Where trials run (DESIGN.md, sweep: Executor). The driver submits Jobs and polls Events;
+"""Where trials run (docs/design.md, sweep: Executor). The driver submits Jobs and polls Events;
 an executor never writes to MLflow or Optuna and never raises for a trial's failure.
 
 Every executor speaks the messages of ``vaebench.core.trial.run_trial`` ("start", "epoch",
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from vaebench.core.trial import run_trial
+from vaebench.record.vocab import PACK_TAG
 
 MAX_RETRIES = 2  # a trial whose worker dies is rerun this many times, then failed
 PRELOAD_VAR = "RAY_preload_python_modules"  # Ray (experimental): modules its workers import at start
@@ -299,8 +300,6 @@ class RayExecutor:
 
 # --------------------------------------------------------------------------- packed (issue 11)
 
-PACK_TAG = "vaebench.pack"  # on "start": the pack's id and size, e.g. "p3/16"
-
 
 class PackWorker:
     """What runs in one Ray actor: packs (vaebench.core.pack.PackTrainer) one after another or, for a
@@ -543,3 +542,32 @@ class PackedExecutor:
                 ray.kill(self.idle.pop(), no_restart=True)
             except Exception:  # noqa: BLE001, S110  (already gone)
                 pass
+
+
+# A grid is known in advance: the packed executor takes two packs' worth of trials per free slot,
+# so that it plans them together, as `vaebench validate` shows (collapse.yaml: four packs of 27 for
+# two slots, ending together), rather than one slot's worth at a time. A search asks one round at a
+# time so that its sampler gets feedback.
+GRID_LOOKAHEAD = 2
+
+
+def choose_executor(study: Any, inline: bool, address: str | None = None, workers: int | None = None) -> Executor:
+    """The one place that decides where a study's trials run: in this process (``inline``), one Ray
+    task per trial (``resources.pack`` off, or auto with a pruner), or packs of trials per Ray task.
+    Connects to (or starts) Ray first; raises ExecutorError when it cannot."""
+    from vaebench.study.spec import effective_pack
+
+    if inline:
+        return InlineExecutor(workers=1)
+    res = study.resources
+    connect_ray(address, res.cpus_per_trial, res.gpus_per_trial)
+    workers = workers or cluster_workers(res.cpus_per_trial, res.gpus_per_trial)
+    pack = effective_pack(study)
+    prefix = f"vaebench:{study.name}"
+    if pack == "off":
+        return RayExecutor(workers, res.cpus_per_trial, res.gpus_per_trial, prefix=prefix)
+    # packed trials (vaebench.core.pack): a pack takes one worker's resources
+    lookahead = GRID_LOOKAHEAD if study.search.kind == "grid" else 1
+    return PackedExecutor(
+        workers, res.cpus_per_trial, res.gpus_per_trial, prefix=prefix, pack=pack, lookahead=lookahead
+    )

@@ -1,4 +1,4 @@
-"""What runs next (DESIGN.md, sweep: Search), in the shape of Ray Tune's Searcher:
+"""What runs next (docs/design.md, sweep: Search), in the shape of Ray Tune's Searcher:
 ``suggest(n)`` gives up to n trials to start, ``on_trial_result`` takes each epoch and
 returns a Decision (which trials to prune), ``on_trial_complete`` takes each final state.
 A search never writes MLflow; OptunaSearch is the only code that writes the Optuna storage.
@@ -29,12 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vaebench.record.vocab import INTERRUPTED, OPTUNA_TRIAL, RESUMES
 from vaebench.study.spec import Range, Study, TrialSpec
 
-INTERRUPTED = "vaebench.interrupted"  # Optuna study user attr: numbers of points cut off by an interrupt
-RESUMES = "vaebench.resumes"  # Optuna trial user attr: the interrupted point this trial asks again
 FINAL_STATES = ("completed", "diverged", "pruned")
-OPTUNA_TRIAL = "vaebench.optuna_trial"  # the run tag naming a trial's Optuna trial (vaebench.record.vocab)
 
 
 @dataclass(frozen=True)
