@@ -115,28 +115,32 @@ def _kinds(tp: Any) -> list[type[BaseModel]] | None:
     return None
 
 
-def type_text(tp: Any, anchors: dict[type, str]) -> str:
-    """A field's type as a reader needs it: allowed values and bounds, in words."""
+def type_text(tp: Any, titles: dict[type, str]) -> str:
+    """A field's type as a reader needs it: allowed values and bounds, in words; a section or a kind
+    links to its own table (``titles``: model -> the heading of its table)."""
     origin, args = get_origin(tp), get_args(tp)
+    if _kinds(tp):
+        return "a mapping chosen by `kind`: " + ", ".join(
+            f"[{k.model_fields['kind'].default}](#{_anchor(titles[k])})"
+            if k in titles
+            else k.model_fields["kind"].default
+            for k in _kinds(tp)
+        )
     if origin is Annotated:
         base, *meta = args
-        if _kinds(tp):
-            return "a mapping chosen by `kind` (below)"
         extra = _constraints(meta)
-        return type_text(base, anchors) + (f" ({', '.join(extra)})" if extra else "")
+        return type_text(base, titles) + (f" ({', '.join(extra)})" if extra else "")
     if origin is Literal:
         return " or ".join(f"`{_yaml(a)}`" for a in args)
     if origin in (Union, types.UnionType):
-        if _kinds(tp):
-            return "a mapping chosen by `kind` (below)"
-        parts = [type_text(a, anchors) for a in args if a is not type(None)]
+        parts = [type_text(a, titles) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or `null`" if type(None) in args else "")
     if origin is list:
-        return f"list of {type_text(args[0], anchors)}"
+        return f"list of {type_text(args[0], titles)}"
     if origin is dict:
-        return f"mapping of {type_text(args[0], anchors)} to {type_text(args[1], anchors)}"
+        return f"mapping of {type_text(args[0], titles)} to {type_text(args[1], titles)}"
     if _is_section(tp):
-        return f"mapping ([{tp.__name__}](#{anchors[tp]}))" if tp in anchors else "mapping"
+        return f"mapping, see [{titles[tp]}](#{_anchor(titles[tp])})" if tp in titles else "mapping"
     return {int: "integer", float: "number", str: "text", bool: "`true` or `false`", Any: "any value"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -153,14 +157,14 @@ def default_text(info: FieldInfo) -> str:
     return _code(value)
 
 
-def field_rows(model: type[BaseModel], prefix: str, anchors: dict[type, str]) -> list[str]:
+def field_rows(model: type[BaseModel], prefix: str, titles: dict[type, str]) -> list[str]:
     rows = ["| field | type and allowed values | default | meaning |", "|---|---|---|---|"]
     for name, info in model.model_fields.items():
         if not info.description:
             raise MissingDoc(f"{model.__module__}.{model.__name__}.{name} has no description (Field(description=...))")
         tp = info.annotation
         extra = _constraints(info.metadata)
-        text = type_text(tp, anchors) + (f" ({', '.join(extra)})" if extra else "")
+        text = type_text(tp, titles) + (f" ({', '.join(extra)})" if extra else "")
         rows.append(f"| `{prefix}{name}` | {_cell(text)} | {_cell(default_text(info))} | {_cell(info.description)} |")
     return rows
 
@@ -208,7 +212,7 @@ def study_page() -> str:
     from vaebench.study import config, spec
 
     sections = list(study_sections())
-    anchors = {model: _anchor(title) for title, _, model in sections if title != "Top level"}
+    titles = {model: title for title, _, model in sections if title != "Top level"}
     out = [
         NOTICE.format(source="vaebench/study/spec.py and vaebench/study/config.py"),
         "",
@@ -234,7 +238,7 @@ def study_page() -> str:
                 "`random`, `tpe` and `nsga2`, a range:",
                 "",
             ]
-        out += field_rows(model, prefix, anchors) + [""]
+        out += field_rows(model, prefix, titles) + [""]
     assert config.TrialConfig  # the trial's sections are the study's: documented above
     return "\n".join(out)
 
