@@ -395,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vaebench.docs_gen", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is out of date")
     args = ap.parse_args(argv)
+    if not (ROOT / "mkdocs.yml").is_file():  # an installed copy, not a checkout: no docs/ to write
+        print(f"error: {ROOT} is not a checkout of vaebench (no mkdocs.yml); run this from an editable install")
+        return 2
     if args.check:
         old = stale()
         for p in old:
