@@ -104,7 +104,7 @@ def test_the_reference_shows_types_defaults_and_allowed_values():
     assert "| `search.budget` | integer or `null` (≥ 1) | `null` |" in page
     assert "## objective.anneal: kind cyclical" in page and "## data: kind npz" in page
     cli = (DOCS / "cli.md").read_text()
-    assert "| `--port` | integer (≥ 1, ≤ 65535) | `5000` |" in cli
+    assert "| `--port INTEGER` | integer (≥ 1, ≤ 65535) | `5000` |" in cli
     assert "| `--log/--no-log` | flag | `--log` |" in cli
 
 

@@ -279,7 +279,10 @@ def _param_names(p: Any) -> str:
     if p.param_type_name == "argument":
         return f"`{(p.metavar or p.name).upper()}`"
     names = "/".join([*p.opts, *p.secondary_opts])
-    return f"`{names}{' ' + p.metavar if p.metavar and not _is_flag(p) else ''}`"
+    if _is_flag(p):
+        return f"`{names}`"
+    value = p.metavar or _param_type(p).split(" ")[0].upper()  # as --help shows it: URI, INTEGER, TEXT
+    return f"`{names} {value}`"
 
 
 def _param_default(p: Any) -> str:
@@ -344,7 +347,7 @@ def cli_page() -> str:
             help_text = getattr(p, "help", None)
             if not help_text:
                 raise MissingDoc(f"vaebench {name}: {p.name!r} has no help text")
-            more = " Repeatable." if p.multiple and "repeatable" not in help_text.lower() else ""
+            more = " (repeatable)" if p.multiple and "repeatable" not in help_text.lower() else ""
             out.append(
                 f"| {_param_names(p)} | {_cell(_param_type(p))} | {_cell(_param_default(p))} | {_cell(help_text)}{more} |"
             )
