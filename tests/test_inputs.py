@@ -628,7 +628,7 @@ def test_one_fail_and_the_reproduce_command_in_cli():
     assert vaebench.report.command.fail is vaebench.console.fail is vaebench.cli.fail
     assert not hasattr(vaebench.reproduce, "reproduce") and hasattr(vaebench.cli, "reproduce")
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
-    assert sorted(names) == ["report", "reproduce", "status", "sweep", "ui", "validate"]
+    assert sorted(names) == ["docs", "report", "reproduce", "status", "sweep", "ui", "validate"]
 
 
 def test_check_writable_writes_nothing(tmp_path):

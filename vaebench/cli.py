@@ -274,8 +274,10 @@ def ui(
         None, help="a study YAML file whose project's store to open (default: the store under the current folder)"
     ),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-    port: int = typer.Option(5000, "--port", min=1, max=65535),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(5000, "--port", min=1, max=65535, help="the port the UI listens on"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="the interface the UI listens on (127.0.0.1: this machine only)"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the MLflow command instead of running it"),
 ) -> None:
     """The MLflow UI on the same store as the sweeps; a missing store is refused, never created."""
@@ -347,6 +349,22 @@ def reproduce(
     out.print(Text(repro.REPRODUCTIONS[name].shows, style="dim"))
     repro.print_checks(f"reproduce {name} ({study_file}; {uri})", checks, out)
     raise typer.Exit(0 if checks and all(c.passed for c in checks) else 1)
+
+
+@app.command()
+def docs() -> None:
+    """How to read this documentation offline: serve the docs site from a checkout with MkDocs."""
+    from vaebench.docs_gen import ROOT
+
+    site = ROOT / "mkdocs.yml"
+    where = f"in {ROOT}" if site.is_file() else "in a checkout of vaebench (the folder with mkdocs.yml)"
+    print(
+        f"The documentation is the Markdown under docs/, built into a site by MkDocs. {where}:\n"
+        '  pip install -e ".[docs]"      # MkDocs and the Material theme (once)\n'
+        "  mkdocs serve                  # http://127.0.0.1:8000, rebuilt on every edit\n"
+        "  mkdocs build -d /tmp/site     # static HTML; open /tmp/site/index.html\n"
+        "Both work offline: the site fetches no fonts, scripts or images from the network."
+    )
 
 
 from vaebench.report.command import report  # noqa: E402  (the report command lives beside the report code)

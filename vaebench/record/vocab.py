@@ -60,6 +60,48 @@ DIS_SCORES = (
     "sap",
     "modularity",
 )
+# Every tag and Optuna user attribute vaebench writes: name -> (where, what it holds). The reference
+# page of the record (docs/record.md) is generated from this table (python -m vaebench.docs_gen), and a
+# test fails when a "vaebench.*" name in the code is missing here.
+TAGS: dict[str, tuple[str, str]] = {
+    ROLE: ("parent and trial runs", "`study` on a study record's parent run, `trial` on each trial run"),
+    "vaebench.definition": (
+        "parent and trial runs",
+        "hash of the study definition's fixed part (what an extension never changes); a reader keeps the trials "
+        "whose value equals their parent's",
+    ),
+    "vaebench.factors": ("parent run", "the factors' dotted paths, as a JSON list in file order"),
+    "vaebench.search": ("parent run", "the search kind: grid, random, tpe or nsga2"),
+    "vaebench.seeds": ("parent run", "the seeds, as a JSON list"),
+    OPTUNA_STUDY: ("parent run", "a search's Optuna study name in the Optuna storage (NAME-RUNID8)"),
+    SUPERSEDED: ("parent run", "`true` on the parent run of a record replaced by `--fresh` (kept readable)"),
+    STATE: (
+        "trial runs",
+        "running, then completed, diverged or pruned (final: a resume keeps them), or failed or killed (rerun "
+        "by a resume); written after the run's metrics and artifacts",
+    ),
+    HASH: ("trial runs", "hash of the trial's full config, seed included: its identity on resume"),
+    POINT: ("trial runs", "the trial's factor levels, as JSON"),
+    "vaebench.point_key": ("trial runs", "hash of the factor levels without the seed: the seeds of a point share it"),
+    "vaebench.attempt": ("trial runs", "0, or how many times the trial was restarted after its worker died"),
+    OPTUNA_TRIAL: ("trial runs", "a search trial's Optuna trial number"),
+    "vaebench.pack": ("trial runs", "a packed trial's pack and its size, e.g. `p3/27`"),
+    "vaebench.diverged_epoch": ("trial runs", "the epoch whose loss turned NaN or infinite (state diverged)"),
+    "vaebench.lock": (
+        "experiment (tracking server)",
+        "the lease of the sweep writing the record: host, pid, since; renewed every few seconds, taken over "
+        "after 120 s without renewal (a SQLite store uses a file lock instead)",
+    ),
+    "vaebench.interrupted": (
+        "Optuna study user attribute",
+        "numbers of the Optuna trials cut off by an interrupt, `--max-trials` or a killed driver (told FAIL, "
+        "asked again once)",
+    ),
+    "vaebench.resumes": (
+        "Optuna trial user attribute",
+        "the number of the interrupted Optuna trial whose values this trial asks again",
+    ),
+}
 MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limits
 MAX_METRICS_PER_CALL = 1000
 

@@ -36,48 +36,57 @@ class Section(BaseModel):
 class DigitsData(Section):
     """scikit-learn's bundled 8x8 digits (1,797 images), scaled to [0, 1]."""
 
-    kind: Literal["digits"] = "digits"
-    binarize: bool = False
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    kind: Literal["digits"] = Field("digits", description="the bundled digits")
+    binarize: bool = Field(False, description="threshold the pixels at 0.5 (for a Bernoulli likelihood)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of the images held out for validation")
 
 
 class DSpritesData(Section):
-    """Procedural dSprites (docs/reference.md): a random sample of the 737,280 factor combinations."""
+    """Procedural dSprites: 64x64 binary images rendered on the fly (nothing downloaded) for a random sample
+    of the 737,280 combinations of shape, scale, orientation and position, with the factors known."""
 
-    kind: Literal["dsprites"] = "dsprites"
-    n_samples: int = Field(10_000, ge=2)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    shapes: list[Literal["square", "ellipse", "heart"]] = ["square", "ellipse", "heart"]
+    kind: Literal["dsprites"] = Field("dsprites", description="procedural dSprites")
+    n_samples: int = Field(10_000, ge=2, description="images rendered (train and validation together)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of the images held out for validation")
+    shapes: list[Literal["square", "ellipse", "heart"]] = Field(
+        ["square", "ellipse", "heart"], description="the shapes drawn (one shape: the shape factor is left out)"
+    )
 
 
 class PPCAData(Section):
     """Zero-mean Gaussian data whose sample covariance has exactly the given eigenvalues."""
 
-    kind: Literal["ppca"] = "ppca"
-    eigenvalues: list[Annotated[float, Field(gt=0)]] = [5.0, 2.0, 0.8, 0.3, 0.1]
-    n_samples: int = Field(5_000, ge=10)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    kind: Literal["ppca"] = Field("ppca", description="probabilistic-PCA data (the linear VAE's closed form)")
+    eigenvalues: list[Annotated[float, Field(gt=0)]] = Field(
+        [5.0, 2.0, 0.8, 0.3, 0.1], description="the covariance eigenvalues; one data dimension each"
+    )
+    n_samples: int = Field(5_000, ge=10, description="examples generated (train and validation together)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of the examples held out for validation")
 
 
 class IdxData(Section):
     """MNIST-style IDX files (gzipped or not) from disk; never downloaded."""
 
-    kind: Literal["idx"] = "idx"
-    train_images: str
-    val_images: str | None = None  # None: hold out val_fraction of the training file
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    binarize: bool = False
+    kind: Literal["idx"] = Field("idx", description="IDX image files from disk")
+    train_images: str = Field(description="path of the training images' IDX file (.gz or not)")
+    val_images: str | None = Field(
+        None, description="path of the validation images' IDX file; null: hold out val_fraction of the training file"
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="fraction held out when val_images is null")
+    binarize: bool = Field(False, description="threshold at 0.5 (the bytes are scaled to [0, 1])")
 
 
 class NpzData(Section):
     """Arrays from a .npz file; ``train_key``/``val_key`` name them."""
 
-    kind: Literal["npz"] = "npz"
-    path: str
-    train_key: str = "x_train"
-    val_key: str | None = None  # None: hold out val_fraction of the train array
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    binarize: bool = False
+    kind: Literal["npz"] = Field("npz", description="arrays from a .npz file on disk")
+    path: str = Field(description="path of the .npz file")
+    train_key: str = Field("x_train", description="the array of training examples")
+    val_key: str | None = Field(
+        None, description="the array of validation examples; null: hold out val_fraction of the training array"
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="fraction held out when val_key is null")
+    binarize: bool = Field(False, description="threshold at 0.5: 1 above, 0 at or below")
 
 
 DataConfig = Annotated[Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData], Field(discriminator="kind")]
@@ -88,12 +97,20 @@ DataConfig = Annotated[Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzDat
 class ModelConfig(Section):
     """Encoder/decoder family and likelihood. See ``vaebench.core.models``."""
 
-    kind: Literal["mlp", "conv", "linear"] = "mlp"
-    latent_dim: int = Field(10, ge=1, le=1024)
-    hidden: list[Annotated[int, Field(ge=1)]] = [256]  # mlp: widths of the hidden layers
-    channels: list[Annotated[int, Field(ge=1)]] = [32, 32, 64, 64]  # conv: per stride-2 layer
-    likelihood: Literal["bernoulli", "gaussian", "gaussian_learned"] = "bernoulli"
-    sigma: float = Field(1.0, gt=0)  # gaussian: the fixed observation std
+    kind: Literal["mlp", "conv", "linear"] = Field(
+        "mlp", description="encoder and decoder family: multilayer perceptron, convolutional, or linear (pPCA)"
+    )
+    latent_dim: int = Field(10, ge=1, le=1024, description="latent dims J")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([256], description="mlp: widths of the hidden layers")
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        [32, 32, 64, 64], description="conv: channels of each stride-2 4x4 layer (any image size)"
+    )
+    likelihood: Literal["bernoulli", "gaussian", "gaussian_learned"] = Field(
+        "bernoulli",
+        description="p(x|z), summed over pixels: Bernoulli on logits, Gaussian with std sigma, or Gaussian with a "
+        "learned per-dimension variance",
+    )
+    sigma: float = Field(1.0, gt=0, description="likelihood gaussian: the fixed observation std")
 
     @model_validator(mode="after")
     def _linear_is_gaussian(self) -> ModelConfig:
@@ -106,40 +123,42 @@ class ModelConfig(Section):
 
 
 class NoAnneal(Section):
-    kind: Literal["none"] = "none"
+    """No annealing: a_t = 1."""
+
+    kind: Literal["none"] = Field("none", description="no annealing")
 
 
 class LinearAnneal(Section):
     """a_t = min(1, start + t (1 - start) / warmup_steps); warmup_steps defaults to 30% of T."""
 
-    kind: Literal["linear"] = "linear"
-    start: float = Field(0.0, ge=0, le=1)
-    warmup_steps: int | None = Field(None, ge=1)
+    kind: Literal["linear"] = Field("linear", description="linear warm-up (Bowman et al. 2016)")
+    start: float = Field(0.0, ge=0, le=1, description="a_0, the weight at the first step")
+    warmup_steps: int | None = Field(None, ge=1, description="optimiser steps to reach 1; null: 30% of all steps T")
 
 
 class SigmoidAnneal(Section):
     """a_t = 1 / (1 + exp(-k (t - t0))); k defaults to 10/T and t0 to T/2."""
 
-    kind: Literal["sigmoid"] = "sigmoid"
-    k: float | None = Field(None, gt=0)
-    t0: int | None = Field(None, ge=0)
+    kind: Literal["sigmoid"] = Field("sigmoid", description="sigmoid warm-up (Bowman et al. 2016)")
+    k: float | None = Field(None, gt=0, description="steepness per step; null: 10/T")
+    t0: int | None = Field(None, ge=0, description="the step where a_t = 0.5; null: T/2")
 
 
 class CyclicalAnneal(Section):
     """Fu et al. 2019: ``cycles`` cycles over T steps, rising for the first ``ratio``."""
 
-    kind: Literal["cyclical"] = "cyclical"
-    cycles: int = Field(4, ge=1)
-    ratio: float = Field(0.5, gt=0, le=1)
+    kind: Literal["cyclical"] = Field("cyclical", description="cyclical schedule (Fu et al. 2019)")
+    cycles: int = Field(4, ge=1, description="cycles M over all T steps")
+    ratio: float = Field(0.5, gt=0, le=1, description="fraction R of each cycle during which a_t rises to 1")
 
 
 class CapacityAnneal(Section):
     """Burgess et al. 2018: regulariser gamma |KL - C_t|, C_t from 0 to c_max over ``steps``."""
 
-    kind: Literal["capacity"] = "capacity"
-    c_max: float = Field(25.0, ge=0)
-    gamma: float = Field(100.0, gt=0)
-    steps: int | None = Field(None, ge=1)  # defaults to T
+    kind: Literal["capacity"] = Field("capacity", description="capacity annealing (Burgess et al. 2018)")
+    c_max: float = Field(25.0, ge=0, description="the final target KL C, in nats")
+    gamma: float = Field(100.0, gt=0, description="weight of |KL - C_t|")
+    steps: int | None = Field(None, ge=1, description="steps over which C_t rises from 0 to c_max; null: T")
 
 
 AnnealConfig = Annotated[
@@ -156,14 +175,24 @@ class ObjectiveConfig(Section):
     gamma DWKL), the aggregate posterior estimated by minibatch-weighted (``mws``) or stratified
     (``mss``) sampling. Free bits and capacity apply to the KL of beta_vae only."""
 
-    kind: Literal["beta_vae", "beta_tcvae"] = "beta_vae"
-    beta: float = Field(1.0, ge=0)
-    alpha: float = Field(1.0, ge=0)  # beta_tcvae: weight of the index-code MI
-    gamma: float = Field(1.0, ge=0)  # beta_tcvae: weight of the dimension-wise KL
-    tc_estimator: Literal["mws", "mss"] = "mws"
-    anneal: AnnealConfig = NoAnneal()
-    free_bits: float = Field(0.0, ge=0)  # lambda, nats per latent dim
-    free_bits_mode: Literal["per_dim", "total"] = "per_dim"
+    kind: Literal["beta_vae", "beta_tcvae"] = Field(
+        "beta_vae", description="beta-VAE (KL regulariser) or beta-TCVAE (KL split into MI, TC and dimension-wise KL)"
+    )
+    beta: float = Field(1.0, ge=0, description="weight of the KL (beta_vae) or of the total correlation (beta_tcvae)")
+    alpha: float = Field(1.0, ge=0, description="beta_tcvae: weight of the index-code MI")
+    gamma: float = Field(1.0, ge=0, description="beta_tcvae: weight of the dimension-wise KL")
+    tc_estimator: Literal["mws", "mss"] = Field(
+        "mws",
+        description="beta_tcvae: minibatch-weighted (mws, with a constant offset) or stratified (mss) sampling "
+        "of the aggregate posterior",
+    )
+    anneal: AnnealConfig = Field(
+        NoAnneal(), description="KL annealing schedule a_t: a kind name, or a mapping with kind and its settings"
+    )
+    free_bits: float = Field(0.0, ge=0, description="free bits lambda, nats per latent dim (0: off)")
+    free_bits_mode: Literal["per_dim", "total"] = Field(
+        "per_dim", description="free bits per dim (max(lambda, KL_j) each) or on the total (max(lambda J, KL))"
+    )
 
     @field_validator("anneal", mode="before")
     @classmethod
@@ -187,43 +216,63 @@ class ObjectiveConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float | None = Field(None, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    threads: int = Field(1, ge=1)  # torch intra-op threads; a sweep sets it to cpus_per_trial
+    """The optimisation of one trial."""
+
+    epochs: int = Field(10, ge=1, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, description="examples per minibatch")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="torch.optim optimiser (fused kernel)")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="the optimiser's weight decay")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient's total norm to this; null: no clipping")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the trial trains; auto: cuda when available, else cpu"
+    )
+    threads: int = Field(1, ge=1, description="torch intra-op threads; a sweep sets it to resources.cpus_per_trial")
 
 
 # -------------------------------------------------------------------------- metrics
 
 
 class MetricsConfig(Section):
-    """Settings of the held-out metrics (docs/reference.md, Metrics on held-out data)."""
+    """Settings of the held-out metrics (docs/metrics.md, held-out metrics)."""
 
-    active_threshold: float = Field(0.01, gt=0)
-    mi_batch_size: int = Field(256, ge=2)  # B of the He et al. estimator; MI <= ~log B
-    iw_samples: int = Field(32, ge=1)  # K of the importance-weighted bound
+    active_threshold: float = Field(
+        0.01, gt=0, description="a dim is active when the variance of its posterior mean exceeds this"
+    )
+    mi_batch_size: int = Field(256, ge=2, description="B of the He et al. MI estimator (MI <= ~log B)")
+    iw_samples: int = Field(32, ge=1, description="K of the importance-weighted bound val/iw_nll")
     # first N val examples for iw_nll (None: all). The same N examples and noise in every trial,
     # so this error is shared and mostly cancels between trials, while K's bias does not: keep K
     # and cut N to keep an evaluation under 10% of an epoch (benchmarks/RESULTS.md, 2)
-    iw_examples: int | None = Field(500, ge=1)
-    collapse_epsilon: float = Field(0.01, gt=0)
-    collapse_delta: float = Field(0.01, ge=0, lt=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    every: int = Field(1, ge=1)  # evaluate every N epochs (and always at the last)
+    iw_examples: int | None = Field(
+        500, ge=1, description="val/iw_nll on the first N validation examples; null: all (for a number to publish)"
+    )
+    collapse_epsilon: float = Field(0.01, gt=0, description="epsilon (nats) of the collapse rule KL_j(x) < epsilon")
+    collapse_delta: float = Field(
+        0.01, ge=0, lt=1, description="delta of the collapse rule: collapsed when P_x[KL_j(x) < epsilon] >= 1 - delta"
+    )
+    eval_batch_size: int = Field(1024, ge=1, description="examples per batch when evaluating")
+    every: int = Field(1, ge=1, description="evaluate every N epochs (and always at the last)")
     # iw_nll takes iw_samples decoder passes per example, most of an evaluation's time: None computes
     # it at every evaluation, N at the evaluations whose epoch is a multiple of N, "last" at the last
     # epoch only (the final value is the same whichever: same examples, same noise)
-    iw_every: int | Literal["last"] | None = None
+    iw_every: int | Literal["last"] | None = Field(
+        None,
+        description="when an evaluation also computes val/iw_nll: null at every evaluation, N at the evaluations "
+        "whose epoch is a multiple of N, last at the last epoch only",
+    )
     # ground-truth-factor metrics (vaebench.core.disentanglement), recorded as val/dis/NAME; data with known
     # factors only (dsprites). dci records dci_disentanglement, dci_completeness, dci_informativeness.
-    disentanglement: list[Literal[DIS_METRICS]] = []
-    disentanglement_every: int | None = Field(None, ge=1)  # None: at the last epoch only
-    disentanglement_preset: Literal["default", "publish"] = "default"  # sample sizes; publish = disentanglement_lib
-    disentanglement_seed: int = 0  # the metrics' own sampling; the same for every trial
+    disentanglement: list[Literal[DIS_METRICS]] = Field(
+        [], description="ground-truth-factor metrics recorded as val/dis/NAME (data with known factors only)"
+    )
+    disentanglement_every: int | None = Field(
+        None, ge=1, description="also compute them every N epochs; null: at the last epoch only"
+    )
+    disentanglement_preset: Literal["default", "publish"] = Field(
+        "default", description="sample sizes: default (fewer points), publish (disentanglement_lib's)"
+    )
+    disentanglement_seed: int = Field(0, description="seed of the metrics' own sampling; the same for every trial")
 
     @field_validator("iw_every", mode="before")
     @classmethod
@@ -244,13 +293,13 @@ class MetricsConfig(Section):
 class TrialConfig(Section):
     """Everything one trial needs; the unit the training loop takes."""
 
-    data: DataConfig = DigitsData()
-    model: ModelConfig = ModelConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
-    train: TrainConfig = TrainConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    seed: int = 0  # model init, minibatch order, reparameterisation noise
-    data_seed: int = 0  # data generation and the train/val split, shared by all seeds
+    data: DataConfig = Field(DigitsData(), description="the dataset, chosen by its kind")
+    model: ModelConfig = Field(ModelConfig(), description="encoder, decoder and likelihood")
+    objective: ObjectiveConfig = Field(ObjectiveConfig(), description="the training objective")
+    train: TrainConfig = Field(TrainConfig(), description="the optimisation")
+    metrics: MetricsConfig = Field(MetricsConfig(), description="the held-out metrics' settings")
+    seed: int = Field(0, description="model initialisation, minibatch order, reparameterisation noise")
+    data_seed: int = Field(0, description="data generation and the train/validation split, shared by all seeds")
 
     @model_validator(mode="after")
     def _factors_known(self) -> TrialConfig:

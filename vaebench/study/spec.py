@@ -66,10 +66,10 @@ class Range(Section):
     """A range for search: uniform (or log-uniform) in [low, high], on a ``step`` grid if given.
     Integers stay integers when low, high (and step) are all integers."""
 
-    low: int | float
-    high: int | float
-    log: bool = False
-    step: int | float | None = Field(None, gt=0)
+    low: int | float = Field(description="the smallest value")
+    high: int | float = Field(description="the largest value (above low)")
+    log: bool = Field(False, description="sample uniformly in log space (low > 0)")
+    step: int | float | None = Field(None, gt=0, description="sample on a grid of this step from low; null: continuous")
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -88,10 +88,18 @@ PACK_ALLOWED = "auto, off, or a whole number >= 1 (the most members per pack)"
 
 
 class Resources(Section):
-    cpus_per_trial: float = Field(1.0, gt=0)  # a pack gets the same: it is one task
-    gpus_per_trial: float = Field(0.0, ge=0)
+    """What each trial (or pack of trials) asks of Ray."""
+
+    cpus_per_trial: float = Field(
+        1.0, gt=0, description="CPUs of a trial or a pack (one task): its torch threads; fractions allowed"
+    )
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs of a trial or a pack; fractions share a GPU")
     # packed trials (vaebench.core.pack): auto sizes packs from memory and slots, off runs every trial alone
-    pack: Literal["auto", "off"] | int = "auto"
+    pack: Literal["auto", "off"] | int = Field(
+        "auto",
+        description="packed trials: auto (sized from memory and slots), off (every trial alone), or N (at most N "
+        "members per pack); --pack overrides it",
+    )
 
     @field_validator("pack", mode="before")
     @classmethod
@@ -117,10 +125,22 @@ def parse_pack(v: Any) -> Literal["auto", "off"] | int:
 
 
 class Search(Section):
-    kind: Literal["grid", "random", "tpe", "nsga2"] = "grid"
-    budget: int | None = Field(None, ge=1)  # trials (points); each runs once per seed
-    objectives: dict[str, Literal["min", "max"]] = {"val/elbo": "max"}
-    pruner: Literal["none", "median", "hyperband"] = "none"
+    """How the points of the space are chosen: every one (grid) or an Optuna search."""
+
+    kind: Literal["grid", "random", "tpe", "nsga2"] = Field(
+        "grid", description="grid: the full factorial in file order; random, tpe, nsga2: Optuna samplers"
+    )
+    budget: int | None = Field(
+        None, ge=1, description="points a search runs, each once per seed (required unless kind is grid)"
+    )
+    objectives: dict[str, Literal["min", "max"]] = Field(
+        {"val/elbo": "max"},
+        description="metric -> min or max, of each point's mean over its seeds at the last epoch; two or more for "
+        "nsga2; the first ranks points in status",
+    )
+    pruner: Literal["none", "median", "hyperband"] = Field(
+        "none", description="Optuna pruner on the first objective's mean over seeds per epoch (single objective only)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Search:
@@ -149,21 +169,30 @@ class Search(Section):
 
 
 class Study(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
-    data: DataConfig = DigitsData()
-    model: ModelConfig = ModelConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
-    train: TrainConfig = TrainConfig()
-    metrics: MetricsConfig = MetricsConfig()
-    data_seed: int = 0
-    resources: Resources = Resources()
-    space: dict[str, list[Any] | Range]
-    seeds: list[int] = Field([0], min_length=1)
-    search: Search = Search()
+    """A study file: the base settings of every trial, the factors that vary, the seeds and the search."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the study's MLflow experiment and report folder: letters, digits, _ . - (not starting with . - _)",
+    )
+    description: str = Field("", description="what the study asks; shown in the MLflow UI and the report")
+    data: DataConfig = Field(DigitsData(), description="the dataset, chosen by its kind")
+    model: ModelConfig = Field(ModelConfig(), description="encoder, decoder and likelihood")
+    objective: ObjectiveConfig = Field(ObjectiveConfig(), description="the training objective")
+    train: TrainConfig = Field(TrainConfig(), description="the optimisation")
+    metrics: MetricsConfig = Field(MetricsConfig(), description="the held-out metrics' settings")
+    data_seed: int = Field(0, description="data generation and the train/validation split, shared by all seeds")
+    resources: Resources = Field(Resources(), description="what each trial asks of Ray, and packing")
+    space: dict[str, list[Any] | Range] = Field(
+        description="the factors: dotted path of any setting -> a list of levels, or a range for a search"
+    )
+    seeds: list[int] = Field([0], min_length=1, description="every point runs once per seed; each seed once")
+    search: Search = Field(Search(), description="grid, or an Optuna search with its budget, objectives and pruner")
     # the most trials (points x seeds) the study may imply, counted by arithmetic before any is
     # built; a guard, not part of what the study trains (a record's definition leaves it out)
-    trial_limit: int = Field(TRIAL_LIMIT, ge=1)
+    trial_limit: int = Field(
+        TRIAL_LIMIT, ge=1, description="refuse a study implying more trials (points x seeds); a guard, not recorded"
+    )
 
     @field_validator("seeds")
     @classmethod
