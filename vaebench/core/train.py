@@ -190,6 +190,7 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     """Train the VAE of ``cfg`` alone (the Trainer at M = 1); yield an EpochReport per epoch, its
     ``model`` the trained VAE. Model init, minibatch order and noise all derive from ``cfg.seed``."""
     configure_torch(cfg.train.threads)
+    resolve_device(cfg.train.device)  # a device this machine lacks fails before the data are read
     data = data if data is not None else load_data(cfg.data, cfg.data_seed)
     trainer = Trainer([cfg], data)
     for _ in range(cfg.train.epochs):
