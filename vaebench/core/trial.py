@@ -1,4 +1,4 @@
-"""One trial as a stream of plain messages: what a sweep worker runs (DESIGN.md, trial).
+"""One trial as a stream of plain messages: what a sweep worker runs (docs/design.md, trial).
 
 ``run_trial(config)`` wraps the training loop so that nothing escapes it: each epoch
 becomes an ``{"kind": "epoch", ...}`` message, the end an ``{"kind": "end", ...}`` message
