@@ -1,5 +1,5 @@
 """Disentanglement metrics (vaebench.core.disentanglement) against disentanglement_lib's oracle checks and
-closed forms (REFERENCE.md, "Disentanglement metrics"), their determinism and order independence,
+closed forms (docs/reference.md, "Disentanglement metrics"), their determinism and order independence,
 and the ground-truth-factor interface of procedural dSprites."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The linear VAE on pPCA data reaches REFERENCE.md's closed-form optimum.
+"""The linear VAE on pPCA data reaches docs/reference.md's closed-form optimum.
 
 With s = beta * sigma^2 and eigenvalues lambda_i: KL_i = max(0, 0.5 ln(lambda_i / s)),
 dim i active iff lambda_i > s / 0.99, collapsed iff lambda_i <= s. Worked example:

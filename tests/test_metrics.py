@@ -1,4 +1,4 @@
-"""Held-out metrics against closed forms and independent computations (REFERENCE.md)."""
+"""Held-out metrics against closed forms and independent computations (docs/reference.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Annealing schedules, free bits and capacity against REFERENCE.md's formulas."""
+"""Annealing schedules, free bits and capacity against docs/reference.md's formulas."""
 
 import math
 
@@ -11,7 +11,7 @@ from vaebench.study.config import CapacityAnneal, CyclicalAnneal, LinearAnneal, 
 
 @pytest.mark.parametrize("t,expected", [(0, 0.0), (6, 0.48), (12, 0.96), (13, 1.0), (25, 0.0), (30, 0.4), (99, 1.0)])
 def test_cyclical_worked_example(t, expected):
-    # REFERENCE.md: T=100, M=4, R=0.5 gives a_0=0, a_6=0.48, a_12=0.96, a_13=1, a_25=0
+    # docs/reference.md: T=100, M=4, R=0.5 gives a_0=0, a_6=0.48, a_12=0.96, a_13=1, a_25=0
     assert anneal_factor(CyclicalAnneal(cycles=4, ratio=0.5), t, 100) == pytest.approx(expected)
 
 

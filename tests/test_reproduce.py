@@ -1,5 +1,5 @@
 """`vaebench reproduce`: the linear_collapse reproduction passes end to end (a real sweep on a
-local Ray, recorded in MLflow, read back and checked against REFERENCE.md's closed form), and
+local Ray, recorded in MLflow, read back and checked against docs/reference.md's closed form), and
 every reproduction's checks can fail: they are run on doctored and hand-built frames.
 
 beta_dsprites and annealing are too slow for CI (minutes on 2 cores): only their checks

@@ -1,4 +1,4 @@
-"""beta-TCVAE (Chen et al. 2018; REFERENCE.md): the decomposition of the KL term, its total-correlation
+"""beta-TCVAE (Chen et al. 2018; docs/reference.md): the decomposition of the KL term, its total-correlation
 estimators against the Gaussian closed form, and the objective in the training loop."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_mss_weights_sum_to_one_and_mws_to_one_over_n():
 # Bias of the estimators, measured (8 minibatches of M = 1024, posterior variance 0.3, N = 10,000):
 # stratified sampling is within 0.01 nats of the closed form on average (per-minibatch std 0.002 factorised,
 # 0.02 correlated); minibatch-weighted sampling equals it plus (D - 1) log N exactly in expectation: its
-# weights 1/(NM) sum to 1/N, so log q(z) and each log q(z_d) sit log N low (REFERENCE.md's formula).
+# weights 1/(NM) sum to 1/N, so log q(z) and each log q(z_d) sit log N low (docs/reference.md's formula).
 TC_TOL = 0.03
 
 

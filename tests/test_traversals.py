@@ -1,4 +1,4 @@
-"""Latent traversals (vaebench.core.traversals): rows sorted by KL, collapsed dims found by REFERENCE.md's
+"""Latent traversals (vaebench.core.traversals): rows sorted by KL, collapsed dims found by docs/reference.md's
 (epsilon, delta) rule, each row decoded along its own dim only; the per-trial artifact."""
 
 from __future__ import annotations

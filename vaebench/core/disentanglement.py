@@ -1,4 +1,4 @@
-"""Disentanglement metrics against known generative factors (REFERENCE.md, "Disentanglement metrics").
+"""Disentanglement metrics against known generative factors (docs/reference.md, "Disentanglement metrics").
 
 Six metrics as disentanglement_lib computes them (Locatello et al. 2019), written anew for PyTorch
 encoders and scikit-learn, each with the one signature

@@ -34,8 +34,6 @@ from vaebench.core.optim import PackedOptimizer, SoloOptimizer
 from vaebench.data import Dataset, load_data
 from vaebench.study.config import TrialConfig
 
-TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")  # train/NAME; beta_tcvae adds mi, tc, dwkl
-
 
 @dataclass
 class EpochReport:

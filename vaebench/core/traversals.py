@@ -2,7 +2,7 @@
 
 ``traversals_png`` draws one row per latent dim, sorted by its mean KL over the validation split
 (the most informative first): the images decoded (likelihood mean) as that dim moves from -3 to +3
-with every other dim held at a validation example's posterior mean. Collapsed dims (REFERENCE.md,
+with every other dim held at a validation example's posterior mean. Collapsed dims (docs/reference.md,
 Lucas et al. 2019: P_x[KL_j(x) < epsilon] >= 1 - delta) are labelled as such and greyed; their rows
 should not change. PIL only (imports in milliseconds on a worker).
 """
