@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from vaebench.study.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
+    from vaebench.study.config import DataConfig
 
 __all__ = [
     "DataError",
@@ -62,15 +62,20 @@ class DataMeta:
     train_factors: torch.Tensor | None = None
     val_factors: torch.Tensor | None = None
     eigenvalues: tuple[float, ...] | None = None
+    # train holds grey levels, drawn afresh as binary images every epoch (vaebench.data.mnist)
+    dynamic_binarize: bool = False
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors (float32, examples along dim 0) and their meta."""
+    """Train and validation tensors (float32, examples along dim 0) and their meta; ``test``, when
+    the data have one, is kept apart: validation drives pruning and curves, test gives the final
+    numbers (``test/NAME``)."""
 
     train: torch.Tensor
     val: torch.Tensor
     meta: DataMeta
+    test: torch.Tensor | None = None
 
 
 def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +90,7 @@ def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tupl
     return perm[n_val:], perm[:n_val]
 
 
-def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, seed: int) -> Dataset:
+def load_data(cfg: DataConfig, seed: int) -> Dataset:
     """Load the dataset ``cfg`` describes (dispatch on ``cfg.kind``); deterministic in ``seed``."""
     kind = cfg.kind
     if kind == "digits":
@@ -108,7 +113,13 @@ def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, see
         from vaebench.data.files import load_npz
 
         return load_npz(cfg, seed)
-    raise ValueError(f"unknown data kind {kind!r}")
+    if kind in ("mnist", "fashion_mnist"):
+        from vaebench.data.mnist import load_mnist
+
+        return load_mnist(cfg, seed)
+    from vaebench.data.plugin import load_plugin
+
+    return load_plugin(cfg, seed)
 
 
 # ------------------------------------------------------------------ ground-truth factors
@@ -136,7 +147,7 @@ class GroundTruth(Protocol):
         factors[i] (deterministic), so a representation of them is order-independent."""
 
 
-def ground_truth(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData) -> GroundTruth | None:
+def ground_truth(cfg: DataConfig) -> GroundTruth | None:
     """The ground-truth factor interface of the data ``cfg`` describes, None when its factors are unknown."""
     if cfg.kind == "dsprites":
         from vaebench.data.dsprites import DSpritesFactors
