@@ -50,7 +50,7 @@ def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     out = {"checkpoint.pt": buf.getvalue()}
-    if len(data.meta.shape) == 3:
+    if len(data.meta.shape) == 3 and getattr(model, "has_images", True):  # a plugin may have no image hook
         m = metrics or MetricsConfig()
         out["reconstructions.png"] = image_grid(model, data)
         out["traversals.png"] = traversals_png(model, data.val, epsilon=m.collapse_epsilon, delta=m.collapse_delta)
