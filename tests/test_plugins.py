@@ -24,7 +24,7 @@ from vaebench.study.spec import iter_trials, load_study
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
-MODEL = '''\
+MODEL = """\
 import torch
 from torch import nn
 
@@ -45,7 +45,7 @@ class Tiny(nn.Module):
     def log_likelihood(self, x, z):
         logits = self.dec(z).view(-1, *self.event_shape)
         return -nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-'''
+"""
 
 STUDY = """\
 name: plug
@@ -173,7 +173,9 @@ BAD = {
         ("the class has no log_likelihood",),
     ),
     "shape": (
-        MODEL.replace("return tuple(self.enc(x).chunk(2, -1))", "mu, lv = self.enc(x).chunk(2, -1); return mu[:, :2], lv"),
+        MODEL.replace(
+            "return tuple(self.enc(x).chunk(2, -1))", "mu, lv = self.enc(x).chunk(2, -1); return mu[:, :2], lv"
+        ),
         "Tiny",
         ("encode(x)'s mu has shape [2, 2]; expected [2, 3]",),
     ),
@@ -193,7 +195,9 @@ def test_a_bad_model_plugin_exits_2(project, command, case):
     source, attr, fragments = BAD[case]
     (project / "my_vae.py").write_text(source)
     (project / "study.yaml").write_text(STUDY.replace("my_vae.py:Tiny", f"my_vae.py:{attr}"))
-    refused(project, command, str(project / "study.yaml"), fragments=(str(project / "study.yaml"), "model.kind", *fragments))
+    refused(
+        project, command, str(project / "study.yaml"), fragments=(str(project / "study.yaml"), "model.kind", *fragments)
+    )
 
 
 def test_constructor_rejecting_args_exits_2(project):
@@ -209,13 +213,17 @@ def test_constructor_rejecting_args_exits_2(project):
 def test_file_plugin_outside_the_project_exits_2(project):
     shutil.copy(project / "my_vae.py", project.parent / "outside.py")
     (project / "study.yaml").write_text(STUDY.replace("./my_vae.py", "../outside.py"))
-    refused(project, "sweep", str(project / "study.yaml"), fragments=("model.kind", "outside the study's project folder"))
+    refused(
+        project, "sweep", str(project / "study.yaml"), fragments=("model.kind", "outside the study's project folder")
+    )
 
 
 def test_a_bad_objective_plugin_exits_2(project):
     (project / "obj.py").write_text("def bad(log_lik, mu, logvar, z, **kw):\n    return {'recon': -log_lik.mean()}\n")
     (project / "study.yaml").write_text(STUDY + 'objective: {kind: "./obj.py:bad"}\n')
-    refused(project, "validate", str(project / "study.yaml"), fragments=("objective.kind", "must return a dict with 'loss'"))
+    refused(
+        project, "validate", str(project / "study.yaml"), fragments=("objective.kind", "must return a dict with 'loss'")
+    )
 
 
 # ------------------------------------------------------------------------- the record
@@ -252,7 +260,9 @@ def test_the_one_file_example_runs_inline(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["custom_model_example"], filter_string="tags.vaebench.config_hash != ''")
+    runs = mlflow.search_runs(
+        experiment_names=["custom_model_example"], filter_string="tags.vaebench.config_hash != ''"
+    )
     assert len(runs) == 2 and runs["metrics.val/elbo"].notna().all()
 
 
@@ -271,10 +281,11 @@ def test_the_plugin_package_example_runs_inline(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["plugin_package_example"], filter_string="tags.vaebench.config_hash != ''")
+    runs = mlflow.search_runs(
+        experiment_names=["plugin_package_example"], filter_string="tags.vaebench.config_hash != ''"
+    )
     assert len(runs) == 2
     assert runs["metrics.train/l2"].notna().all()  # the objective plugin's own term
     assert runs["metrics.test/elbo"].notna().all()  # the data plugin's test split
     assert set(runs["params.plugin.model.qualname"]) == {"vaebench_example_plugin.model:GaussianMLPVAE"}
     assert set(runs["params.plugin.model.version"]) == {"0.1.0"}
-

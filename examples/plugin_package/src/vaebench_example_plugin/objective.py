@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def l2_rate(log_lik, mu, logvar, z, *, step, total_steps, n_data, config, generator=None, weight: float = 0.1):
     """Terms as minibatch means, ``loss`` included: they are logged as train/NAME."""
