@@ -219,7 +219,7 @@ def test_file_plugin_outside_the_project_exits_2(project):
 
 
 def test_a_bad_objective_plugin_exits_2(project):
-    (project / "obj.py").write_text("def bad(log_lik, mu, logvar, z, **kw):\n    return {'recon': -log_lik.mean()}\n")
+    (project / "obj.py").write_text("def bad(batch, hp):\n    return {'recon': -batch.log_lik.mean(-1)}\n")
     (project / "study.yaml").write_text(STUDY + 'objective: {kind: "./obj.py:bad"}\n')
     refused(
         project, "validate", str(project / "study.yaml"), fragments=("objective.kind", "must return a dict with 'loss'")

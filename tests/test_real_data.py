@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from vaebench.cli import app
 from vaebench.core.mmd import mmd2, mmd_objective
 from vaebench.data import load_data
-from vaebench.data.mnist import DEBIAN_FASHION, dynamic_binarize, find_files, load_mnist
-from vaebench.study.config import MnistData, ObjectiveConfig
+from vaebench.data.mnist import DEBIAN_FASHION, binarize_generator, dynamic_binarize, find_files, load_mnist
+from vaebench.study.config import MnistData, ObjectiveConfig, TrialConfig
 
 FASHION = find_files(DEBIAN_FASHION) is not None
 needs_fashion = pytest.mark.skipif(
@@ -70,15 +70,58 @@ def test_static_binarisation_is_one_fixed_draw():
 
 def test_dynamic_binarisation_differs_per_epoch_and_is_reproducible_per_seed():
     x = torch.rand(200, 1, 28, 28)
-    e1, e2 = dynamic_binarize(x, seed=3, epoch=1), dynamic_binarize(x, seed=3, epoch=2)
+
+    def draw(seed, epoch):
+        return dynamic_binarize(x, binarize_generator(seed, epoch))
+
+    e1, e2 = draw(3, 1), draw(3, 2)
     assert set(e1.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(e1, e2)  # a fresh draw every epoch
-    assert torch.equal(e1, dynamic_binarize(x, seed=3, epoch=1))  # the same draw on a rerun
-    assert not torch.equal(e1, dynamic_binarize(x, seed=4, epoch=1))  # another seed, other draws
-    assert not torch.equal(e1, dynamic_binarize(x, seed=3, epoch=1, member=1))
+    assert torch.equal(e1, draw(3, 1))  # the same draw on a rerun
+    assert not torch.equal(e1, draw(4, 1))  # another seed, other draws
     # P(pixel = 1) = grey level: over 50 epochs the draws average to x
-    mean = torch.stack([dynamic_binarize(x[:10], 0, e) for e in range(1, 51)]).mean(0)
-    assert (mean - x[:10]).abs().mean() < 0.06
+    mean = torch.stack([draw(0, e) for e in range(1, 51)]).mean(0)
+    assert (mean - x).abs().mean() < 0.06
+
+
+def test_dynamic_binarisation_in_training_per_member(tmp_path):
+    """The loop draws each minibatch from the member's generator: a member packed sees the draws of
+    its solo trial."""
+    from vaebench.core.train import Trainer
+
+    rng = np.random.default_rng(2)
+    for name, n in (("train", 120), ("t10k", 40)):
+        write_idx(tmp_path / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{name}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    cfgs = [
+        TrialConfig.model_validate(
+            {
+                "data": {"kind": "mnist", "root": str(tmp_path), "binarize": "dynamic"},
+                "model": {"latent_dim": 2, "hidden": [8]},
+                "train": {"epochs": 2, "batch_size": 60},
+                "metrics": {"iw_samples": 2, "iw_examples": 10},
+                "seed": s,
+            }
+        )
+        for s in (0, 1)
+    ]
+    data = load_data(cfgs[0].data, 0)
+    assert data.meta.dynamic_binarize and not set(data.train.unique().tolist()) <= {0.0, 1.0}
+    seen = []
+    pack, solo = Trainer(cfgs, data), Trainer(cfgs[1:], data)
+    for trainer in (pack, solo):
+        orig = trainer.model.encode
+        # training minibatches only (60 and 50 examples; a pack's validation and test also encode here)
+        trainer.model.encode = lambda x, orig=orig: (
+            seen.append(x.clone()) if x.shape[1] in (60, 50) else None,
+            orig(x),
+        )[1]
+        trainer.run_epoch()
+        trainer.run_epoch()
+    packed, alone = seen[:4], seen[4:]  # 2 epochs x 2 batches each
+    for p, a in zip(packed, alone):
+        assert set(p.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(p[1], a[0])  # member 1 packed = its solo trial
 
 
 @needs_mlxtend
@@ -168,18 +211,20 @@ def test_mmd_matches_the_loops(kernel):
 
 
 def test_mmd_objective_terms():
+    from vaebench.core.mmd import prior_draws
+    from vaebench.core.objectives import MemberSettings, ObjectiveBatch
+
     g = torch.Generator().manual_seed(0)
-    mu, logvar = torch.randn(64, 4, generator=g), torch.zeros(64, 4)
-    z, ll = mu + torch.randn(64, 4, generator=g), -torch.rand(64, generator=g) * 50
-    cfg = ObjectiveConfig(kind="mmd", beta=0.5, args={"weight": 10.0})
-    t = mmd_objective(
-        ll, mu, logvar, z, step=0, total_steps=10, config=cfg, generator=torch.Generator().manual_seed(5), **cfg.args
-    )
-    prior = torch.randn(64, 4, generator=torch.Generator().manual_seed(5))
-    kl = (0.5 * mu.pow(2)).sum(1).mean()  # logvar = 0: KL = mu^2 / 2
-    torch.testing.assert_close(t["kl"], kl)
-    torch.testing.assert_close(t["mmd"], mmd2(z, prior))
-    torch.testing.assert_close(t["loss"], -ll.mean() + 0.5 * kl + 10.0 * mmd2(z, prior))
+    mu, logvar = torch.randn(2, 64, 4, generator=g), torch.zeros(2, 64, 4)
+    z, ll = mu + torch.randn(2, 64, 4, generator=g), -torch.rand(2, 64, generator=g) * 50
+    hp = MemberSettings([ObjectiveConfig(kind="mmd", beta=b, args={"weight": w}) for b, w in ((0.5, 10.0), (0.0, 3.0))])
+    t = mmd_objective(ObjectiveBatch(torch.zeros(2, 64, 1), mu, logvar, z, ll, 3, 10, 1000), hp)
+    prior = prior_draws(z, 3)
+    for m, (beta, weight) in enumerate(((0.5, 10.0), (0.0, 3.0))):
+        kl = (0.5 * mu[m].pow(2)).sum(1).mean()  # logvar = 0: KL = mu^2 / 2
+        torch.testing.assert_close(t["kl"][m], kl)
+        torch.testing.assert_close(t["mmd"][m], mmd2(z[m], prior))
+        torch.testing.assert_close(t["loss"][m], -ll[m].mean() + beta * kl + weight * mmd2(z[m], prior))
     # samples from the prior itself: MMD^2 near 0; shifted samples: clearly positive
     p1, p2 = torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g)
     assert abs(mmd2(p1, p2).item()) < 0.01 and mmd2(p1 + 1.0, p2).item() > 0.05
@@ -206,7 +251,7 @@ def test_a_pack_records_the_test_numbers_solo_does(tmp_path):
             }
         )
 
-    assert "data.binarize='dynamic'" in unsupported(cfg(0, "dynamic"))  # dynamic draws: solo
+    assert unsupported(cfg(0, "dynamic")) == []  # dynamic draws per member: packs too
     assert unsupported(cfg(0, "static")) == []
     msgs, pt = [], PackTrainer([cfg(0).model_dump(mode="json"), cfg(1).model_dump(mode="json")], threads=1)
     while not pt.done:

@@ -1,4 +1,4 @@
-"""One trial as a stream of plain messages: what a sweep worker runs (DESIGN.md, trial).
+"""One trial as a stream of plain messages: what a sweep worker runs (docs/design.md, trial).
 
 ``run_trial(config)`` wraps the training loop so that nothing escapes it: each epoch
 becomes an ``{"kind": "epoch", ...}`` message, the end an ``{"kind": "end", ...}`` message
@@ -71,9 +71,9 @@ def image_grid(model: VAE, data: Dataset, n: int = 8, cell: int = 64) -> bytes:
     model.eval()
     device = next(model.parameters()).device
     x = data.val[:n].to(device)
-    recon = model.likelihood.mean(model.decode(model.encode(x)[0]))
+    recon = model.decode_mean(model.encode(x)[0])
     g = torch.Generator(device).manual_seed(0)
-    samples = model.likelihood.mean(model.decode(torch.randn(n, model.latent_dim, generator=g, device=device)))
+    samples = model.decode_mean(torch.randn(n, model.latent_dim, generator=g, device=device))
     rows = torch.stack([x, recon, samples])[:, :, 0].clamp(0, 1).cpu()  # [3, n, H, W]
     H, W = rows.shape[-2:]
     scale = max(1, round(cell / max(H, W)))

@@ -11,7 +11,8 @@ Splits: validation is ``val_fraction`` of the training file (drawn with ``data_s
 file is kept apart and gives the final numbers (``test/NAME``). Binarisation (Burda et al. 2016
 report static and dynamic for the same model, 86.76 vs 88.71 nats): ``static`` is one Bernoulli
 draw of every image from ``data_seed``; ``dynamic`` keeps the training images' grey levels as
-probabilities and draws them afresh every epoch (``dynamic_binarize``, from the trial's seed),
+probabilities and draws each minibatch afresh every epoch (``dynamic_binarize`` with
+``binarize_generator(seed, epoch)``, per member of a pack),
 while validation and test get one fixed draw.
 """
 
@@ -32,7 +33,7 @@ from vaebench.data.files import read_idx
 if TYPE_CHECKING:
     from vaebench.study.config import MnistData
 
-__all__ = ["DEBIAN_FASHION", "dynamic_binarize", "find_files", "load_mnist", "static_binarize"]
+__all__ = ["DEBIAN_FASHION", "binarize_generator", "dynamic_binarize", "find_files", "load_mnist", "static_binarize"]
 
 #: where Debian's dataset-fashion-mnist installs the four files
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -114,12 +115,17 @@ def static_binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
 
 
-def dynamic_binarize(x: torch.Tensor, seed: int, epoch: int, member: int = 0) -> torch.Tensor:
-    """The training images' draw for ``epoch`` (1-based) of the trial seeded ``seed``: a pure
-    function of (seed, epoch, member), so a rerun draws the same images and every epoch new ones."""
-    key = hashlib.sha256(f"{_DYNAMIC_SALT}:{seed}:{epoch}:{member}".encode()).digest()
-    g = torch.Generator(x.device).manual_seed(int.from_bytes(key[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
-    return torch.bernoulli(x, generator=g)
+def binarize_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of a trial's dynamic draws in ``epoch`` (1-based): seeded by (seed, epoch) alone,
+    so a rerun draws the same images, every epoch new ones, and a member of a pack the draws of its
+    solo trial (the minibatches consume it in the same order)."""
+    key = hashlib.sha256(f"{_DYNAMIC_SALT}:{seed}:{epoch}".encode()).digest()
+    return torch.Generator(device).manual_seed(int.from_bytes(key[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def dynamic_binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A Bernoulli draw of every pixel of ``x`` (grey level = probability) from ``generator``."""
+    return torch.bernoulli(x, generator=generator)
 
 
 def load_mnist(cfg: MnistData, seed: int) -> Dataset:
