@@ -109,6 +109,7 @@ def test_the_reference_shows_types_defaults_and_allowed_values():
 
 
 def test_every_tag_in_the_code_is_documented():
+    from vaebench.plugins import GROUPS
     from vaebench.record.vocab import TAGS
 
     names = set()
@@ -119,6 +120,7 @@ def test_every_tag_in_the_code_is_documented():
                 modules = (ROOT / "vaebench" / m.group(1), ROOT / "vaebench" / f"{m.group(1)}.py") if m else ()
                 if m and not any(p.exists() for p in modules):
                     names.add(node.value)
+    names -= set(GROUPS.values())  # the plugins' entry-point groups (docs/plugins.md), not tags
     assert len(names) >= 15
     assert names <= set(TAGS), f"tags without an entry in vaebench.record.vocab.TAGS: {sorted(names - set(TAGS))}"
     assert all(where and what for where, what in TAGS.values())

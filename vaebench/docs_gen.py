@@ -102,9 +102,15 @@ def _union_members(tp: Any) -> list[Any] | None:
     """The member types of a Union (or ``X | Y``), through Annotated; None for other types."""
     if get_origin(tp) is Annotated:
         tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        return list(get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):  # members may be tagged: Annotated[Section, Tag(...)]
+        return [get_args(m)[0] if get_origin(m) is Annotated else m for m in get_args(tp)]
     return None
+
+
+def _kind_name(section: type[BaseModel]) -> str:
+    """How a kind is written in a study: its kind's default, or for a plugin section (no default) what it takes."""
+    field = section.model_fields["kind"]
+    return field.default if isinstance(field.default, str) else "a plugin reference"
 
 
 def _kinds(tp: Any) -> list[type[BaseModel]] | None:
@@ -121,10 +127,7 @@ def type_text(tp: Any, titles: dict[type, str]) -> str:
     origin, args = get_origin(tp), get_args(tp)
     if _kinds(tp):
         return "a mapping chosen by `kind`: " + ", ".join(
-            f"[{k.model_fields['kind'].default}](#{_anchor(titles[k])})"
-            if k in titles
-            else k.model_fields["kind"].default
-            for k in _kinds(tp)
+            f"[{_kind_name(k)}](#{_anchor(titles[k])})" if k in titles else _kind_name(k) for k in _kinds(tp)
         )
     if origin is Annotated:
         base, *meta = args
@@ -194,13 +197,13 @@ def study_sections() -> Iterator[tuple[str, str, type[BaseModel]]]:
         kinds = _kinds(tp)
         if kinds:
             for k in kinds:
-                kind = k.model_fields["kind"].default
+                kind = _kind_name(k)
                 yield f"{name}: kind {kind}", f"{name}.", k
         elif _is_section(tp):
             yield name, f"{name}.", tp
             for sub, sinfo in tp.model_fields.items():
                 for k in _kinds(sinfo.annotation) or []:
-                    kind = k.model_fields["kind"].default
+                    kind = _kind_name(k)
                     yield f"{name}.{sub}: kind {kind}", f"{name}.{sub}.", k
         elif name == "space":
             from vaebench.study.spec import Range

@@ -8,6 +8,7 @@ the trial. Each function is checked against the formulas in tests/test_objective
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,5 +286,18 @@ OBJECTIVES: dict[str, Objective] = {"beta_vae": beta_vae, "beta_tcvae": beta_tcv
 
 def objective(batch: ObjectiveBatch, hp: MemberSettings) -> dict[str, torch.Tensor]:
     """The minibatch objective of every member as named terms, each [M], ``loss`` first: what the
-    training loop minimises (the sum over members of ``loss``) and logs as train/NAME."""
-    return OBJECTIVES[hp.kind](batch, hp)
+    training loop minimises (the sum over members of ``loss``) and logs as train/NAME. A kind not
+    in OBJECTIVES is an objective plugin (vaebench.plugins; ``mmd`` is one), with the same signature."""
+    fn = OBJECTIVES.get(hp.kind) or plugin_objective(hp.kind)
+    terms = fn(batch, hp)
+    if not isinstance(terms, dict) or "loss" not in terms:
+        raise TypeError(f"objective {hp.kind} returned {type(terms).__name__}; it must return a dict with 'loss'")
+    return {"loss": terms["loss"], **{k: v for k, v in terms.items() if k != "loss"}}
+
+
+@functools.cache
+def plugin_objective(kind: str) -> Objective:
+    """The objective plugin ``kind`` names, imported once per process (vaebench.plugins)."""
+    from vaebench.plugins import resolve
+
+    return resolve(kind, "vaebench.objectives").obj

@@ -31,12 +31,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vaebench.core.members import Path
+from vaebench.core.members import Path, check_packable
 from vaebench.core.models import build_model
 from vaebench.core.train import Trainer, configure_torch, resolve_device
 from vaebench.core.trial import artifacts
 from vaebench.data import Dataset, load_data
-from vaebench.study.config import TrialConfig
+from vaebench.study.config import BUILTIN_MODELS, TrialConfig
 
 # --------------------------------------------------------------------------------------- allow-list
 #
@@ -111,14 +111,48 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def unsupported(config: dict[str, Any] | TrialConfig) -> list[str]:
-    """The settings of a trial that PackTrainer does not support ([] = it can be packed)."""
+    """The settings of a trial that PackTrainer does not support ([] = it can be packed). A plugin
+    model packs (with any model.args) when its dry step packed equals solo (``plugin_packs``)."""
     d = config.model_dump(mode="json") if isinstance(config, TrialConfig) else config
+    plugin_ok = None
+    kind = d.get("model", {}).get("kind", "mlp")
     bad = []
+    if kind not in BUILTIN_MODELS:
+        why = plugin_packs(TrialConfig.model_validate(d) if not isinstance(config, TrialConfig) else config)
+        plugin_ok = why is None
+        if not plugin_ok:
+            bad.append(f"model.kind={kind!r} ({why})")
     for key, value in _flat(d).items():
+        if plugin_ok is not None and (key == "model.kind" or key.startswith("model.args.")):
+            continue  # judged by plugin_packs above
+        if plugin_ok and key in ("model.hidden", "model.channels", "model.likelihood", "model.sigma"):
+            continue  # the built-in families' fields, unused by a plugin
         allowed = SUPPORTED.get(key)
         if allowed is None or (allowed != "*" and value not in allowed):
             bad.append(f"{key}={value!r}")
     return bad
+
+
+#: (model settings, data settings) -> None when the plugin model packs, else why not (one dry step each)
+_PLUGIN_PACKS: dict[str, str | None] = {}
+
+
+def plugin_packs(cfg: TrialConfig) -> str | None:
+    """Whether a plugin model trains correctly packed: ``check_packable`` (vaebench.core.members) on
+    two members (seeds 0 and 1) and 8 real training examples; None when it does, else the reason.
+    Memoised per model and data settings (a grid asks for every trial)."""
+    key = json.dumps([cfg.model.model_dump(mode="json"), cfg.data.model_dump(mode="json")], sort_keys=True)
+    if key not in _PLUGIN_PACKS:
+        try:
+            data = load_data(cfg.data, cfg.data_seed)
+            models = []
+            for seed in (0, 1):
+                torch.manual_seed(seed)
+                models.append(build_model(cfg.model, data.meta.shape))
+            _PLUGIN_PACKS[key] = check_packable(models, data.train[:8])
+        except Exception as e:  # noqa: BLE001  (any failure is a reason to run solo)
+            _PLUGIN_PACKS[key] = f"the dry step failed: {type(e).__name__}: {e}"
+    return _PLUGIN_PACKS[key]
 
 
 def pack_key(config: dict[str, Any] | TrialConfig) -> str | None:
@@ -156,6 +190,8 @@ def _event_shape(cfg: TrialConfig) -> tuple[int, ...]:
         return (1, 64, 64)
     if kind == "ppca":
         return (len(cfg.data.eigenvalues),)
+    if kind in ("mnist", "fashion_mnist"):
+        return (1, 28, 28)
     return load_data(cfg.data, cfg.data_seed).meta.shape  # files: read their shape
 
 
@@ -170,13 +206,23 @@ def member_bytes(cfg: TrialConfig) -> int:
         nonlocal acts
         acts += sum(t.numel() for t in (out if isinstance(out, tuple) else (out,)))
 
-    with torch.device("meta"):  # no memory, no random numbers drawn
-        model = build_model(cfg.model, shape)
-        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.device("meta"):  # no memory, no random numbers drawn
+            model = build_model(cfg.model, shape)
+            hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+            x = torch.zeros(cfg.train.batch_size, *shape)
+            model.log_likelihood(x, model.encode(x)[0])
+        for h in hooks:
+            h.remove()
+    except Exception:  # noqa: BLE001  (a plugin that cannot run on the meta device: counted on the CPU)
+        torch.manual_seed(0)
+        model, acts = build_model(cfg.model, shape), 0
         x = torch.zeros(cfg.train.batch_size, *shape)
-        model.log_likelihood(x, model.encode(x)[0])
-    for h in hooks:
-        h.remove()
+        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        with torch.no_grad():
+            model.log_likelihood(x, model.encode(x)[0])
+        for h in hooks:
+            h.remove()
     params = sum(p.numel() for p in model.parameters())
     return 4 * (5 * params + 3 * (acts + cfg.train.batch_size * math.prod(shape)))
 

@@ -32,6 +32,7 @@ from vaebench.core.models import build_model
 from vaebench.core.objectives import MemberSettings, ObjectiveBatch, kl_weight, objective
 from vaebench.core.optim import PackedOptimizer, SoloOptimizer
 from vaebench.data import Dataset, load_data
+from vaebench.data.mnist import binarize_generator, dynamic_binarize
 from vaebench.study.config import TrialConfig
 
 
@@ -96,6 +97,9 @@ class Trainer:
         first = configs[0]
         self.device = dev = resolve_device(first.train.device)
         self.data, self.x_train, self.x_val = data, data.train.to(dev), data.val.to(dev)
+        # the test split, kept apart: evaluated once, at the last epoch (the final numbers, test/NAME)
+        self.x_test = data.test.to(dev) if data.test is not None else None
+        self.dynamic = data.meta.dynamic_binarize  # x_train holds grey levels, drawn binary per batch
         models = []
         for cfg in configs:
             torch.manual_seed(cfg.seed)  # parameter init draws from the global generator
@@ -131,8 +135,12 @@ class Trainer:
         started = time.perf_counter()
         steps, sizes = [], []  # per-step values kept on device and reduced once: no per-step sync
         perms = torch.stack([torch.randperm(self.n, generator=m.order) for m in live])  # [M, n]
+        # dynamic binarisation: each member's own draws this epoch, from its seed (vaebench.data.mnist)
+        draws = [binarize_generator(m.cfg.seed, epoch, dev) for m in live] if self.dynamic else []
         for idx in perms.split(self.bs, dim=1):
             x = self.x_train[idx.to(dev)]  # [M, B, *event]: each member's own minibatch
+            if draws:
+                x = torch.stack([dynamic_binarize(x[k], g) for k, g in enumerate(draws)])
             mu, logvar = self.model.encode(x)
             eps = torch.stack([torch.randn(mu.shape[1:], generator=m.noise, device=dev, dtype=mu.dtype) for m in live])
             z = mu + torch.exp(0.5 * logvar) * eps  # reparameterised, each member with its own noise
@@ -160,6 +168,10 @@ class Trainer:
             # the same evaluation noise for every trial (common random numbers across seeds)
             eval_noise = torch.Generator(dev).manual_seed(EVAL_SEED * epoch)
             val = evaluate_members(self.model.for_metrics(), self.x_val, mcfg, eval_noise, iw_due(mcfg, epoch, last))
+        test: list[dict[str, float]] = [{}] * len(live)
+        if any(finite) and last and self.x_test is not None:  # nothing was tuned on it: the table's numbers
+            test_noise = torch.Generator(dev).manual_seed(EVAL_SEED * epoch)
+            test = evaluate_members(self.model.for_metrics(), self.x_test, mcfg, test_noise, True)
 
         reports = []
         for k, m in enumerate(live):
@@ -174,6 +186,7 @@ class Trainer:
                 metrics.update({f"val/{name}": v for name, v in val[k].items()})
                 for key in CONVERGENCE_KEYS:
                     m.history[key].append((epoch, metrics[key]))
+            metrics.update({f"test/{name}": v for name, v in test[k].items()})
             dis_every = mcfg.disentanglement_every
             if mcfg.disentanglement and (last or (dis_every and epoch % dis_every == 0)):
                 scores = evaluate_trial(self.model.solo_model(k), m.cfg)

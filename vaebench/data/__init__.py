@@ -20,7 +20,7 @@ from vaebench.data.base import DataError, DataMeta, Dataset, GroundTruth, split_
 from vaebench.study.config import FACTOR_KINDS  # data kinds whose generative factors are known
 
 if TYPE_CHECKING:
-    from vaebench.study.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
+    from vaebench.study.config import DataConfig
 
 __all__ = [
     "DataError",
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, seed: int) -> Dataset:
+def load_data(cfg: DataConfig, seed: int) -> Dataset:
     """Load the dataset ``cfg`` describes (dispatch on ``cfg.kind``); deterministic in ``seed``."""
     kind = cfg.kind
     if kind == "digits":
@@ -57,13 +57,31 @@ def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, see
         from vaebench.data.files import load_npz
 
         return load_npz(cfg, seed)
-    raise ValueError(f"unknown data kind {kind!r}")
+    if kind in ("mnist", "fashion_mnist"):
+        from vaebench.data.mnist import load_mnist
+
+        return load_mnist(cfg, seed)
+    from vaebench.data.plugin import load_plugin
+
+    return load_plugin(cfg, seed)
 
 
-def ground_truth(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData) -> GroundTruth | None:
+def ground_truth(cfg: DataConfig) -> GroundTruth | None:
     """The ground-truth factor interface of the data ``cfg`` describes, None when its factors are unknown."""
     if cfg.kind == "dsprites":
         from vaebench.data.dsprites import DSpritesFactors
 
         return DSpritesFactors(tuple(cfg.shapes))
+    if is_plugin_kind(cfg.kind):
+        from vaebench.data.plugin import plugin_ground_truth
+
+        return plugin_ground_truth(cfg)
     return None
+
+
+def is_plugin_kind(kind: str) -> bool:
+    """A data kind that is not built in: a plugin (vaebench.plugins), whose factors, if any, are
+    known only once it is imported (vaebench.study.plugin_checks)."""
+    from vaebench.study.config import BUILTIN_DATA
+
+    return kind not in BUILTIN_DATA

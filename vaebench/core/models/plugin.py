@@ -1,0 +1,62 @@
+"""Models from plugins (vaebench.plugins) in the training core.
+
+A plugin model meets the contract of ``vaebench.core.protocol``: ``encode(x)`` and
+``log_likelihood(x, z)`` on one batch of examples, no member or sample axes. ``ProtocolModel``
+adds what the core asks beyond that: ``log_likelihood`` folds leading sample axes of z (the
+importance-weighted bound's) into the batch, since a plugin need not broadcast; ``encode`` clamps
+the log-variance as the built-ins do; ``decode_mean`` is the plugin's, else one seeded ancestral
+``sample(z, generator)``, for the image artifacts (``has_images`` False when it has neither). Under
+``torch.func`` (a pack, vaebench.core.members.Vmapped) it is the module that is vmapped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
+
+
+class ProtocolModel(nn.Module):
+    """A protocol model with the face the loop and the metrics call (see the module docstring)."""
+
+    def __init__(self, inner: nn.Module, latent_dim: int):
+        super().__init__()
+        self.inner = inner
+        self.latent_dim = int(getattr(inner, "latent_dim", latent_dim))
+
+    @property
+    def has_images(self) -> bool:
+        return hasattr(self.inner, "decode_mean") or hasattr(self.inner, "sample")
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.inner.encode(x)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)  # as the built-ins: exp() must not overflow
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x [B, *event], z [..., B, J] -> [..., B]: leading sample axes folded into the batch."""
+        lead, B = z.shape[:-2], z.shape[-2]
+        if not lead:
+            return self.inner.log_likelihood(x, z)
+        xs = x.expand(*lead, *x.shape).reshape(-1, *x.shape[1:])
+        return self.inner.log_likelihood(xs, z.reshape(-1, z.shape[-1])).view(*lead, B)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.inner, "decode_mean"):
+            return self.inner.decode_mean(z)
+        return self.inner.sample(z, torch.Generator(z.device).manual_seed(0))
+
+
+def construct(obj: Any, event_shape: tuple[int, ...], latent_dim: int, args: dict[str, Any]) -> nn.Module:
+    """``obj(event_shape=..., latent_dim=..., **args)``: a class or a factory function."""
+    return obj(event_shape=tuple(event_shape), latent_dim=latent_dim, **args)
+
+
+def build(cfg: ModelConfig, event_shape: tuple[int, ...]) -> ProtocolModel:
+    """The plugin model of ``cfg``, wrapped in ProtocolModel."""
+    from vaebench.plugins import resolve
+
+    obj = resolve(cfg.kind, "vaebench.models").obj
+    return ProtocolModel(construct(obj, event_shape, cfg.latent_dim, dict(cfg.args)), cfg.latent_dim)
