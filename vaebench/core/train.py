@@ -83,7 +83,7 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     x_train, x_val = data.train.to(device), data.val.to(device)
 
     torch.manual_seed(cfg.seed)  # parameter init draws from the global generator
-    model = build_model(cfg.model, data.meta.shape).to(device)
+    model = build_model(cfg.model, data.meta.shape, len(data.meta.vocab) or None).to(device)
     optimizer = make_optimizer(cfg, model)
     noise = torch.Generator(device).manual_seed(cfg.seed)  # reparameterisation noise
     order = torch.Generator().manual_seed(cfg.seed)  # minibatch order
@@ -125,6 +125,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
             eval_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
             iw = iw_due(cfg.metrics, epoch, last=epoch == epochs)
             metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise, iw).items()})
+            if data.meta.entropy is not None:  # H(x) known exactly (the grammar corpus): beside mi_ceiling
+                metrics["val/data_entropy"] = data.meta.entropy
             for k in CONVERGENCE_KEYS:
                 history[k].append((epoch, metrics[k]))
         dis_every = cfg.metrics.disentanglement_every

@@ -1,7 +1,8 @@
 """Datasets of vaebench: one entry point, ``load_data(cfg, seed)``.
 
 Every loader returns a :class:`Dataset` of float32 tensors, images shaped
-``[N, 1, H, W]`` and vectors ``[N, n]``, plus a :class:`DataMeta` describing them.
+``[N, 1, H, W]`` and vectors ``[N, n]``, or int64 token sequences ``[N, T]`` (text and
+grammar: ``vaebench.data.text``), plus a :class:`DataMeta` describing them.
 Loading is deterministic given the seed: all randomness comes from
 ``numpy.random.default_rng(seed)``, never from global RNG state. Nothing is ever
 downloaded: digits ship with scikit-learn, dSprites and pPCA data are generated
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from vaebench.study.config import DigitsData, DSpritesData, IdxData, NpzData, PPCAData
+    from vaebench.study.config import DataConfig
 
 __all__ = [
     "DataError",
@@ -62,11 +63,13 @@ class DataMeta:
     train_factors: torch.Tensor | None = None
     val_factors: torch.Tensor | None = None
     eigenvalues: tuple[float, ...] | None = None
+    vocab: tuple[str, ...] = ()
+    entropy: float | None = None
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors (float32, examples along dim 0) and their meta."""
+    """Train and validation tensors (float32, or int64 token ids; examples along dim 0) and their meta."""
 
     train: torch.Tensor
     val: torch.Tensor
@@ -85,7 +88,7 @@ def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tupl
     return perm[n_val:], perm[:n_val]
 
 
-def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, seed: int) -> Dataset:
+def load_data(cfg: DataConfig, seed: int) -> Dataset:
     """Load the dataset ``cfg`` describes (dispatch on ``cfg.kind``); deterministic in ``seed``."""
     kind = cfg.kind
     if kind == "digits":
@@ -108,13 +111,21 @@ def load_data(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData, see
         from vaebench.data.files import load_npz
 
         return load_npz(cfg, seed)
+    if kind == "text":
+        from vaebench.data.text import load_text
+
+        return load_text(cfg, seed)
+    if kind == "grammar":
+        from vaebench.data.text import load_grammar
+
+        return load_grammar(cfg, seed)
     raise ValueError(f"unknown data kind {kind!r}")
 
 
 # ------------------------------------------------------------------ ground-truth factors
 
 #: data kinds whose generative factors are known (the disentanglement metrics need them)
-FACTOR_KINDS = ("dsprites",)
+FACTOR_KINDS = ("dsprites", "grammar")
 
 
 class GroundTruth(Protocol):
@@ -132,14 +143,18 @@ class GroundTruth(Protocol):
         """``n`` independent uniform factor combinations, int64 ``[n, K]`` (with replacement)."""
 
     def observations(self, factors: np.ndarray) -> torch.Tensor:
-        """The observations of the given factor rows, float32 ``[n, *event]``; row i depends only on
+        """The observations of the given factor rows, float32 ``[n, *event]`` (int64 for tokens); row i depends only on
         factors[i] (deterministic), so a representation of them is order-independent."""
 
 
-def ground_truth(cfg: DigitsData | DSpritesData | PPCAData | IdxData | NpzData) -> GroundTruth | None:
+def ground_truth(cfg: DataConfig) -> GroundTruth | None:
     """The ground-truth factor interface of the data ``cfg`` describes, None when its factors are unknown."""
     if cfg.kind == "dsprites":
         from vaebench.data.dsprites import DSpritesFactors
 
         return DSpritesFactors(tuple(cfg.shapes))
+    if cfg.kind == "grammar":
+        from vaebench.data.text import GrammarFactors
+
+        return GrammarFactors()
     return None

@@ -76,26 +76,86 @@ class NpzData(Section):
     binarize: bool = False
 
 
-DataConfig = Annotated[Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData], Field(discriminator="kind")]
+class TextData(Section):
+    """Sentences from a UTF-8 text file, one per line, as token ids (``vaebench.data.text``)."""
+
+    kind: Literal["text"] = "text"
+    path: str
+    max_len: int = Field(30, ge=1, le=1000)  # words per sentence; a longer line is an error
+    vocab_size: int = Field(10_000, ge=5)  # cap, with <pad> <unk> <bos> <eos>; rarer words become <unk>
+    lowercase: bool = True
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class GrammarData(Section):
+    """Sentences of a small grammar from five uniform attributes, known exactly (``vaebench.data.text``)."""
+
+    kind: Literal["grammar"] = "grammar"
+    n_samples: int = Field(2_000, ge=2)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+DataConfig = Annotated[
+    Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData, TextData, GrammarData], Field(discriminator="kind")
+]
 
 # ---------------------------------------------------------------------------- model
 
 
 class ModelConfig(Section):
-    """Encoder/decoder family and likelihood. See ``vaebench.core.models``."""
+    """Encoder/decoder family and likelihood. See ``vaebench.core.models``.
 
-    kind: Literal["mlp", "conv", "linear"] = "mlp"
+    ``pixelcnn`` (``vaebench.core.models.pixelcnn``) and ``seq_vae`` (``vaebench.core.models.sequence``)
+    are the autoregressive families: built as ``Model(event_shape=..., latent_dim=..., **args)``, their
+    settings in ``args`` (checked against the class's signature here); hidden, channels, likelihood and
+    sigma are the factorised families' settings."""
+
+    kind: Literal["mlp", "conv", "linear", "pixelcnn", "seq_vae"] = "mlp"
     latent_dim: int = Field(10, ge=1, le=1024)
     hidden: list[Annotated[int, Field(ge=1)]] = [256]  # mlp: widths of the hidden layers
     channels: list[Annotated[int, Field(ge=1)]] = [32, 32, 64, 64]  # conv: per stride-2 layer
     likelihood: Literal["bernoulli", "gaussian", "gaussian_learned"] = "bernoulli"
     sigma: float = Field(1.0, gt=0)  # gaussian: the fixed observation std
+    args: dict[str, Any] = {}  # pixelcnn / seq_vae: keyword settings of the model class
 
     @model_validator(mode="after")
     def _linear_is_gaussian(self) -> ModelConfig:
         if self.kind == "linear" and self.likelihood == "bernoulli":
             raise ValueError("model.kind 'linear' needs likelihood 'gaussian' or 'gaussian_learned'")
         return self
+
+    @model_validator(mode="after")
+    def _args_known(self) -> ModelConfig:
+        if self.kind not in AUTOREGRESSIVE_KINDS:
+            if self.args:
+                raise ValueError(f"model.args: model.kind {self.kind!r} takes no args (got {', '.join(self.args)})")
+            return self
+        from vaebench.core.models import autoregressive_class
+
+        allowed = model_arg_names(autoregressive_class(self.kind))
+        unknown = sorted(set(self.args) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"model.args: {', '.join(unknown)} not a setting of model.kind {self.kind!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        return self
+
+
+#: data kinds whose examples are token sequences (int64 ids)
+TOKEN_KINDS = ("text", "grammar")
+#: model kinds built from model.args (the autoregressive decoders)
+AUTOREGRESSIVE_KINDS = ("pixelcnn", "seq_vae")
+#: constructor arguments a model class gets from the data rather than from model.args
+DATA_ARGS = ("event_shape", "latent_dim", "vocab_size")
+
+
+def model_arg_names(cls: type) -> list[str]:
+    """The keyword settings a model class takes in model.args (its signature less the data's)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return [n for n in params if n != "self" and n not in DATA_ARGS]
 
 
 # ------------------------------------------------------------------------ objective
@@ -260,6 +320,16 @@ class TrialConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tokens_need_seq_vae(self) -> TrialConfig:
+        tokens = self.data.kind in TOKEN_KINDS
+        if tokens != (self.model.kind == "seq_vae"):
+            raise ValueError(
+                f"model.kind {self.model.kind!r} does not fit data.kind {self.data.kind!r}: token data "
+                f"(data.kind {' or '.join(TOKEN_KINDS)}) takes model.kind seq_vae, and seq_vae takes token data"
+            )
+        return self
+
     def flat(self) -> dict[str, Any]:
         """The config as {dotted.path: value}, every setting (the config hash's input)."""
         return flatten(self.model_dump(mode="json"))
@@ -273,7 +343,14 @@ class TrialConfig(Section):
         still covers every setting (``config_hash``)."""
         out = self.flat()
         m = self.model
-        unused = {"mlp": ["model.channels"], "conv": ["model.hidden"], "linear": ["model.hidden", "model.channels"]}
+        factorised = ["model.hidden", "model.channels", "model.likelihood", "model.sigma"]
+        unused = {
+            "mlp": ["model.channels"],
+            "conv": ["model.hidden"],
+            "linear": ["model.hidden", "model.channels"],
+            "pixelcnn": factorised,
+            "seq_vae": factorised,
+        }
         unused = unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"])
         if self.objective.kind != "beta_tcvae":
             unused += ["objective.alpha", "objective.gamma", "objective.tc_estimator"]
@@ -306,6 +383,7 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("metrics", "disentanglement_every"): None,
     ("metrics", "disentanglement_preset"): "default",
     ("metrics", "disentanglement_seed"): 0,
+    ("model", "args"): {},
 }
 
 

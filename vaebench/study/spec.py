@@ -78,7 +78,7 @@ OBJECTIVE_METRICS = (
         )
     )
 )
-DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
+DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx, npz and text settings naming files
 TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
 
 
@@ -380,12 +380,12 @@ def _data_configs(study: Study) -> list[tuple[str, Any]]:
 
 
 def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
-    """Read every file-based data set (idx, npz) as a trial would: a file that cannot be
+    """Read every file-based data set (idx, npz, text) as a trial would: a file that cannot be
     read, has the wrong shape or dtype fails here with the file and the field."""
     from vaebench.data import DataError, load_data
 
     for field, cfg in _data_configs(study):
-        if cfg.kind not in ("idx", "npz"):
+        if cfg.kind not in ("idx", "npz", "text"):
             continue  # bundled or generated: nothing on disk to check
         try:
             load_data(cfg, study.data_seed)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vaebench.core.models.likelihoods import Likelihood
-from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
+from vaebench.study.config import AUTOREGRESSIVE_KINDS, LOGVAR_MAX, LOGVAR_MIN, ModelConfig
 
 
 class VAE(nn.Module):
@@ -115,8 +115,36 @@ class LinearEncoder(nn.Module):
 # ----------------------------------------------------------------------- builder
 
 
-def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> VAE:
-    """A VAE for examples of ``event_shape`` ((n,) vectors or (C, H, W) images)."""
+def autoregressive_class(kind: str) -> type[nn.Module]:
+    """The class of an autoregressive model kind (AUTOREGRESSIVE_KINDS)."""
+    if kind == "pixelcnn":
+        from vaebench.core.models.pixelcnn import PixelCNNVAE
+
+        return PixelCNNVAE
+    if kind == "seq_vae":
+        from vaebench.core.models.sequence import SequenceVAE
+
+        return SequenceVAE
+    raise ValueError(f"model.kind {kind!r} is not autoregressive; those are {', '.join(AUTOREGRESSIVE_KINDS)}")
+
+
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> nn.Module:
+    """A VAE for examples of ``event_shape`` ((n,) vectors, (C, H, W) images or (T,) token sequences
+    of a ``vocab_size`` vocabulary). The autoregressive kinds are built as
+    ``Model(event_shape=..., latent_dim=..., **cfg.args)`` and wrapped for today's loop
+    (``vaebench.core.models.contract``)."""
+    if cfg.kind in AUTOREGRESSIVE_KINDS:
+        import inspect
+
+        from vaebench.core.models.contract import ContractAdapter
+
+        cls = autoregressive_class(cfg.kind)
+        kwargs = dict(cfg.args)
+        if "vocab_size" in inspect.signature(cls.__init__).parameters:
+            if not vocab_size:
+                raise ValueError(f"model.kind {cfg.kind!r} takes token data (data.kind text or grammar)")
+            kwargs["vocab_size"] = vocab_size
+        return ContractAdapter(cls(event_shape=tuple(event_shape), latent_dim=cfg.latent_dim, **kwargs))
     lik = Likelihood(cfg.likelihood, event_shape, cfg.sigma)
     out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
     J, d = cfg.latent_dim, math.prod(event_shape)
