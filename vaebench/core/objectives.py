@@ -8,6 +8,7 @@ the trial. Each function is checked against the formulas in tests/test_objective
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -142,6 +143,7 @@ def objective(
     t: int,
     T: int,
     n_data: int,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """The minibatch objective as named terms (minibatch means), ``loss`` first; what the training loop
     minimises and logs as train/NAME.
@@ -154,7 +156,10 @@ def objective(
       With alpha = beta = gamma = 1 its regulariser is the one-sample estimate of the KL, whose
       expectation is the closed-form KL of beta_vae.
 
-    ``kl`` is the closed-form KL in both (the rate, REFERENCE.md)."""
+    ``kl`` is the closed-form KL in both (the rate, REFERENCE.md). Any other kind is an objective
+    plugin (vaebench.plugins; ``mmd`` is one): ``plugin_objective``."""
+    if cfg.kind not in ("beta_vae", "beta_tcvae"):
+        return plugin_objective(log_lik, mu, logvar, z, cfg, t, T, n_data, generator)
     recon = -log_lik.mean()
     kl = kl_per_dim(mu, logvar)
     terms = {"recon": recon, "kl": kl.sum(1).mean()}
@@ -165,3 +170,33 @@ def objective(
     else:
         terms["regulariser"] = regulariser(kl, cfg, t, T)
     return {"loss": recon + kl_weight(cfg, t, T) * terms["regulariser"], **terms}
+
+
+@functools.cache
+def _resolved(kind: str):  # one import per process (a file plugin is imported once anyway)
+    from vaebench.plugins import resolve
+
+    return resolve(kind, "vaebench.objectives").obj
+
+
+def plugin_objective(
+    log_lik: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    z: torch.Tensor,
+    cfg: ObjectiveConfig,
+    t: int,
+    T: int,
+    n_data: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """An objective plugin ``fn(log_lik, mu, logvar, z, *, step, total_steps, n_data, config, generator,
+    **args)`` returns its named terms (minibatch means, logged as train/NAME) with ``loss``; ``loss`` is
+    put first. The contract is docs/plugins.md's."""
+    fn = _resolved(cfg.kind)
+    terms = fn(
+        log_lik, mu, logvar, z, step=t, total_steps=T, n_data=n_data, config=cfg, generator=generator, **cfg.args
+    )
+    if not isinstance(terms, dict) or "loss" not in terms:
+        raise TypeError(f"objective {cfg.kind} returned {type(terms).__name__}; it must return a dict with 'loss'")
+    return {"loss": terms["loss"], **{k: v for k, v in terms.items() if k != "loss"}}

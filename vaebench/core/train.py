@@ -19,9 +19,11 @@ from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.core.convergence import convergence
 from vaebench.core.disentanglement import evaluate_trial
 from vaebench.core.metrics import evaluate, iw_due
-from vaebench.core.models import VAE, build_model, reparameterise
+from vaebench.core.models import VAE, reparameterise
+from vaebench.core.models.plugin import build
 from vaebench.core.objectives import kl_weight, objective
 from vaebench.data import Dataset, load_data
+from vaebench.data.mnist import dynamic_binarize
 from vaebench.study.config import TrialConfig
 
 TRAIN_TERMS = ("loss", "recon", "kl", "regulariser")  # train/NAME; beta_tcvae adds mi, tc, dwkl
@@ -81,9 +83,10 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     device = resolve_device(cfg.train.device)
     data = data if data is not None else load_data(cfg.data, cfg.data_seed)
     x_train, x_val = data.train.to(device), data.val.to(device)
+    x_test = data.test.to(device) if data.test is not None else None
 
     torch.manual_seed(cfg.seed)  # parameter init draws from the global generator
-    model = build_model(cfg.model, data.meta.shape, len(data.meta.vocab) or None).to(device)
+    model = build(cfg.model, data.meta.shape, len(data.meta.vocab) or None).to(device)
     optimizer = make_optimizer(cfg, model)
     noise = torch.Generator(device).manual_seed(cfg.seed)  # reparameterisation noise
     order = torch.Generator().manual_seed(cfg.seed)  # minibatch order
@@ -95,11 +98,14 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         steps, sizes = [], []  # per-step values kept on device and reduced once: no per-step sync
+        # dynamic binarisation: this epoch's own Bernoulli draw of the training images
+        x_epoch = dynamic_binarize(x_train, cfg.seed, epoch) if data.meta.dynamic_binarize else x_train
         for idx in torch.randperm(n, generator=order).split(bs):
-            x = x_train[idx.to(device)]
+            x = x_epoch[idx.to(device)]
             mu, logvar = model.encode(x)
             z = reparameterise(mu, logvar, noise)
-            terms = objective(model.log_likelihood(x, model.decode(z)), mu, logvar, z, cfg.objective, t, T, n)
+            ll = model.log_likelihood(x, model.decode(z))
+            terms = objective(ll, mu, logvar, z, cfg.objective, t, T, n, generator=noise)
 
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -129,6 +135,9 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
                 metrics["val/data_entropy"] = data.meta.entropy
             for k in CONVERGENCE_KEYS:
                 history[k].append((epoch, metrics[k]))
+        if epoch == epochs and x_test is not None:  # the final numbers, on the split nothing was tuned on
+            test_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
+            metrics.update({f"test/{k}": v for k, v in evaluate(model, x_test, cfg.metrics, test_noise, True).items()})
         dis_every = cfg.metrics.disentanglement_every
         if cfg.metrics.disentanglement and (epoch == epochs or (dis_every and epoch % dis_every == 0)):
             metrics.update({f"val/dis/{k}": v for k, v in evaluate_trial(model, cfg).items()})

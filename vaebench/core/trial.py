@@ -58,7 +58,7 @@ def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -
     elif data.meta.vocab:  # token data: reconstructions and prior samples as text
         from vaebench.core.models.sequence import text_artifact
 
-        out["samples.txt"] = text_artifact(getattr(model, "model", model), data.val, data.meta.vocab).encode()
+        out["samples.txt"] = text_artifact(getattr(model, "inner", model), data.val, data.meta.vocab).encode()
     return out
 
 

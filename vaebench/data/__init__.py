@@ -65,15 +65,20 @@ class DataMeta:
     eigenvalues: tuple[float, ...] | None = None
     vocab: tuple[str, ...] = ()
     entropy: float | None = None
+    # train holds grey levels, drawn afresh as binary images every epoch (vaebench.data.mnist)
+    dynamic_binarize: bool = False
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors (float32, or int64 token ids; examples along dim 0) and their meta."""
+    """Train and validation tensors (float32, or int64 token ids; examples along dim 0) and their meta;
+    ``test``, when the data have one, is kept apart: validation drives pruning and curves, test gives
+    the final numbers (``test/NAME``)."""
 
     train: torch.Tensor
     val: torch.Tensor
     meta: DataMeta
+    test: torch.Tensor | None = None
 
 
 def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +124,13 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
         from vaebench.data.text import load_grammar
 
         return load_grammar(cfg, seed)
-    raise ValueError(f"unknown data kind {kind!r}")
+    if kind in ("mnist", "fashion_mnist"):
+        from vaebench.data.mnist import load_mnist
+
+        return load_mnist(cfg, seed)
+    from vaebench.data.plugin import load_plugin
+
+    return load_plugin(cfg, seed)
 
 
 # ------------------------------------------------------------------ ground-truth factors

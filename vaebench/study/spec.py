@@ -311,9 +311,24 @@ def load_study(path: str | Path, overrides: list[str] | None = None, open_data: 
     _check_pruned_objective(path, root, study)
     _check_space(path, root, study)
     _check_data_files(path, root, study)
+    _check_plugins(path, root, study, open_data)
     if open_data:
         _open_data(path, root, study)
     return study
+
+
+def _check_plugins(path: Path, root: yaml.Node | None, study: Study, run: bool) -> None:
+    """File plugins made absolute (inside the study's project); with ``run``, every plugin imported,
+    built and run on one real batch (vaebench.study.plugin_checks)."""
+    from vaebench.study.plugin_checks import PluginCheckError, check_plugins, make_file_refs_absolute
+
+    try:
+        make_file_refs_absolute(study, path.resolve().parent)
+        if run:
+            check_plugins(study)
+    except PluginCheckError as e:
+        loc = ("space", e.field.removeprefix("space.")) if e.field.startswith("space.") else tuple(e.field.split("."))
+        raise StudyError(f"{path}{_line(root, loc)}: {_cut_text(str(e), 1200)}") from None
 
 
 def _override(raw: dict[str, Any], item: str) -> None:
@@ -385,8 +400,8 @@ def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
     from vaebench.data import DataError, load_data
 
     for field, cfg in _data_configs(study):
-        if cfg.kind not in ("idx", "npz", "text"):
-            continue  # bundled or generated: nothing on disk to check
+        if cfg.kind not in ("idx", "npz", "mnist", "fashion_mnist", "text"):
+            continue  # bundled or generated (or a plugin: vaebench.study.plugin_checks): nothing on disk to check
         try:
             load_data(cfg, study.data_seed)
         except DataError as e:
@@ -509,6 +524,8 @@ _UNION_TAGS = {
     "ppca",
     "idx",
     "npz",
+    "mnist",
+    "plugin",
     "none",
     "linear",
     "sigmoid",

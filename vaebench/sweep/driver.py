@@ -181,6 +181,18 @@ def check_definition(record: Record, study: Study, fresh: bool) -> tuple[Any, di
     return parent, defn
 
 
+def plugin_params(config: Any, plugins: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """plugin.SECTION.{qualname,version,sha256} of the trial's plugins: what the run ran."""
+    from vaebench.study.plugin_checks import FIELDS
+
+    out = {}
+    for section, group in FIELDS.items():
+        ident = plugins.get(f"{group}:{getattr(config, section).kind}")
+        for k, v in (ident or {}).items():
+            out[f"plugin.{section}.{k}"] = "none" if v is None else v
+    return out
+
+
 class Driver:
     def __init__(
         self, study: Study, study_text: str, opts: SweepOptions, progress: Progress, record: Record, executor: Executor
@@ -196,11 +208,13 @@ class Driver:
         self.stop_signal: int | None = None
         self.parent_id = ""
         self.definition_hash = ""
+        self.plugins: dict[str, dict[str, Any]] = {}  # "group:ref" -> the plugin's identity (definition)
 
     # ------------------------------------------------------------------ set-up
 
     def _open(self, parent: Any, defn: dict[str, Any]) -> Search:
         self.definition_hash = fixed_hash(defn)
+        self.plugins = defn.get("plugins", {})
         tags = {
             DEFINITION_TAG: self.definition_hash,
             "vaebench.factors": json.dumps(list(self.study.space)),
@@ -318,9 +332,8 @@ class Driver:
             DEFINITION_TAG: self.definition_hash,
             **p.tags,
         }
-        return self.record.start_trial(
-            self.parent_id, self._name(spec), {**spec.config.params(), "seed": spec.seed}, tags
-        )
+        params = {**spec.config.params(), **plugin_params(spec.config, self.plugins), "seed": spec.seed}
+        return self.record.start_trial(self.parent_id, self._name(spec), params, tags)
 
     def _drain(self, search: Search) -> None:
         """What the search has for the record besides trials to start: tags for kept runs, refused points."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vaebench.core.models.likelihoods import Likelihood
-from vaebench.study.config import AUTOREGRESSIVE_KINDS, LOGVAR_MAX, LOGVAR_MIN, ModelConfig
+from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
 
 
 class VAE(nn.Module):
@@ -112,65 +112,84 @@ class LinearEncoder(nn.Module):
         return mu, self.logvar.expand_as(mu)
 
 
-# ----------------------------------------------------------------------- builder
+# ----------------------------------------------------------------------- builders
+#
+# The built-in families, each a factory ``f(event_shape, latent_dim, **args)`` registered as an
+# entry point of group vaebench.models (vaebench.plugins): the same mechanism a plugin uses.
 
 
-def autoregressive_class(kind: str) -> type[nn.Module]:
-    """The class of an autoregressive model kind (AUTOREGRESSIVE_KINDS)."""
-    if kind == "pixelcnn":
-        from vaebench.core.models.pixelcnn import PixelCNNVAE
-
-        return PixelCNNVAE
-    if kind == "seq_vae":
-        from vaebench.core.models.sequence import SequenceVAE
-
-        return SequenceVAE
-    raise ValueError(f"model.kind {kind!r} is not autoregressive; those are {', '.join(AUTOREGRESSIVE_KINDS)}")
+def linear_vae(
+    event_shape: tuple[int, ...], latent_dim: int, likelihood: str = "gaussian", sigma: float = 1.0, **_: object
+) -> VAE:
+    """Linear encoder and decoder (the pPCA reproduction): vector data, a Gaussian likelihood."""
+    lik = Likelihood(likelihood, event_shape, sigma)
+    if len(event_shape) != 1:
+        raise ValueError(f"model.kind 'linear' takes vector data, got examples of shape {event_shape}")
+    d = math.prod(event_shape)
+    return VAE(LinearEncoder(d, latent_dim), nn.Linear(latent_dim, event_shape[0] * lik.n_out), lik, latent_dim)
 
 
-def build_model(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> nn.Module:
-    """A VAE for examples of ``event_shape`` ((n,) vectors, (C, H, W) images or (T,) token sequences
-    of a ``vocab_size`` vocabulary). The autoregressive kinds are built as
-    ``Model(event_shape=..., latent_dim=..., **cfg.args)`` and wrapped for today's loop
-    (``vaebench.core.models.contract``)."""
-    if cfg.kind in AUTOREGRESSIVE_KINDS:
-        import inspect
-
-        from vaebench.core.models.contract import ContractAdapter
-
-        cls = autoregressive_class(cfg.kind)
-        kwargs = dict(cfg.args)
-        if "vocab_size" in inspect.signature(cls.__init__).parameters:
-            if not vocab_size:
-                raise ValueError(f"model.kind {cfg.kind!r} takes token data (data.kind text or grammar)")
-            kwargs["vocab_size"] = vocab_size
-        return ContractAdapter(cls(event_shape=tuple(event_shape), latent_dim=cfg.latent_dim, **kwargs))
-    lik = Likelihood(cfg.likelihood, event_shape, cfg.sigma)
+def mlp_vae(
+    event_shape: tuple[int, ...],
+    latent_dim: int,
+    hidden: list[int] = (256,),  # type: ignore[assignment]
+    likelihood: str = "bernoulli",
+    sigma: float = 1.0,
+    **_: object,
+) -> VAE:
+    """MLP encoder and decoder with ``hidden`` widths (the decoder mirrors them)."""
+    lik = Likelihood(likelihood, event_shape, sigma)
     out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
-    J, d = cfg.latent_dim, math.prod(event_shape)
-    if cfg.kind == "linear":
-        if len(event_shape) != 1:
-            raise ValueError(f"model.kind 'linear' takes vector data, got examples of shape {event_shape}")
-        return VAE(LinearEncoder(d, J), nn.Linear(J, out_shape[0]), lik, J)
-    if cfg.kind == "mlp":
-        hidden = list(cfg.hidden)
-        body = nn.Sequential(nn.Flatten(), _mlp([d, *hidden]))
-        return VAE(GaussianHead(body, hidden[-1] if hidden else d, J), MLPDecoder(J, hidden, out_shape), lik, J)
-    # conv: stride-2 4x4 convolutions halve the image per layer
+    J, d, hidden = latent_dim, math.prod(event_shape), list(hidden)
+    body = nn.Sequential(nn.Flatten(), _mlp([d, *hidden]))
+    return VAE(GaussianHead(body, hidden[-1] if hidden else d, J), MLPDecoder(J, hidden, out_shape), lik, J)
+
+
+def conv_vae(
+    event_shape: tuple[int, ...],
+    latent_dim: int,
+    channels: list[int] = (32, 32, 64, 64),  # type: ignore[assignment]
+    likelihood: str = "bernoulli",
+    sigma: float = 1.0,
+    **_: object,
+) -> VAE:
+    """Stride-2 4x4 convolutions halving the image per layer, and their mirror."""
+    lik = Likelihood(likelihood, event_shape, sigma)
+    out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
+    J, channels = latent_dim, list(channels)
     if len(event_shape) != 3:
         raise ValueError(f"model.kind 'conv' takes images [C, H, W], got examples of shape {event_shape}")
     sizes, s = [event_shape[1]], event_shape[1]
-    for _ in cfg.channels:
+    for _ in channels:
         s = (s + 2 - 4) // 2 + 1
         if s < 1:
             raise ValueError(
-                f"model.channels: {len(cfg.channels)} stride-2 layers are too many for "
+                f"model.channels: {len(channels)} stride-2 layers are too many for "
                 f"{event_shape[1]}x{event_shape[2]} images; use fewer"
             )
         sizes.append(s)
     convs: list[nn.Module] = []
-    for a, b in zip([event_shape[0], *cfg.channels[:-1]], cfg.channels):
+    for a, b in zip([event_shape[0], *channels[:-1]], channels):
         convs += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
     body = nn.Sequential(*convs, nn.Flatten())
-    enc = GaussianHead(body, cfg.channels[-1] * s * s, J)
-    return VAE(enc, ConvDecoder(J, list(cfg.channels), sizes, out_shape[0]), lik, J)
+    enc = GaussianHead(body, channels[-1] * s * s, J)
+    return VAE(enc, ConvDecoder(J, channels, sizes, out_shape[0]), lik, J)
+
+
+def builtin_args(cfg: ModelConfig) -> dict[str, object]:
+    """The keyword arguments of a built-in family: its fields of ModelConfig."""
+    return {
+        "hidden": list(cfg.hidden),
+        "channels": list(cfg.channels),
+        "likelihood": cfg.likelihood,
+        "sigma": cfg.sigma,
+    }
+
+
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> VAE:
+    """A built-in VAE for examples of ``event_shape`` ((n,) vectors or (C, H, W) images), its
+    factory found through the registry (vaebench.plugins) like any plugin's."""
+    from vaebench.plugins import resolve
+
+    factory = resolve(cfg.kind, "vaebench.models").obj
+    return factory(tuple(event_shape), cfg.latent_dim, **builtin_args(cfg))
