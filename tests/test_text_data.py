@@ -117,7 +117,7 @@ def test_grammar_corpus_and_factors():
     g = ground_truth(GrammarData())
     f = g.sample_factors(7, np.random.default_rng(0))
     obs = g.observations(f)
-    assert obs.dtype == torch.int64 and obs.shape == (7, 9)
+    assert obs.dtype == torch.int64 and obs.shape == (7, 16)
     # observations depend on the factors only: the same rows give the same tokens
     assert torch.equal(obs, g.observations(f))
     # the dataset's rows are the observations of its factors

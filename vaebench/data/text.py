@@ -9,8 +9,10 @@ ids, <eos>, then <pad> up to T = max_len + 1 (ids 0..3 are <pad>, <unk>, <bos>, 
   lacks: they become <unk>, as a language model's test set does): the ``vocab_size - 4`` most frequent
   words, ties broken alphabetically. An empty file, bytes that are not UTF-8 and a sentence of more
   than ``max_len`` words are ``DataError``s naming the file, the line and the field.
-- ``grammar``: "the {size} {colour} {subject} {verb} {place}" with each attribute drawn uniformly and
-  independently. The map from attributes to sentences is one to one, so H(x) equals the attributes'
+- ``grammar``: "the {size} {colour} {subject} {verb} {place} and the {subject} is {size} and {colour}"
+  with each attribute drawn uniformly and independently. The second clause repeats three attributes, so
+  a decoder that reads the words before it can copy them without z; one whose inputs are dropped
+  (word dropout) needs z for them. The map from attributes to sentences is one to one, so H(x) equals the attributes'
   entropy, sum_k log |A_k| nats: the most information any z can carry about x (and a ceiling of
   I(x; z) for a model that is not collapsed). The attributes are the ground-truth factors, so the
   disentanglement metrics apply.
@@ -112,7 +114,8 @@ def load_text(cfg: TextData, seed: int) -> Dataset:
 
 # ----------------------------------------------------------------------------- grammar corpus
 
-#: the grammar's attributes and their values; a sentence is "the SIZE COLOUR SUBJECT VERB PLACE"
+#: the grammar's attributes and their values; a sentence is
+#: "the SIZE COLOUR SUBJECT VERB PLACE and the SUBJECT is SIZE and COLOUR"
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "subject": ("cat", "dog", "bird", "fox"),
     "colour": ("red", "green", "blue", "black"),
@@ -120,7 +123,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "verb": ("sits", "runs", "sleeps", "waits"),
     "place": ("in the park", "on the hill", "by the river", "under a tree"),
 }
-GRAMMAR_MAX_LEN = 8  # "the small red cat sits in the park": 8 words
+GRAMMAR_MAX_LEN = 15  # "the small red cat sits in the park and the cat is small and red": 15 words
 
 
 def attribute_entropy(attributes: dict[str, tuple[str, ...]] = ATTRIBUTES) -> float:
@@ -129,12 +132,16 @@ def attribute_entropy(attributes: dict[str, tuple[str, ...]] = ATTRIBUTES) -> fl
 
 
 def grammar_sentence(values: dict[str, str]) -> list[str]:
-    return f"the {values['size']} {values['colour']} {values['subject']} {values['verb']} {values['place']}".split()
+    v = values
+    return (
+        f"the {v['size']} {v['colour']} {v['subject']} {v['verb']} {v['place']} "
+        f"and the {v['subject']} is {v['size']} and {v['colour']}"
+    ).split()
 
 
 def grammar_vocab() -> tuple[str, ...]:
     """Every word of the grammar after the specials, in a fixed order."""
-    words: list[str] = ["the"]
+    words: list[str] = ["the", "and", "is"]
     for values in ATTRIBUTES.values():
         for v in values:
             words += [w for w in v.split() if w not in words]
