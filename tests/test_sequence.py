@@ -139,3 +139,18 @@ def test_bad_settings():
         SequenceVAE(event_shape=(T,), latent_dim=J, vocab_size=V, word_dropout=1.5)
     with pytest.raises(ValueError, match="token sequences"):
         SequenceVAE(event_shape=(1, 8, 8), latent_dim=J, vocab_size=V)
+
+
+def test_factorised_decoder_ignores_the_prefix():
+    """decoder factorised: log p(x|z) = sum_t log softmax(logits_t(z))[x_t] over non-pad t; changing an
+    earlier word leaves the later positions' terms unchanged."""
+    torch.manual_seed(0)
+    m = SequenceVAE(event_shape=(T,), latent_dim=J, vocab_size=V, decoder="factorised", hidden=16).eval()
+    x, z = _batch(), torch.randn(3, J)
+    want = torch.gather(F.log_softmax(m.factorised(z), -1), -1, x[..., None]).squeeze(-1).masked_fill(x == PAD, 0)
+    torch.testing.assert_close(m.log_likelihood(x, z), want.sum(-1))
+    y = x.clone()
+    y[:, 0] = 10
+    torch.testing.assert_close(m.token_log_probs(y, z)[:, 1:], m.token_log_probs(x, z)[:, 1:])
+    g = m.greedy(z)
+    assert g.shape == (3, T) and (g == EOS).any(-1).all()

@@ -30,17 +30,20 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 Z_FEEDS = ("init", "input", "both")
+DECODERS = ("rnn", "factorised")
 
 
 class SequenceVAE(nn.Module):
-    """Embedding + GRU/LSTM encoder, GRU/LSTM decoder fed by z.
+    """Embedding + GRU/LSTM encoder, GRU/LSTM decoder fed by z (or a factorised decoder).
 
     Settings (``model.args``): ``vocab_size`` (from the data's vocabulary), ``cell`` gru or lstm,
     ``embed`` and ``hidden`` sizes, ``z_feed``: init (z sets the decoder's initial state through a
     linear layer), input (z concatenated to every step's input embedding) or both;
     ``word_dropout`` p in [0, 1]: while training each decoder input after <bos> is replaced by <unk>
     with probability p (p = 0: never, p = 1: always; the targets are never changed, and in eval
-    mode nothing is replaced)."""
+    mode nothing is replaced). ``decoder: factorised`` is the baseline without autoregression:
+    every position's token drawn independently given z, logits = W_t MLP(z) (the RNN decoder,
+    z_feed and word dropout then do not apply)."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class SequenceVAE(nn.Module):
         hidden: int = 64,
         z_feed: str = "both",
         word_dropout: float = 0.0,
+        decoder: str = "rnn",
     ):
         super().__init__()
         event_shape = tuple(event_shape)
@@ -63,10 +67,13 @@ class SequenceVAE(nn.Module):
             raise ValueError(f"model 'seq_vae': z_feed must be one of {', '.join(Z_FEEDS)}, got {z_feed!r}")
         if not 0.0 <= word_dropout <= 1.0:
             raise ValueError(f"model 'seq_vae': word_dropout must be in [0, 1], got {word_dropout}")
+        if decoder not in DECODERS:
+            raise ValueError(f"model 'seq_vae': decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         if vocab_size <= len(SPECIALS):
             raise ValueError(f"model 'seq_vae': vocab_size must exceed the {len(SPECIALS)} special tokens")
         self.event_shape, self.latent_dim, self.vocab_size = event_shape, latent_dim, vocab_size
         self.cell, self.z_feed, self.word_dropout, self.hidden = cell, z_feed, float(word_dropout), hidden
+        self.decoder_kind = decoder
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         self.encoder = CELLS[cell](embed, hidden, batch_first=True)
         self.to_posterior = nn.Linear(hidden, 2 * latent_dim)
@@ -74,6 +81,14 @@ class SequenceVAE(nn.Module):
         self.decoder = CELLS[cell](dec_in, hidden, batch_first=True)
         self.z_to_state = nn.Linear(latent_dim, hidden) if z_feed in ("init", "both") else None
         self.out = nn.Linear(hidden, vocab_size)
+        if decoder == "factorised":  # position-wise logits from z alone
+            T = event_shape[0]
+            self.factorised = nn.Sequential(
+                nn.Linear(latent_dim, hidden),
+                nn.Tanh(),
+                nn.Linear(hidden, T * vocab_size),
+                nn.Unflatten(-1, (T, vocab_size)),
+            )
 
     # ----------------------------------------------------------------- encoder
 
@@ -119,8 +134,11 @@ class SequenceVAE(nn.Module):
         return self.out(h), state
 
     def token_log_probs(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x_t | x_<t, z) [B, T] teacher-forced, 0 at pad positions."""
-        logits, _ = self.step_logits(self.decoder_inputs(x), z, self.initial_state(z))
+        """log p(x_t | x_<t, z) [B, T] teacher-forced (factorised: log p(x_t | z)), 0 at pad positions."""
+        if self.decoder_kind == "factorised":
+            logits = self.factorised(z)
+        else:
+            logits, _ = self.step_logits(self.decoder_inputs(x), z, self.initial_state(z))
         lp = torch.gather(F.log_softmax(logits, dim=-1), -1, x[..., None]).squeeze(-1)
         return lp.masked_fill(x == PAD, 0.0)
 
@@ -139,11 +157,15 @@ class SequenceVAE(nn.Module):
         (greedy) or a sample of each step's distribution; <eos> ends a row, pads follow it."""
         B, T = z.shape[0], self.event_shape[0]
         out = torch.full((B, T), PAD, dtype=torch.long, device=z.device)
+        all_logits = self.factorised(z) if self.decoder_kind == "factorised" else None
         inp = torch.full((B, 1), BOS, dtype=torch.long, device=z.device)
         state, done = self.initial_state(z), torch.zeros(B, dtype=torch.bool, device=z.device)
         for t in range(T):
-            logits, state = self.step_logits(inp, z, state)
-            logits = logits[:, 0].clone()
+            if all_logits is not None:
+                logits = all_logits[:, t].clone()
+            else:
+                logits, state = self.step_logits(inp, z, state)
+                logits = logits[:, 0].clone()
             logits[:, PAD] = -float("inf")  # a sequence ends with <eos>, never with a pad
             if t == T - 1:  # the last position can only hold <eos>
                 tok = torch.full((B,), EOS, dtype=torch.long, device=z.device)
