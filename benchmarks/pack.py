@@ -18,7 +18,7 @@ Writes benchmarks/PACK.md (``--quick``: benchmarks/.cache/PACK-quick.md unless `
    Bernoulli, batch 64, Adam, free bits on half the members) and a conv VAE on procedural
    dSprites (64x64, channels 32-32-64-64, 10 latents, batch 64).
 2. Evaluation: the packed trainer evaluates every member in one batched pass
-   (``vaebench.core.metrics.evaluate_members`` on ``vaebench.core.pack.SharedInput``), against member
+   (``vaebench.core.metrics.evaluate_members`` on ``vaebench.core.members.SharedInput``), against member
    by member with the solo ``vaebench.core.metrics.evaluate``; cost per member, against the packed
    training epoch per member, with collapse.yaml's metric settings (iw_samples 64).
 3. Conv packing: forward + backward of the packed conv VAE as one grouped convolution per
@@ -45,9 +45,10 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402  (after the sys.path line)
 
+from vaebench.core.members import run_members  # noqa: E402  (after the sys.path line)
 from vaebench.core.metrics import evaluate, evaluate_members  # noqa: E402  (after the sys.path line)
 from vaebench.core.models import build_model  # noqa: E402  (after the sys.path line)
-from vaebench.core.pack import PackedVAE, PackTrainer, SharedInput  # noqa: E402  (after the sys.path line)
+from vaebench.core.pack import PackTrainer  # noqa: E402  (after the sys.path line)
 from vaebench.core.train import configure_torch, train  # noqa: E402  (after the sys.path line)
 from vaebench.data import load_data  # noqa: E402  (after the sys.path line)
 from vaebench.study.config import TrialConfig  # noqa: E402  (after the sys.path line)
@@ -169,12 +170,12 @@ def bench_evaluation(M: int, threads: int, device: str) -> dict:
     train_s = next(m["metrics"]["train/epoch_seconds"] for m in msgs if m["kind"] == "epoch")
     cfg = TrialConfig.model_validate(configs[0])
     started = time.perf_counter()
+    run, x_val, dev = pt.trainer.model, pt.trainer.x_val, pt.trainer.device
     for k in range(M):
-        pt.solo.load_state_dict(pt.model.member_state(k))
-        evaluate(pt.solo, pt.x_val, cfg.metrics, torch.Generator(pt.device).manual_seed(0))
+        evaluate(run.solo_model(k), x_val, cfg.metrics, torch.Generator(dev).manual_seed(0))
     eval_s = (time.perf_counter() - started) / M
     started = time.perf_counter()
-    evaluate_members(SharedInput(pt.model), pt.x_val, cfg.metrics, torch.Generator(pt.device).manual_seed(0))
+    evaluate_members(run.for_metrics(), x_val, cfg.metrics, torch.Generator(dev).manual_seed(0))
     batched_s = (time.perf_counter() - started) / M
     out = {
         "M": M,
@@ -194,8 +195,6 @@ def bench_evaluation(M: int, threads: int, device: str) -> dict:
 
 def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
     """Forward + backward of M conv VAEs (dSprites shapes, batch 64): grouped convolutions vs vmap."""
-    from torch.func import stack_module_state, vmap
-
     configure_torch(threads)
     dev = torch.device(device)
     cfg = TrialConfig.model_validate(workload("conv", True, device))
@@ -203,29 +202,17 @@ def bench_conv_choice(M: int, threads: int, reps: int, device: str) -> dict:
     for i in range(M):
         torch.manual_seed(i)
         solos.append(build_model(cfg.model, (1, 64, 64)).to(dev))
-    packed = PackedVAE(solos)
-    params, _ = stack_module_state(solos)
-    params = {k: v.requires_grad_() for k, v in params.items()}
-    template = solos[0]
-
-    def solo_forward(p, x):
-        mu, _logvar = torch.func.functional_call(
-            template.encoder, {k.removeprefix("encoder."): v for k, v in p.items() if k.startswith("encoder.")}, (x,)
-        )
-        out = torch.func.functional_call(
-            template.decoder, {k.removeprefix("decoder."): v for k, v in p.items() if k.startswith("decoder.")}, (mu,)
-        )
-        return out.sum()
-
+    fused, generic = run_members(solos, "fused"), run_members(solos, "generic")
     x = (torch.rand(M, 64, 1, 64, 64, device=dev) > 0.5).float()
-    vmapped = vmap(solo_forward)
 
-    def grouped_step():
-        mu, _ = packed.encode(x)
-        packed.decode(mu).sum().backward()
+    def step(run):
+        def one() -> None:
+            mu, _ = run.encode(x)
+            run.log_likelihood(x, mu).sum().backward()
 
-    def vmap_step():
-        vmapped(params, x).sum().backward()
+        return one
+
+    grouped_step, vmap_step = step(fused), step(generic)
 
     def timed(fn):
         fn()  # warm-up

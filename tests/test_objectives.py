@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vaebench.core.objectives import anneal_factor, capacity, kl_per_dim, kl_weight, regulariser
+from vaebench.core.objectives import MemberSettings, anneal_factor, capacity, kl_per_dim, kl_weight, regulariser
 from vaebench.study.config import CapacityAnneal, CyclicalAnneal, LinearAnneal, NoAnneal, ObjectiveConfig, SigmoidAnneal
 
 
@@ -13,6 +13,11 @@ from vaebench.study.config import CapacityAnneal, CyclicalAnneal, LinearAnneal, 
 def test_cyclical_worked_example(t, expected):
     # REFERENCE.md: T=100, M=4, R=0.5 gives a_0=0, a_6=0.48, a_12=0.96, a_13=1, a_25=0
     assert anneal_factor(CyclicalAnneal(cycles=4, ratio=0.5), t, 100) == pytest.approx(expected)
+
+
+def solo_regulariser(kl: torch.Tensor, obj: ObjectiveConfig, t: int, T: int) -> torch.Tensor:
+    """The regulariser of one trial (a pack of one member) from its per-example KL [B, J]."""
+    return regulariser(kl[None], MemberSettings([obj]), t, T)[0]
 
 
 def test_cyclical_non_integer_period():
@@ -54,7 +59,7 @@ def test_capacity():
     assert capacity(cfg, 80, 100) == pytest.approx(10.0)
     kl = torch.full((4, 2), 1.0)  # total KL per example 2
     obj = ObjectiveConfig(anneal=cfg)
-    assert regulariser(kl, obj, 25, 100).item() == pytest.approx(2.0 * abs(2.0 - 5.0))
+    assert solo_regulariser(kl, obj, 25, 100).item() == pytest.approx(2.0 * abs(2.0 - 5.0))
 
 
 def test_kl_matches_torch_distributions():
@@ -68,7 +73,7 @@ def test_kl_matches_torch_distributions():
 
 def _kl_grad(obj: ObjectiveConfig, mu: torch.Tensor) -> torch.Tensor:
     mu = mu.clone().requires_grad_(True)
-    reg = regulariser(kl_per_dim(mu, torch.zeros_like(mu)), obj, 0, 1)
+    reg = solo_regulariser(kl_per_dim(mu, torch.zeros_like(mu)), obj, 0, 1)
     reg.backward()
     return mu.grad
 
@@ -80,7 +85,7 @@ def test_free_bits_per_dim_gradient():
     assert torch.all(g[:, 0] == 0)
     assert torch.all(g[:, 1] != 0)
     # the regulariser's value: max(lambda, mean KL_j) summed
-    reg = regulariser(kl_per_dim(mu, torch.zeros_like(mu)), ObjectiveConfig(free_bits=0.1), 0, 1)
+    reg = solo_regulariser(kl_per_dim(mu, torch.zeros_like(mu)), ObjectiveConfig(free_bits=0.1), 0, 1)
     assert reg.item() == pytest.approx(0.1 + 2.0)
 
 

@@ -114,13 +114,13 @@ def test_generate_greedy_and_sampled():
     assert torch.equal(g, model.greedy(z))
     for row in g.tolist():  # an <eos> closes every row, pads only after it
         k = row.index(EOS)
-        assert all(t == PAD for t in row[k + 1 :]) and PAD not in row[:k]
+        assert all(t == PAD for t in row[k + 1 :]) and PAD not in row[:k] and BOS not in row
     a = model.sample(z, torch.Generator().manual_seed(1))
     b = model.sample(z, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     # greedy: each token is the most likely one given the greedy prefix (pads excluded)
     logits, _ = model.step_logits(torch.cat([torch.full((4, 1), BOS), g[:, :-1]], 1), z, model.initial_state(z))
-    logits[..., PAD] = -float("inf")
+    logits[..., [PAD, BOS]] = -float("inf")
     first = logits[:, 0].argmax(-1)
     assert torch.equal(g[:, 0], first)
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from vaebench.core.objectives import (
+    MemberSettings,
+    ObjectiveBatch,
     kl_per_dim,
     log_importance_weights,
     objective,
@@ -16,6 +18,12 @@ from vaebench.core.objectives import (
 )
 from vaebench.core.train import train
 from vaebench.study.config import ObjectiveConfig, TrialConfig
+
+
+def solo_objective(log_lik, mu, logvar, z, cfg: ObjectiveConfig, t: int, T: int, n_data: int) -> dict:
+    """The objective's terms for one trial (a pack of one member): log_lik [B], mu, logvar, z [B, D]."""
+    batch = ObjectiveBatch(None, mu[None], logvar[None], z[None], log_lik[None], t, T, n_data)
+    return {k: v[0] for k, v in objective(batch, MemberSettings([cfg])).items()}
 
 
 def gaussian_posteriors(S: torch.Tensor, s2: float, m: int, seed: int):
@@ -89,9 +97,9 @@ def test_tcvae_with_unit_weights_equals_the_plain_kl_up_to_monte_carlo_error():
     logvar = torch.randn(m, d, generator=g, dtype=torch.float64) * 0.5 - 1.0
     z = mu + (0.5 * logvar).exp() * torch.randn(m, d, generator=g, dtype=torch.float64)
     log_lik = torch.zeros(m, dtype=torch.float64)
-    plain = objective(log_lik, mu, logvar, z, ObjectiveConfig(), 0, 1, 10_000)
+    plain = solo_objective(log_lik, mu, logvar, z, ObjectiveConfig(), 0, 1, 10_000)
     for est in ("mws", "mss"):
-        tc = objective(log_lik, mu, logvar, z, ObjectiveConfig(kind="beta_tcvae", tc_estimator=est), 0, 1, 10_000)
+        tc = solo_objective(log_lik, mu, logvar, z, ObjectiveConfig(kind="beta_tcvae", tc_estimator=est), 0, 1, 10_000)
         log_q = -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 / logvar.exp()).sum(1)
         log_p = -0.5 * (math.log(2 * math.pi) + z**2).sum(1)
         diff = log_q - log_p - kl_per_dim(mu, logvar).sum(1)
@@ -107,7 +115,7 @@ def test_weights_apply_to_their_terms():
     cfg = ObjectiveConfig(
         kind="beta_tcvae", alpha=0.5, beta=6.0, gamma=2.0, anneal={"kind": "linear", "warmup_steps": 10}
     )
-    t = objective(log_lik, mu, logvar, z, cfg, 5, 100, 1000)
+    t = solo_objective(log_lik, mu, logvar, z, cfg, 5, 100, 1000)
     assert t["regulariser"].item() == pytest.approx((0.5 * t["mi"] + 6 * t["tc"] + 2 * t["dwkl"]).item())
     assert t["loss"].item() == pytest.approx(5.0 + 0.5 * t["regulariser"].item())  # a_5 = 0.5 multiplies it all
 

@@ -182,8 +182,8 @@ def test_conv_decoder_output_shape(shape, likelihood):
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (3, 5)
     z = torch.randn(7, 3, 5)  # leading sample dim, as in the importance-weighted bound
-    out = model.decode(z)
-    assert model.log_likelihood(x, out).shape == (7, 3)
+    assert model.decode(z).shape == (7, 3, shape[0] * (2 if likelihood == "gaussian_learned" else 1), *shape[1:])
+    assert model.log_likelihood(x, z).shape == (7, 3)
 
 
 def test_logvar_is_clamped():

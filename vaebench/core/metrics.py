@@ -1,4 +1,4 @@
-"""Held-out metrics of a VAE, as defined in REFERENCE.md (Metrics on held-out data).
+"""Held-out metrics of a VAE, as defined in docs/metrics.md (Metrics on held-out data).
 
 The validation split is encoded once into an ``Encoded`` (mu, logvar, per-dim KL);
 every metric then has the same signature, as in disentanglement_lib:
@@ -11,8 +11,9 @@ collapsed_fraction, posterior_collapse, mi_ceiling (log of the MI estimator's ba
 report); for token data also neg_elbo_per_token, nll_per_token and perplexity. In nats per example
 unless named per token.
 
-One code path serves one model and a pack of M models (vaebench.core.pack): ``model`` maps
-x [B, *event] to posteriors [*members, B, J] and decodes z [..., *members, B, J];
+One code path serves one model and a pack of M models (vaebench.core.members.SharedInput):
+``model`` maps x [B, *event] to posteriors [*members, B, J] and gives log p(x|z) for z
+[..., *members, B, J] (``log_likelihood(x, z)``, the model contract of vaebench.core.protocol);
 ``members`` is () for a VAE and (M,) for a pack, and every value comes out with that
 shape (a 0-d tensor for one model, [M] for a pack: ``evaluate_members``).
 
@@ -69,12 +70,10 @@ def shared_noise(mu: torch.Tensor, generator: torch.Generator | None, n: int | N
 
 
 def _log_likelihood(model: Any, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) [..., B] for z [..., B, J], decoded in pieces of examples of ~DECODE_PIECE values."""
+    """log p(x|z) [..., B] for z [..., B, J], in pieces of examples of ~DECODE_PIECE decoded values."""
     per_example = x[0].numel() * max(1, z[..., 0, 0].numel())
     piece = max(1, DECODE_PIECE // per_example)
-    return torch.cat(
-        [model.log_likelihood(xp, model.decode(zp)) for xp, zp in zip(x.split(piece), z.split(piece, dim=-2))], dim=-1
-    )
+    return torch.cat([model.log_likelihood(xp, zp) for xp, zp in zip(x.split(piece), z.split(piece, dim=-2))], dim=-1)
 
 
 # ------------------------------------------------------------------------ metrics
@@ -159,7 +158,7 @@ def iw_nll(model: Any, enc: Encoded, cfg: MetricsConfig, generator: torch.Genera
         ):
             z = mu + torch.exp(0.5 * logvar) * e  # [K, *members, b, J]
             log_w = (
-                model.log_likelihood(xb, model.decode(z))
+                model.log_likelihood(xb, z)
                 - 0.5 * (LOG_2PI + z**2).sum(-1)  # log N(z; 0, I)
                 - gaussian_log_density(z, mu, logvar)
             )  # [K, *members, b]
@@ -249,7 +248,10 @@ def evaluate_members(
     model: Any, x: torch.Tensor, cfg: MetricsConfig, generator: torch.Generator, iw: bool = True
 ) -> list[dict[str, float]]:
     """Every metric of each member of a pack (``model`` with members (M,)): M dicts, each what
-    ``evaluate`` gives that member alone with a generator seeded alike (up to float rounding)."""
+    ``evaluate`` gives that member alone with a generator seeded alike (up to float rounding).
+    A model alone (an ``nn.Module``, members ()) gives one dict: ``evaluate``'s."""
+    if isinstance(model, torch.nn.Module):
+        return [evaluate(model, x, cfg, generator, iw)]
     values = {k: v.tolist() for k, v in evaluate_batched(model, x, cfg, generator, iw).items()}
     M = len(next(iter(values.values())))
     return [{k: v[i] for k, v in values.items()} for i in range(M)]

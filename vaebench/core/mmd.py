@@ -5,7 +5,7 @@ discrepancy between the aggregate posterior q(z) (the batch's samples z) and the
 N(0, I): unlike the per-example KL it does not push each q(z|x) onto the prior, so the latent
 code keeps information about x, a known remedy for posterior collapse.
 
-    loss = recon + beta a_t regulariser + weight * MMD^2(q(z), p(z))
+    loss = recon + beta a_t regulariser + weight * MMD^2(q(z), p(z))     (per member)
 
 ``regulariser`` is beta_vae's (the KL with free bits or capacity); ``beta: 0`` gives the pure
 MMD-VAE. MMD^2 is the unbiased U-statistic over B posterior samples and B prior draws with a
@@ -15,11 +15,12 @@ kernel of scale C = 2 J scale^2 (the choice of the WAE paper for a standard norm
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from vaebench.core.objectives import kl_per_dim, kl_weight, regulariser
+from vaebench.core.objectives import MemberSettings, ObjectiveBatch, kl_per_dim, regulariser
+
+DEFAULTS = {"weight": 100.0, "kernel": "imq", "scale": 1.0}
+MMD_SEED = 7_000_003  # the prior draws' own stream (apart from the model's, the batches' and the noise's)
 
 
 def kernel(a: torch.Tensor, b: torch.Tensor, kind: str, c: float) -> torch.Tensor:
@@ -42,28 +43,36 @@ def mmd2(zq: torch.Tensor, zp: torch.Tensor, kind: str = "imq", scale: float = 1
     return off_q + off_p - 2.0 * kqp.mean((-1, -2))
 
 
-def mmd_objective(
-    log_lik: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    z: torch.Tensor,
-    *,
-    step: int,
-    total_steps: int,
-    config,
-    generator: torch.Generator | None = None,
-    weight: float = 100.0,
-    kernel: Literal["imq", "rbf"] = "imq",
-    scale: float = 1.0,
-    **_: object,
-) -> dict[str, torch.Tensor]:
-    """The terms of the module docstring's loss (minibatch means): loss, recon, kl, regulariser, mmd."""
-    if kernel not in ("imq", "rbf"):
-        raise ValueError(f"objective.args.kernel: got {kernel!r}; allowed: imq, rbf")
-    recon = -log_lik.mean()
-    kl = kl_per_dim(mu, logvar)
-    reg = regulariser(kl, config, step, total_steps)
-    prior = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    mmd = mmd2(z, prior, kernel, scale)
-    loss = recon + kl_weight(config, step, total_steps) * reg + weight * mmd
-    return {"loss": loss, "recon": recon, "kl": kl.sum(-1).mean(), "regulariser": reg, "mmd": mmd}
+def prior_draws(z: torch.Tensor, t: int) -> torch.Tensor:
+    """The prior samples of step ``t``, shaped like one member's z [B, J] and shared by the members:
+    drawn from their own generator (seeded by the step), so a member packed equals its solo trial
+    and the reparameterisation noise is the same with or without MMD."""
+    g = torch.Generator(z.device).manual_seed(MMD_SEED + t)
+    return torch.randn(z.shape[-2:], generator=g, device=z.device, dtype=z.dtype)
+
+
+def mmd_objective(batch: ObjectiveBatch, hp: MemberSettings) -> dict[str, torch.Tensor]:
+    """The terms of the module docstring's loss, each [M] (minibatch means): loss, recon, kl,
+    regulariser, mmd. ``objective.args``: weight (default 100), kernel (imq | rbf, shared by a
+    pack's members), scale (default 1)."""
+    args = [{**DEFAULTS, **c.args} for c in hp.configs]
+    unknown = sorted({k for a in args for k in a} - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"objective.args: unknown {', '.join(unknown)}; mmd takes {', '.join(DEFAULTS)}")
+    kinds = {a["kernel"] for a in args}
+    if len(kinds) > 1 or not kinds <= {"imq", "rbf"}:
+        raise ValueError(f"objective.args.kernel: got {sorted(kinds)}; allowed: imq or rbf, one per pack")
+    dtype = batch.log_lik.dtype
+    recon = -batch.log_lik.mean(-1)
+    kl = kl_per_dim(batch.mu, batch.logvar)  # [M, B, J]
+    reg = regulariser(kl, hp, batch.t, batch.T)
+    prior = prior_draws(batch.z, batch.t)
+    scales = [float(a["scale"]) for a in args]
+    if len(set(scales)) == 1:
+        mmd = mmd2(batch.z, prior.expand_as(batch.z), kinds.pop(), scales[0])
+    else:
+        kind = kinds.pop()
+        mmd = torch.stack([mmd2(batch.z[i], prior, kind, s) for i, s in enumerate(scales)])
+    weight = torch.tensor([float(a["weight"]) for a in args], dtype=torch.float64, device=mmd.device).to(dtype)
+    loss = recon + hp.weight(batch.t, batch.T, dtype) * reg + weight * mmd
+    return {"loss": loss, "recon": recon, "kl": kl.sum(-1).mean(-1), "regulariser": reg, "mmd": mmd}

@@ -47,7 +47,7 @@ def traversal_grid(
     for j in order.tolist():
         z = base.repeat(steps, 1)
         z[:, j] = values
-        rows.append(model.likelihood.mean(model.decode(z))[:, 0].clamp(0, 1).cpu())  # first channel
+        rows.append(model.decode_mean(z)[:, 0].clamp(0, 1).cpu())  # first channel
     model.train(was_training)
     return torch.stack(rows), order.tolist(), mean_kl[order].tolist(), collapsed[order].tolist()
 

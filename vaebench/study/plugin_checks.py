@@ -219,21 +219,24 @@ def _check_tensor(field: str, bad: str, what: str, t: torch.Tensor, shape: tuple
 
 
 def check_objective(field: str, ref: str, study: Any) -> None:
-    """Call the objective on a small synthetic batch (B = 4, J = latent_dim): a dict with a finite
-    scalar ``loss`` and finite scalar terms."""
-    from vaebench.core.objectives import plugin_objective
+    """Call the objective on a small synthetic batch of one member (B = 4, J = latent_dim, x of the
+    study's base data shape unknown here: a vector): a dict with ``loss`` and finite terms [1]."""
+    from vaebench.core.objectives import MemberSettings, ObjectiveBatch, objective
 
     cfg = study.trial_config({}, study.seeds[0]).objective.model_copy(update={"kind": ref})
     J = study.model.latent_dim
     g = torch.Generator().manual_seed(0)
-    mu, logvar = torch.randn(4, J, generator=g), torch.zeros(4, J)
-    z = mu + torch.randn(4, J, generator=g)
+    mu, logvar = torch.randn(1, 4, J, generator=g), torch.zeros(1, 4, J)
+    z = mu + torch.randn(1, 4, J, generator=g)
+    batch = ObjectiveBatch(torch.rand(1, 4, 8), mu, logvar, z, -10 * torch.ones(1, 4), 0, 100, 1000)
     try:
-        terms = plugin_objective(-torch.ones(4) * 10, mu, logvar, z, cfg, 0, 100, 1000, g)
+        terms = objective(batch, MemberSettings([cfg]))
     except Exception as e:
         raise PluginCheckError(field, f"{field}: plugin {ref}: on a batch of 4 it raised {_last_line(e)}") from None
     for name, v in terms.items():
-        if not isinstance(v, torch.Tensor) or v.numel() != 1 or not torch.isfinite(v).all():
+        if not isinstance(v, torch.Tensor) or v.shape != (1,) or not torch.isfinite(v).all():
             raise PluginCheckError(
-                field, f"{field}: plugin {ref}: term {name!r} must be a finite scalar tensor, got {v!r:.80}"
+                field,
+                f"{field}: plugin {ref}: term {name!r} must be a finite tensor [M] (one value per member), "
+                f"got {v!r:.80}",
             )

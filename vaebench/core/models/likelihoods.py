@@ -1,6 +1,6 @@
 """Observation models p(x|z): per-example log-likelihoods, summed over every dimension.
 
-REFERENCE.md (Objective): Bernoulli on logits is a sum of BCE over pixels (never a
+docs/metrics.md (Objective): Bernoulli on logits is a sum of BCE over pixels (never a
 mean), and the Gaussian terms include their normalising constant, so that ELBO and
 iw_nll are in nats per example and comparable with closed forms. A mean-reduced MSE
 is not a likelihood and would silently rescale beta, so it is not offered.

@@ -1,11 +1,12 @@
-"""Models from plugins (vaebench.plugins) in the training loop.
+"""Models from plugins (vaebench.plugins) in the training core.
 
 A plugin model meets the contract of ``vaebench.core.protocol``: ``encode(x)`` and
-``log_likelihood(x, z)`` on one batch of examples, no member or sample axes. The loop and the
-metrics call a built-in VAE as ``log_likelihood(x, decode(z))`` with z possibly carrying leading
-sample axes; ``ProtocolModel`` gives a plugin model that face: ``decode`` is the identity (the
-"decoder output" is z itself) and ``log_likelihood`` folds leading sample axes into the batch,
-since a plugin need not broadcast.
+``log_likelihood(x, z)`` on one batch of examples, no member or sample axes. ``ProtocolModel``
+adds what the core asks beyond that: ``log_likelihood`` folds leading sample axes of z (the
+importance-weighted bound's) into the batch, since a plugin need not broadcast; ``encode`` clamps
+the log-variance as the built-ins do; ``decode_mean`` is the plugin's, else one seeded ancestral
+``sample(z, generator)``, for the image artifacts (``has_images`` False when it has neither). Under
+``torch.func`` (a pack, vaebench.core.members.Vmapped) it is the module that is vmapped.
 """
 
 from __future__ import annotations
@@ -19,21 +20,6 @@ from torch import nn
 from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
 
 
-class _ImageHooks:
-    """``likelihood.mean(out)`` for the reconstruction grid and traversals: the plugin's
-    ``decode_mean(z)``, else one ancestral ``sample(z, generator)`` (seeded: the same picture on a
-    rerun), else None (the caller draws no images)."""
-
-    def __init__(self, model: nn.Module):
-        self._model = model
-
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        if hasattr(self._model, "decode_mean"):
-            return self._model.decode_mean(z)
-        g = torch.Generator(z.device).manual_seed(0)
-        return self._model.sample(z, g)
-
-
 class ProtocolModel(nn.Module):
     """A protocol model with the face the loop and the metrics call (see the module docstring)."""
 
@@ -41,7 +27,6 @@ class ProtocolModel(nn.Module):
         super().__init__()
         self.inner = inner
         self.latent_dim = int(getattr(inner, "latent_dim", latent_dim))
-        self.likelihood = _ImageHooks(inner)
 
     @property
     def has_images(self) -> bool:
@@ -51,9 +36,6 @@ class ProtocolModel(nn.Module):
         mu, logvar = self.inner.encode(x)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)  # as the built-ins: exp() must not overflow
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x [B, *event], z [..., B, J] -> [..., B]: leading sample axes folded into the batch."""
         lead, B = z.shape[:-2], z.shape[-2]
@@ -61,6 +43,11 @@ class ProtocolModel(nn.Module):
             return self.inner.log_likelihood(x, z)
         xs = x.expand(*lead, *x.shape).reshape(-1, *x.shape[1:])
         return self.inner.log_likelihood(xs, z.reshape(-1, z.shape[-1])).view(*lead, B)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.inner, "decode_mean"):
+            return self.inner.decode_mean(z)
+        return self.inner.sample(z, torch.Generator(z.device).manual_seed(0))
 
 
 def construct(
@@ -80,14 +67,10 @@ def construct(
     return obj(event_shape=tuple(event_shape), latent_dim=latent_dim, **kwargs)
 
 
-def build(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> nn.Module:
-    """The model of ``cfg``: a factorised built-in VAE (mlp, conv, linear), or a protocol model (the
-    built-in pixelcnn and seq_vae, or a plugin) wrapped in ProtocolModel. ``vocab_size``: token data's."""
-    from vaebench.core.models.vae import build_model
+def build(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> ProtocolModel:
+    """The protocol model of ``cfg`` (the built-in pixelcnn and seq_vae, or a plugin), wrapped in
+    ProtocolModel; ``vocab_size``: token data's, for a model that takes one."""
     from vaebench.plugins import resolve
-    from vaebench.study.config import BUILTIN_MODELS
 
-    if cfg.kind in BUILTIN_MODELS:
-        return build_model(cfg, event_shape)
     obj = resolve(cfg.kind, "vaebench.models").obj
     return ProtocolModel(construct(obj, event_shape, cfg.latent_dim, dict(cfg.args), vocab_size), cfg.latent_dim)

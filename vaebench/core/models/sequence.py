@@ -166,7 +166,7 @@ class SequenceVAE(nn.Module):
             else:
                 logits, state = self.step_logits(inp, z, state)
                 logits = logits[:, 0].clone()
-            logits[:, PAD] = -float("inf")  # a sequence ends with <eos>, never with a pad
+            logits[:, [PAD, BOS]] = -float("inf")  # a sequence ends with <eos>, never a pad; <bos> only starts one
             if t == T - 1:  # the last position can only hold <eos>
                 tok = torch.full((B,), EOS, dtype=torch.long, device=z.device)
             elif greedy:

@@ -1,7 +1,10 @@
 """The VAE: an encoder giving q(z|x) = N(mu, diag(exp(logvar))), a decoder, a likelihood.
 
 One flat class composed of parts, no inheritance tree: ``build_model`` picks the
-encoder/decoder family (mlp, conv, linear) from ``ModelConfig``.
+encoder/decoder family (mlp, conv, linear) from ``ModelConfig``. The parts are built from
+member-aware layers (``vaebench.core.models.layers``): the same model runs one trial with the
+plain ``torch.nn`` ops, or M trials stacked (``stack_members``) with x [M, B, *event] and z
+[M, B, J]. It meets the model contract of ``vaebench.core.protocol``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from vaebench.core.models.layers import Conv2d, ConvTranspose2d, Flatten, Linear, MemberAware, members_first
 from vaebench.core.models.likelihoods import Likelihood
 from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, ModelConfig
 
@@ -30,9 +34,13 @@ class VAE(nn.Module):
         """z [..., B, J] -> decoder output [..., B, *out_event] (logits or Gaussian parameters)."""
         return self.decoder(z)
 
-    def log_likelihood(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) per example, [..., B], in nats."""
-        return self.likelihood.log_prob(x, out)
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) per example, [..., B], in nats: x [B, *event], z [..., B, J] decoded here."""
+        return self.likelihood.log_prob(x, self.decode(z))
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z], [..., B, *event]: reconstructions and sample grids."""
+        return self.likelihood.mean(self.decode(z))
 
 
 def reparameterise(
@@ -52,7 +60,7 @@ class GaussianHead(nn.Module):
 
     def __init__(self, body: nn.Module, features: int, latent_dim: int):
         super().__init__()
-        self.body, self.head = body, nn.Linear(features, 2 * latent_dim)
+        self.body, self.head = body, Linear(features, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.body(x)).chunk(2, dim=-1)
@@ -61,7 +69,7 @@ class GaussianHead(nn.Module):
 def _mlp(widths: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -70,7 +78,7 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.out_shape = out_shape
         self.body = _mlp([latent_dim, *reversed(hidden)])
-        self.out = nn.Linear(hidden[0] if hidden else latent_dim, math.prod(out_shape))
+        self.out = Linear(hidden[0] if hidden else latent_dim, math.prod(out_shape))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(z)).unflatten(-1, self.out_shape)
@@ -82,34 +90,35 @@ class ConvDecoder(nn.Module):
     def __init__(self, latent_dim: int, channels: list[int], sizes: list[int], out_channels: int):
         super().__init__()
         self.sizes, self.c0 = sizes, channels[-1]
-        self.fc = nn.Linear(latent_dim, channels[-1] * sizes[-1] ** 2)
+        self.fc = Linear(latent_dim, channels[-1] * sizes[-1] ** 2)
         chans = [*reversed(channels), out_channels]
-        self.ups = nn.ModuleList(
-            nn.ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:])
-        )
+        self.ups = nn.ModuleList(ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        lead = z.shape[:-1]
-        h = torch.relu(self.fc(z.reshape(-1, z.shape[-1]))).view(-1, self.c0, self.sizes[-1], self.sizes[-1])
+        """z [..., B, J] -> [..., B, C, H, W]; stacked, z [M, B, J] -> [M, B, C, H, W]."""
+        m = 0 if self.fc.members is None else 1  # the member dim stays in front
+        lead, s = z.shape[m:-1], self.sizes[-1]
+        h = torch.relu(self.fc(z.flatten(m, -2))).unflatten(-1, (self.c0, s, s))  # [(M,) N, C, s, s]
         targets = list(reversed(self.sizes[:-1]))
         for i, up in enumerate(self.ups):
             h = up(h, output_size=(targets[i], targets[i]))
             if i < len(self.ups) - 1:
                 h = torch.relu(h)
-        return h.view(*lead, *h.shape[1:])
+        return members_first(h, self.ups[-1]).unflatten(m, lead)
 
 
-class LinearEncoder(nn.Module):
-    """mu = V x + c with a learned log-variance that does not depend on x (REFERENCE.md, linear VAE)."""
+class LinearEncoder(MemberAware, nn.Module):
+    """mu = V x + c with a learned log-variance that does not depend on x (docs/metrics.md, linear VAE)."""
 
     def __init__(self, n: int, latent_dim: int):
         super().__init__()
-        self.proj = nn.Linear(n, latent_dim)
+        self.proj = Linear(n, latent_dim)
         self.logvar = nn.Parameter(torch.zeros(latent_dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu = self.proj(x)
-        return mu, self.logvar.expand_as(mu)
+        logvar = self.logvar if self.members is None else self.logvar[:, None, :]
+        return mu, logvar.expand_as(mu)
 
 
 # ----------------------------------------------------------------------- builders
@@ -126,7 +135,7 @@ def linear_vae(
     if len(event_shape) != 1:
         raise ValueError(f"model.kind 'linear' takes vector data, got examples of shape {event_shape}")
     d = math.prod(event_shape)
-    return VAE(LinearEncoder(d, latent_dim), nn.Linear(latent_dim, event_shape[0] * lik.n_out), lik, latent_dim)
+    return VAE(LinearEncoder(d, latent_dim), Linear(latent_dim, event_shape[0] * lik.n_out), lik, latent_dim)
 
 
 def mlp_vae(
@@ -141,7 +150,7 @@ def mlp_vae(
     lik = Likelihood(likelihood, event_shape, sigma)
     out_shape = (event_shape[0] * lik.n_out, *event_shape[1:])
     J, d, hidden = latent_dim, math.prod(event_shape), list(hidden)
-    body = nn.Sequential(nn.Flatten(), _mlp([d, *hidden]))
+    body = nn.Sequential(Flatten(), _mlp([d, *hidden]))
     return VAE(GaussianHead(body, hidden[-1] if hidden else d, J), MLPDecoder(J, hidden, out_shape), lik, J)
 
 
@@ -170,8 +179,8 @@ def conv_vae(
         sizes.append(s)
     convs: list[nn.Module] = []
     for a, b in zip([event_shape[0], *channels[:-1]], channels):
-        convs += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
-    body = nn.Sequential(*convs, nn.Flatten())
+        convs += [Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
+    body = nn.Sequential(*convs, Flatten())
     enc = GaussianHead(body, channels[-1] * s * s, J)
     return VAE(enc, ConvDecoder(J, channels, sizes, out_shape[0]), lik, J)
 
@@ -186,10 +195,17 @@ def builtin_args(cfg: ModelConfig) -> dict[str, object]:
     }
 
 
-def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> VAE:
-    """A built-in VAE for examples of ``event_shape`` ((n,) vectors or (C, H, W) images), its
-    factory found through the registry (vaebench.plugins) like any plugin's."""
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> nn.Module:
+    """The model of ``cfg`` for examples of ``event_shape`` ((n,) vectors, (C, H, W) images or (T,)
+    token sequences of a ``vocab_size`` vocabulary): a factorised built-in family's factory found
+    through the registry (vaebench.plugins) like any plugin's, or a protocol model, built-in
+    (pixelcnn, seq_vae) or a plugin's (vaebench.core.models.plugin)."""
     from vaebench.plugins import resolve
+    from vaebench.study.config import BUILTIN_MODELS
 
+    if cfg.kind not in BUILTIN_MODELS:
+        from vaebench.core.models.plugin import build
+
+        return build(cfg, event_shape, vocab_size)
     factory = resolve(cfg.kind, "vaebench.models").obj
     return factory(tuple(event_shape), cfg.latent_dim, **builtin_args(cfg))
