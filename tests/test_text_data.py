@@ -139,3 +139,26 @@ def test_model_kind_must_fit_data():
         TrialConfig.model_validate({"data": {"kind": "grammar"}, "model": {"kind": "seq_vae", "args": {"cells": 1}}})
     with pytest.raises(ValueError, match="model.args"):
         TrialConfig.model_validate({"model": {"kind": "mlp", "args": {"layers": 1}}})
+
+
+def test_per_token_metrics_on_token_data():
+    """nll_per_token = iw_nll x N / (tokens of those N examples, words and <eos>), perplexity its exp;
+    neg_elbo_per_token likewise from the ELBO over the whole split; mi_ceiling = log min(B, N)."""
+    from vaebench.core.metrics import evaluate
+    from vaebench.core.models import build_model
+    from vaebench.study.config import MetricsConfig, ModelConfig
+
+    ds = load_data(GrammarData(n_samples=200), 0)
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(kind="seq_vae", latent_dim=2, args={"hidden": 16}), ds.meta.shape, len(ds.meta.vocab)
+    )
+    cfg = MetricsConfig(iw_samples=4, iw_examples=10, mi_batch_size=16)
+    m = evaluate(model, ds.val, cfg, torch.Generator().manual_seed(0))
+    tokens = (ds.val != PAD).sum(-1).double()
+    assert m["nll_per_token"] == pytest.approx(m["iw_nll"] / float(tokens[:10].mean()), rel=1e-6)
+    assert m["perplexity"] == pytest.approx(math.exp(m["nll_per_token"]), rel=1e-6)
+    assert m["neg_elbo_per_token"] == pytest.approx(-m["elbo"] / float(tokens.mean()), rel=1e-6)
+    assert m["mi_ceiling"] == pytest.approx(math.log(16))
+    # every grammar sentence has 15 words and <eos>
+    assert torch.all(tokens == 16)
