@@ -64,7 +64,7 @@ class Runner:
             x = self.x[idx]
             mu, logvar = self.model.encode(x)
             z = reparameterise(mu, logvar, self.g)
-            loss = -(self.model.log_likelihood(x, self.model.decode(z))).mean() + kl_per_dim(mu, logvar).sum(-1).mean()
+            loss = -self.model.log_likelihood(x, z).mean() + kl_per_dim(mu, logvar).sum(-1).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
