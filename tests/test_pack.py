@@ -142,6 +142,26 @@ def test_members_start_as_alone_and_equal_their_solo_trials_after_one_and_three_
             assert rel(params[k][name], v) <= PARAM_RTOL[kind], f"{kind} member {k}: {name}"
 
 
+def test_beta_tcvae_members_equal_their_solo_trials():
+    """beta-TCVAE packs (its decomposition broadcast over members): members differing in seed, alpha,
+    beta, gamma and anneal equal their solo trials after two epochs, mi/tc/dwkl included."""
+    tc = [
+        {"seed": 0, "objective": {"kind": "beta_tcvae", "tc_estimator": "mss"}},
+        {"seed": 1, "objective": {"kind": "beta_tcvae", "tc_estimator": "mss", "beta": 6.0, "alpha": 0.5}},
+        {"seed": 2, "objective": {"kind": "beta_tcvae", "tc_estimator": "mss", "gamma": 2.0, "anneal": "linear"}},
+    ]
+    configs = [config("mlp", epochs=2, **m) for m in tc]
+    assert len({pack_key(c) for c in configs}) == 1
+    packed, params = pack_run(configs)
+    for k, c in enumerate(configs):
+        solo, solo_params = solo_run(c)
+        assert {"train/mi", "train/tc", "train/dwkl"} <= solo[1].keys()
+        for epoch in range(2):
+            assert_close_metrics(packed[k][epoch], solo[epoch], METRIC_TOL["mlp"], f"beta_tcvae member {k}")
+        for name, v in solo_params.items():
+            assert rel(params[k][name], v) <= PARAM_RTOL["mlp"], f"beta_tcvae member {k}: {name}"
+
+
 @pytest.mark.parametrize("kind", ["mlp", "linear", "conv"])
 def test_the_generic_path_equals_the_fused_one(kind):
     """torch.func over the solo model (the path any user model takes) against the built-in families'

@@ -308,3 +308,101 @@ def test_the_mmd_objective_trains_and_logs_its_term():
     assert {"train/mmd", "train/kl", "train/recon"} <= set(m)
     # beta 0: the loss is recon + 50 mmd (epoch means of the batch values)
     assert m["train/loss"] == pytest.approx(m["train/recon"] + 50.0 * m["train/mmd"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------- packing
+
+
+def test_a_plugin_model_packed_equals_solo(project):
+    """The file plugin passes core's dry-step check and trains through torch.func: each member of a
+    pack ends where its solo trial ends (same init, batches and noise; float tolerance)."""
+    from vaebench.core.pack import PackTrainer, plugin_packs, unsupported
+    from vaebench.core.train import train
+
+    def cfg(seed, beta):
+        return TrialConfig.model_validate(
+            {
+                "model": {"kind": f"{project / 'my_vae.py'}:Tiny", "latent_dim": 3, "args": {"width": 8}},
+                "objective": {"beta": beta},
+                "train": {"epochs": 2, "batch_size": 256},
+                "metrics": {"iw_samples": 2, "iw_examples": 20},
+                "seed": seed,
+            }
+        )
+
+    members = [cfg(0, 1.0), cfg(1, 4.0)]
+    assert plugin_packs(members[0]) is None and unsupported(members[0]) == []
+    msgs, pt = [], PackTrainer([c.model_dump(mode="json") for c in members], threads=1)
+    while not pt.done:
+        msgs += pt.step()
+    assert not [m for m in msgs if m.get("state") == "failed"], msgs
+    for i, c in enumerate(members):
+        packed = [m for m in msgs if m["kind"] == "epoch" and m["member"] == i][-1]["metrics"]
+        solo = list(train(c))[-1].metrics
+        for key in ("train/loss", "val/elbo", "val/kl"):
+            assert packed[key] == pytest.approx(solo[key], rel=1e-4, abs=1e-4), (i, key)
+
+
+def test_a_plugin_that_does_not_pack_runs_solo_and_validate_says_why(project):
+    source = MODEL.replace(
+        "return tuple(self.enc(x).chunk(2, -1))", "return tuple(nn.functional.dropout(self.enc(x), 0.1).chunk(2, -1))"
+    )
+    (project / "my_vae.py").write_text(source)
+    (project / "study.yaml").write_text(STUDY.replace("[1.0, 2.0]", "[1.0, 2.0, 3.0, 4.0]") + "resources: {pack: 4}\n")
+    result, message = invoke("validate", str(project / "study.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "4 trial(s) solo" in message and "does not run under torch.func.vmap" in message
+
+
+# ------------------------------------------------------------------------- data plugins with factors
+
+FACTOR_DATA = '''\
+import numpy as np
+import torch
+
+
+class Bars:
+    """Two factors (position 0..7, height 0..3) rendered as an 8-pixel vector."""
+
+    factor_names = ("position", "height")
+    factor_sizes = (8, 4)
+
+    def sample_factors(self, n, rng):
+        return np.stack([rng.integers(0, s, n) for s in self.factor_sizes], axis=1).astype(np.int64)
+
+    def observations(self, factors):
+        x = torch.zeros(len(factors), 8)
+        x[torch.arange(len(factors)), torch.as_tensor(factors[:, 0])] = torch.as_tensor(factors[:, 1] + 1.0, dtype=torch.float32) / 4
+        return x
+
+
+def bars(seed, n=400, factors=True):
+    gt = Bars()
+    rng = np.random.default_rng(seed)
+    x = gt.observations(gt.sample_factors(n, rng))
+    out = {"train": x[: n // 2], "val": x[n // 2 :], "name": "bars"}
+    if factors:
+        out["ground_truth"] = gt
+    return out
+'''
+
+
+def test_a_data_plugin_with_factors_gets_the_disentanglement_metrics(project):
+    (project / "bars.py").write_text(FACTOR_DATA)
+    text = (
+        "name: bars\ndata: {kind: './bars.py:bars'}\n"
+        "model: {latent_dim: 2, hidden: [16], likelihood: gaussian}\n"
+        "train: {epochs: 1, batch_size: 100}\nmetrics: {iw_samples: 2, iw_examples: 20, disentanglement: [mig]}\n"
+        "space: {objective.beta: [1.0]}\n"
+    )
+    (project / "bars.yaml").write_text(text)
+    uri = f"sqlite:///{project / 'm.db'}"
+    result, _ = invoke("sweep", str(project / "bars.yaml"), "--inline", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.output
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["bars"], filter_string="tags.vaebench.config_hash != ''")
+    assert 0.0 <= runs["metrics.val/dis/mig"].iloc[0] <= 1.0
+    assert runs["params.plugin.data.qualname"].iloc[0].endswith("bars.py:bars")
+    # without ground_truth the study is refused before anything runs
+    (project / "bars.yaml").write_text(text.replace("'./bars.py:bars'}", "'./bars.py:bars', args: {factors: false}}"))
+    refused(project, "validate", str(project / "bars.yaml"), fragments=("metrics.disentanglement", "no ground_truth"))

@@ -260,3 +260,16 @@ def test_a_pack_records_the_test_numbers_solo_does(tmp_path):
     solo = list(train(cfg(0)))[-1].metrics
     assert "test/elbo" in packed and "test/elbo" in solo
     assert packed["test/elbo"] == pytest.approx(solo["test/elbo"], rel=1e-4)
+
+
+def test_the_table_says_which_split_each_number_is_on():
+    import pandas as pd
+
+    from vaebench.report.tables import METRICS, split_metrics
+
+    val_only = pd.DataFrame({"val/elbo": [-90.0], "val/kl": [3.0]})
+    assert split_metrics(val_only) == METRICS  # no test split: the columns as they were
+    both = val_only.assign(**{"test/elbo": [-91.0], "test/kl": [3.1]})
+    labels = {m.key: m.label for m in split_metrics(both)}
+    assert labels["val/elbo"] == "ELBO (val)" and labels["test/elbo"] == "ELBO (test)"
+    assert labels["test/kl"] == "KL (test)" and "test/iw_nll" not in labels  # only what the record holds

@@ -168,4 +168,16 @@ def ground_truth(cfg: DataConfig) -> GroundTruth | None:
         from vaebench.data.text import GrammarFactors
 
         return GrammarFactors()
+    if is_plugin_kind(cfg.kind):
+        from vaebench.data.plugin import plugin_ground_truth
+
+        return plugin_ground_truth(cfg)
     return None
+
+
+def is_plugin_kind(kind: str) -> bool:
+    """A data kind that is not built in: a plugin (vaebench.plugins), whose factors, if any, are
+    known only once it is imported (vaebench.study.plugin_checks)."""
+    from vaebench.study.config import BUILTIN_DATA
+
+    return kind not in BUILTIN_DATA

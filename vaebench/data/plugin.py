@@ -2,8 +2,10 @@
 ``./file.py:fn`` or an entry point of group vaebench.data, called as ``fn(seed=data_seed, **args)``.
 
 The function returns a :class:`~vaebench.data.Dataset`, or a mapping with ``train`` and ``val``
-(tensors or arrays, examples along dim 0, every example the same shape) and optionally ``test``
-and ``name``. Values are made float32; ``binary`` is read off the data (every value 0 or 1).
+(tensors or arrays, examples along dim 0, every example the same shape) and optionally ``test``,
+``name`` and ``ground_truth``: an object meeting :class:`~vaebench.data.GroundTruth` (the data's
+generative factors; then ``metrics.disentanglement`` applies). Values are made float32; ``binary``
+is read off the data (every value 0 or 1).
 """
 
 from __future__ import annotations
@@ -63,3 +65,25 @@ def load_plugin(cfg: PluginData, seed: int) -> Dataset:
     except PluginError as e:
         raise DataError(f"data.kind {cfg.kind}: {e}") from None
     return as_dataset(fn(seed=seed, **cfg.args), cfg.kind)
+
+
+GROUND_TRUTH_ATTRS = ("factor_names", "factor_sizes", "sample_factors", "observations")
+
+
+def plugin_ground_truth(cfg: PluginData) -> Any:
+    """The plugin's ``ground_truth`` (vaebench.data.GroundTruth), or None when it returns none. The
+    factors are the data's generative process, independent of the split: the function is called
+    with seed 0."""
+    from vaebench.plugins import resolve
+
+    out = resolve(cfg.kind, "vaebench.data").obj(seed=0, **cfg.args)
+    gt = out.get("ground_truth") if isinstance(out, Mapping) else None
+    if gt is None:
+        return None
+    missing = [a for a in GROUND_TRUTH_ATTRS if not hasattr(gt, a)]
+    if missing:
+        raise DataError(
+            f"the plugin's ground_truth has no {', '.join(missing)} (vaebench.data.GroundTruth: factor_names, "
+            "factor_sizes, sample_factors(n, rng), observations(factors))"
+        )
+    return gt

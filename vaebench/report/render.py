@@ -363,7 +363,7 @@ def render_report(
     else:
         base = T.parse_baseline(list(baseline or []), trials, group_by)
 
-    table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
+    table = T.ablation_table(trials, group_by, base, metrics=T.split_metrics(trials) + D.table_metrics(trials))
     marginal_factors = F.varied(trials)
     marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
     figs = (

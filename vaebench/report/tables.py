@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -57,6 +57,22 @@ METRICS = [
     TableMetric("val/iw_nll", "IW-NLL", "min", 2, "nats"),
     TableMetric("val/collapsed_fraction", "collapsed", "min", 2, "fraction"),
 ]
+
+
+def split_metrics(trials: pd.DataFrame) -> list[TableMetric]:
+    """The table's columns with the split they are on: ``METRICS`` (validation) as they are when the
+    record has no test split; with one (data.kind mnist, fashion_mnist, a data plugin's test), each
+    labelled "(val)" and followed by the same metric on the test split, "(test)", the final numbers
+    nothing was tuned on (docs/data.md)."""
+    tests = [
+        replace(m, key="test/" + m.key.removeprefix("val/"), label=f"{m.label} (test)")
+        for m in METRICS
+        if ("test/" + m.key.removeprefix("val/")) in trials
+        and trials["test/" + m.key.removeprefix("val/")].notna().any()
+    ]
+    if not tests:
+        return list(METRICS)
+    return [replace(m, label=f"{m.label} (val)") for m in METRICS] + tests
 
 
 def parse_baseline(items: Sequence[str], trials: pd.DataFrame, group_by: Sequence[str]) -> dict[str, Any]:
@@ -213,6 +229,7 @@ def ablation_table(
         group_by=group_by,
         baseline=dict(baseline or {}),
         metrics=[m.key for m in metrics],
+        table_metrics=list(metrics),  # with their labels (a split's "(val)" / "(test)")
         pooled=pooled,
         convergence=MOVING in trials,
     )
@@ -246,7 +263,9 @@ def _metrics_of(table: pd.DataFrame) -> list[TableMetric]:
     from vaebench.report.disentanglement_figures import TABLE_METRICS as DIS  # val/dis columns, when recorded
 
     keys = table.attrs.get("metrics") or [m.key for m in METRICS]
-    return [m for m in METRICS + DIS if m.key in keys]
+    known = {m.key: m for m in METRICS + DIS}
+    known.update({m.key: m for m in table.attrs.get("table_metrics", [])})  # split-labelled columns
+    return [known[k] for k in keys if k in known]
 
 
 def _num(x: float, d: int, signed: bool = False) -> str:

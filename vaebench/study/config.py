@@ -386,7 +386,7 @@ class TrialConfig(Section):
     def _factors_known(self) -> TrialConfig:
         from vaebench.data import FACTOR_KINDS
 
-        if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS:
+        if self.metrics.disentanglement and self.data.kind not in FACTOR_KINDS and self.data.kind in BUILTIN_DATA:
             raise ValueError(
                 f"metrics.disentanglement needs data whose generative factors are known "
                 f"(data.kind: {', '.join(FACTOR_KINDS)}); data.kind {self.data.kind!r} has none, "

@@ -152,6 +152,20 @@ def check_plugins(study: Any) -> None:
     for field, group, ref in refs:
         if group == "vaebench.objectives":
             check_objective(field, ref, study)
+    if study.metrics.disentanglement and _is_plugin("data", study.data.kind):
+        from vaebench.data import ground_truth
+
+        try:
+            gt = ground_truth(study.data)
+        except DataError as e:
+            raise PluginCheckError("data.kind", f"data.kind {study.data.kind}: {e}") from None
+        if gt is None:
+            raise PluginCheckError(
+                "metrics.disentanglement",
+                f"metrics.disentanglement: {', '.join(study.metrics.disentanglement)} need the data's generative "
+                f"factors, and the data plugin {study.data.kind} returns no ground_truth (docs/plugins.md); "
+                "leave metrics.disentanglement empty or return one",
+            )
 
 
 def _check_model_class(field: str, ref: str, obj: Any) -> None:

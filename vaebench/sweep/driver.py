@@ -33,6 +33,7 @@ from vaebench.sweep.executors import (
     Job,
     PackedExecutor,
     RayExecutor,
+    check_plugins_on_nodes,
     cluster_workers,
     connect_ray,
 )
@@ -125,6 +126,13 @@ def run_sweep(
                 try:  # before any write: a study that cannot run writes nothing
                     connect_ray(opts.address, study.resources.cpus_per_trial, study.resources.gpus_per_trial)
                 except ExecutorError as e:
+                    raise SweepError(str(e)) from None
+                try:  # every node imports the plugins: fail once, here, not in each trial
+                    check_plugins_on_nodes(defn.get("plugins", {}))
+                except ExecutorError as e:
+                    import ray
+
+                    ray.shutdown()
                     raise SweepError(str(e)) from None
                 workers = opts.workers or cluster_workers(
                     study.resources.cpus_per_trial, study.resources.gpus_per_trial

@@ -176,6 +176,61 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
         raise ExecutorError(f"resources.cpus_per_trial is {cpus_per_trial} but the largest Ray node has {most:g} CPUs")
 
 
+def _probe_plugins(refs: list[tuple[str, str]]) -> dict[str, str]:
+    """On a Ray worker: "group:ref" -> "sha256:<hash>" when it imports there, else the error."""
+    import socket
+
+    from vaebench.plugins import PluginError, resolve
+
+    out = {"@host": socket.gethostname()}
+    for group, ref in refs:
+        try:
+            out[f"{group}:{ref}"] = f"sha256:{resolve(ref, group).sha256}"
+        except PluginError as e:
+            out[f"{group}:{ref}"] = str(e)
+    return out
+
+
+PROBE_TIMEOUT_S = 120.0  # a worker starts and imports torch and the plugin in seconds
+
+
+def check_plugins_on_nodes(plugins: dict[str, dict[str, Any]]) -> None:
+    """Every alive node of the connected Ray imports each plugin (``{"group:ref": identity}``, the
+    record's) with the same source: one probe task per node (``NodeAffinitySchedulingStrategy``),
+    before any trial starts. Raises ExecutorError naming the plugin, the node and what went wrong, so
+    a plugin missing on a node fails the sweep once, at start, rather than each of its trials."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not plugins:
+        return
+    refs = [tuple(key.split(":", 1)) for key in plugins]  # group has no ':'
+    probe = ray.remote(num_cpus=0)(_probe_plugins)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    futures = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(refs)
+        for n in nodes
+    ]
+    try:
+        answers = ray.get(futures, timeout=PROBE_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001  (a worker that cannot even start)
+        raise ExecutorError(f"checking the plugins on the Ray workers failed: {type(e).__name__}: {e}") from None
+    for node, answer in zip(nodes, answers):
+        where = f"{answer.get('@host', '?')} ({node.get('NodeManagerAddress', '?')})"
+        for key, ident in plugins.items():
+            got = answer.get(key, "")
+            if not got.startswith("sha256:"):
+                raise ExecutorError(
+                    f"plugin {key.split(':', 1)[1]} cannot be imported on the Ray node {where}: {got}; on a "
+                    "cluster, install the plugin's package on every node (a file plugin: the same path on every node)"
+                )
+            if ident.get("sha256") and got != f"sha256:{ident['sha256']}":
+                raise ExecutorError(
+                    f"plugin {key.split(':', 1)[1]} on the Ray node {where} is not the driver's code "
+                    f"({got} vs sha256:{ident['sha256']}); install the same version on every node"
+                )
+
+
 def local_ray_auth() -> None:
     """A local Ray requires a token of its own (Ray's documented token authentication,
     RAY_AUTH_MODE=token): Ray 2.60 binds its GCS, raylet and worker ports on every interface
