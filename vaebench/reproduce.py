@@ -559,7 +559,7 @@ def disentanglement_checks(trials: pd.DataFrame) -> list[Check]:
 # ----------------------------------------------------------------------------- strong_decoder
 
 STRONG_DECODER_RUNTIME = (
-    "27 trials; 25 minutes measured on 2 cores shared with other jobs (load average 12-14; 45-300 s of "
+    "27 trials; 27 minutes measured on 2 cores shared with other jobs (load average 12-14; 45-300 s of "
     "wall time per factorised trial, 350-1,200 s per GRU trial, the word-dropout ones the slowest)"
 )
 #: thresholds of strong_decoder_checks; its docstring gives the measurements behind them
