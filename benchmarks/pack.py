@@ -22,7 +22,7 @@ Writes benchmarks/PACK.md (``--quick``: benchmarks/.cache/PACK-quick.md unless `
    by member with the solo ``vaebench.core.metrics.evaluate``; cost per member, against the packed
    training epoch per member, with collapse.yaml's metric settings (iw_samples 64).
 3. Conv packing: forward + backward of the packed conv VAE as one grouped convolution per
-   layer (what vaebench.core.pack does) against ``torch.func.vmap`` over the solo model.
+   layer (vaebench.core.members.Fused) against ``torch.func.vmap`` over the solo model (Vmapped).
 
 Imports torch and vaebench's training modules only (no ray, mlflow, optuna), so it runs on
 a GPU machine where only torch (and pydantic, numpy, scikit-learn for vaebench's config
