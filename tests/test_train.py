@@ -78,6 +78,7 @@ def test_every_metric_is_reported():
         "val/collapsed_dims",
         "val/collapsed_fraction",
         "val/posterior_collapse",
+        "val/mi_ceiling",
         "train/loss",
         "train/recon",
         "train/kl",

@@ -39,6 +39,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "mlp": "vaebench.core.models.vae:mlp_vae",
         "conv": "vaebench.core.models.vae:conv_vae",
         "linear": "vaebench.core.models.vae:linear_vae",
+        "pixelcnn": "vaebench.core.models.pixelcnn:PixelCNNVAE",
+        "seq_vae": "vaebench.core.models.sequence:SequenceVAE",
     },
     "vaebench.objectives": {
         "mmd": "vaebench.core.mmd:mmd_objective",

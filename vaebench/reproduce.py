@@ -549,6 +549,148 @@ def disentanglement_checks(trials: pd.DataFrame) -> list[Check]:
     return checks
 
 
+# ----------------------------------------------------------------------------- strong_decoder
+
+STRONG_DECODER_RUNTIME = (
+    "27 trials; 27 minutes measured on 2 cores shared with other jobs (load average 12-14; 45-300 s of "
+    "wall time per factorised trial, 350-1,200 s per GRU trial, the word-dropout ones the slowest)"
+)
+#: thresholds of strong_decoder_checks; its docstring gives the measurements behind them
+MI_NEAR_ZERO = 0.05  # nats: "MI near 0" for the collapsed autoregressive model (ceiling log 256 = 5.5)
+FREE_BITS_TOL = 0.1  # nats: each dim's KL at least lambda minus this with free bits lambda
+
+
+def _remedy(row: pd.Series) -> str:
+    """The remedy of a strong_decoder trial: none, anneal, free_bits or word_dropout (one at a time)."""
+    anneal = row.get("objective.anneal.kind", row.get("objective.anneal", "none"))
+    parts = []
+    if _anneal_label(anneal) not in ("none", "nan", "None"):
+        parts.append("anneal")
+    if _num(row.get("objective.free_bits", 0)) > 0:
+        parts.append("free_bits")
+    if _num(row.get("model.args.word_dropout", 0)) > 0:
+        parts.append("word_dropout")
+    return "+".join(parts) or "none"
+
+
+def _spread(values: list[float]) -> str:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return "none measured"
+    return f"mean {sum(v) / len(v):.3f}, min {min(v):.3f}, max {max(v):.3f}"
+
+
+def strong_decoder_checks(trials: pd.DataFrame) -> list[Check]:
+    """Posterior collapse with an autoregressive decoder at beta 1, and its remedies (sequence VAE on
+    the grammar corpus; each check over every seed of the record, per-seed values listed).
+
+    - autoregressive (GRU) decoder, no remedy: every dim collapsed by the (epsilon, delta) rule in
+      every seed, and MI <= MI_NEAR_ZERO = 0.05 nats in every seed;
+    - factorised decoder, no remedy: at least one active unit in every seed (it has no other way to
+      explain the attributes than z);
+    - free bits lambda (GRU): every dim's KL >= lambda - FREE_BITS_TOL (0.1 nats) in every seed;
+    - KL annealing and word dropout (GRU): the seed mean of KL and of MI above the unremedied GRU's;
+    - the GRU's iw NLL below the factorised decoder's (seed means, no remedy).
+
+    Measured at 60 epochs (seeds 0, 1, 2; 9 of 10 checks pass): the GRU without remedy reaches KL 0.025,
+    0.030 and 0.000 nats and MI 0.038, 0.031, -0.002 (PASS), but its strict collapse count is 3, 2 and 4
+    of 4 dims: a dim with mean KL 0.02 exceeds 0.01 on more than 1% of the sentences (FAIL); the factorised
+    decoder keeps 4 of 4 active; free bits 0.25: smallest dim 0.233, 0.256, 0.267; annealing (warm-up over
+    1,200 of 1,500 steps) KL 0.57-1.23 and MI 0.54-1.14; word dropout 0.5 KL 0.89, 0.97, 0.00 and MI 0.80,
+    0.88, 0.00 (seed 2, whose GRU never learned to copy the repeated clause, stays collapsed), both above
+    the unremedied seed means 0.018 and 0.022; iw NLL 7.09 (6.38-8.46) against 8.39 (8.32-8.43). At 20
+    epochs word dropout did not help (the GRU had not yet learned to copy: docs/strong_decoders.md)."""
+    checks = [_trials_present(trials)]
+    if trials.empty:
+        return checks
+    t = trials.assign(
+        remedy=[_remedy(r) for _, r in trials.iterrows()],
+        decoder=[str(r.get("model.args.decoder", "rnn")) for _, r in trials.iterrows()],
+    )
+    done = t[t["state"] == "completed"]
+    kl_cols = sorted(c for c in t.columns if _KL_DIM.match(c))
+
+    def group(decoder: str, remedy: str) -> pd.DataFrame:
+        return done[(done["decoder"] == decoder) & (done["remedy"] == remedy)].sort_values("seed")
+
+    def col(g: pd.DataFrame, name: str) -> list[float]:
+        return [round(_num(v), 4) for v in g[name]] if name in g else []
+
+    ar, fac = group("rnn", "none"), group("factorised", "none")
+    J = int(_num(ar["model.latent_dim"].iloc[0])) if len(ar) else 0
+    cd = col(ar, "val/collapsed_dims")
+    checks.append(
+        Check(
+            f"GRU decoder, no remedy: collapsed dims per seed ({_seeds_label(ar) if len(ar) else '-'})",
+            cd,
+            f"{J} (all) in every seed",
+            0,
+            len(cd) > 0 and all(v == J for v in cd),
+        )
+    )
+    mi = col(ar, "val/mi")
+    checks.append(
+        Check(
+            f"GRU decoder, no remedy: MI per seed, nats ({_spread(mi)})",
+            mi,
+            f"<= {MI_NEAR_ZERO}",
+            "threshold",
+            len(mi) > 0 and all(v <= MI_NEAR_ZERO for v in mi),
+        )
+    )
+    au = col(fac, "val/active_units")
+    checks.append(
+        Check(
+            f"factorised decoder, no remedy: active units per seed ({_spread(au)})",
+            au,
+            ">= 1 in every seed",
+            "threshold",
+            len(au) > 0 and all(v >= 1 for v in au),
+        )
+    )
+    fb = group("rnn", "free_bits")
+    lam = _num(fb["objective.free_bits"].iloc[0]) if len(fb) else math.nan
+    mins = [round(min(_num(r[c]) for c in kl_cols), 4) for _, r in fb.iterrows()] if kl_cols else []
+    checks.append(
+        Check(
+            f"GRU decoder, free bits {lam:g}: smallest per-dim KL per seed, nats ({_spread(mins)})",
+            mins,
+            f">= {lam:g} - {FREE_BITS_TOL}",
+            FREE_BITS_TOL,
+            len(mins) > 0 and all(m >= lam - FREE_BITS_TOL for m in mins),
+        )
+    )
+    for remedy in ("anneal", "word_dropout"):
+        g = group("rnn", remedy)
+        for metric in ("val/kl", "val/mi"):
+            base, got = col(ar, metric), col(g, metric)
+            mb = sum(base) / len(base) if base else math.nan
+            mg = sum(got) / len(got) if got else math.nan
+            checks.append(
+                Check(
+                    f"GRU decoder, {remedy}: {metric} seed mean above no remedy's "
+                    f"(remedy {_spread(got)}; none {_spread(base)})",
+                    [round(mg, 4), round(mb, 4)],
+                    "first > second",
+                    "strict",
+                    mg > mb,
+                )
+            )
+    a, f = col(ar, "val/iw_nll"), col(fac, "val/iw_nll")
+    ma = sum(a) / len(a) if a else math.nan
+    mf = sum(f) / len(f) if f else math.nan
+    checks.append(
+        Check(
+            f"iw NLL, no remedy: GRU ({_spread(a)}) below factorised ({_spread(f)}), seed means, nats",
+            [round(ma, 4), round(mf, 4)],
+            "first < second",
+            "strict",
+            ma < mf,
+        )
+    )
+    return checks
+
+
 # ----------------------------------------------------------------------------- registry
 
 REPRODUCTIONS: dict[str, Reproduction] = {
@@ -605,6 +747,20 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             "8 trials; about 4 minutes on 2 idle cores (~50 s of CPU per trial, 10-15 s "
             "of it the metrics, plus ~20 s for the oracle checks); 15.8 minutes measured on 2 cores shared with "
             "other jobs (load average 5-8)",
+        ),
+        Reproduction(
+            "strong_decoder",
+            "strong_decoder.yaml",
+            "Posterior collapse where the decoder can model x without z (Bowman et al. 2016): a sequence VAE "
+            "on sentences of a small grammar with known attributes (H(x) = log 512 nats), beta 1, 60 epochs, "
+            "3 seeds. With a GRU decoder and no remedy I(x; z) is near 0 (<= 0.04 nats), while a factorised "
+            "decoder on the same data keeps every dim active, and the GRU's importance-weighted NLL is the lower; "
+            "free bits (Kingma et al. 2016) hold each dim's KL at lambda; KL annealing and word dropout raise KL "
+            "and MI above the unremedied run. Known failure: the unremedied GRU keeps one dim with mean KL "
+            "~0.02 nats in two seeds, above the strict (0.01, 0.01) collapse rule. Published PTB/Yahoo "
+            "numbers are not reproduced (that data is not available offline).",
+            strong_decoder_checks,
+            STRONG_DECODER_RUNTIME,
         ),
     )
 }

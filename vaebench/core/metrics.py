@@ -7,7 +7,9 @@ every metric then has the same signature, as in disentanglement_lib:
 
 and ``evaluate`` merges their dicts into floats. Names (without the ``val/`` prefix the
 training loop adds): elbo, recon, kl, kl_dim/NN, active_units, mi, iw_nll, collapsed_dims,
-collapsed_fraction, posterior_collapse. All in nats per example.
+collapsed_fraction, posterior_collapse, mi_ceiling (log of the MI estimator's batch: the most it can
+report); for token data also neg_elbo_per_token, nll_per_token and perplexity. In nats per example
+unless named per token.
 
 One code path serves one model and a pack of M models (vaebench.core.members.SharedInput):
 ``model`` maps x [B, *event] to posteriors [*members, B, J] and gives log p(x|z) for z
@@ -184,6 +186,28 @@ METRICS: dict[str, Metric] = {
 }
 
 
+TOKEN_PAD = 0  # the <pad> id of token data (vaebench.data.text)
+
+
+def per_token(values: dict[str, torch.Tensor], x: torch.Tensor, cfg: MetricsConfig) -> dict[str, torch.Tensor]:
+    """Token data (int64 x [N, T], pads 0): the bounds per token, total nats over total tokens
+    (words and <eos>, as language models count them; Bowman et al. 2016). neg_elbo_per_token over
+    the whole split; nll_per_token and perplexity = exp(nll_per_token) from iw_nll, over the same
+    first iw_examples, when it was computed."""
+    tokens = (x != TOKEN_PAD).sum(-1).double()
+    out = {"neg_elbo_per_token": -values["elbo"] / tokens.mean()}
+    if "iw_nll" in values:
+        n = x.shape[0] if cfg.iw_examples is None else min(cfg.iw_examples, x.shape[0])
+        nll = values["iw_nll"] / tokens[:n].mean()
+        out.update({"nll_per_token": nll, "perplexity": torch.exp(nll)})
+    return out
+
+
+def mi_ceiling(cfg: MetricsConfig, n: int) -> float:
+    """The most the MI estimator can report: log of its minibatch size (the split's size if smaller)."""
+    return math.log(min(cfg.mi_batch_size, n))
+
+
 def iw_due(cfg: MetricsConfig, epoch: int, last: bool) -> bool:
     """Whether an evaluation at ``epoch`` computes iw_nll (``metrics.iw_every``)."""
     if last or cfg.iw_every is None:
@@ -202,6 +226,9 @@ def evaluate_batched(
     for name, metric in METRICS.items():
         if name != "iw_nll" or iw:
             out.update(metric(model, enc, cfg, generator))
+    if not x.is_floating_point():
+        out.update(per_token(out, x, cfg))
+    out["mi_ceiling"] = torch.full_like(out["mi"], mi_ceiling(cfg, x.shape[0]))
     return out
 
 

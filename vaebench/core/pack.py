@@ -148,7 +148,7 @@ def plugin_packs(cfg: TrialConfig) -> str | None:
             models = []
             for seed in (0, 1):
                 torch.manual_seed(seed)
-                models.append(build_model(cfg.model, data.meta.shape))
+                models.append(build_model(cfg.model, data.meta.shape, len(data.meta.vocab) or None))
             _PLUGIN_PACKS[key] = check_packable(models, data.train[:8])
         except Exception as e:  # noqa: BLE001  (any failure is a reason to run solo)
             _PLUGIN_PACKS[key] = f"the dry step failed: {type(e).__name__}: {e}"
@@ -195,11 +195,22 @@ def _event_shape(cfg: TrialConfig) -> tuple[int, ...]:
     return load_data(cfg.data, cfg.data_seed).meta.shape  # files: read their shape
 
 
+def _vocab_size(cfg: TrialConfig) -> int | None:
+    """The vocabulary size of token data (vaebench.data.text), None for other data."""
+    from vaebench.study.config import TOKEN_KINDS
+
+    if cfg.data.kind not in TOKEN_KINDS:
+        return None
+    return len(load_data(cfg.data, cfg.data_seed).meta.vocab)
+
+
 def member_bytes(cfg: TrialConfig) -> int:
     """Memory one member adds to a pack: parameters with their gradient, optimiser moments and the
     step's copy (5 x 4 bytes each), and the activations of one minibatch kept for the backward
     pass (3 x 4 bytes each: value, gradient, a temporary), counted on a meta-device forward."""
     shape = _event_shape(cfg)
+    vocab = _vocab_size(cfg)  # token data: the model needs the vocabulary, x holds int64 ids
+    dtype = torch.long if vocab else torch.float32
     acts = 0
 
     def count(_m: nn.Module, _inp: Any, out: Any) -> None:
@@ -208,16 +219,16 @@ def member_bytes(cfg: TrialConfig) -> int:
 
     try:
         with torch.device("meta"):  # no memory, no random numbers drawn
-            model = build_model(cfg.model, shape)
+            model = build_model(cfg.model, shape, vocab)
             hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-            x = torch.zeros(cfg.train.batch_size, *shape)
+            x = torch.zeros(cfg.train.batch_size, *shape, dtype=dtype)
             model.log_likelihood(x, model.encode(x)[0])
         for h in hooks:
             h.remove()
     except Exception:  # noqa: BLE001  (a plugin that cannot run on the meta device: counted on the CPU)
         torch.manual_seed(0)
-        model, acts = build_model(cfg.model, shape), 0
-        x = torch.zeros(cfg.train.batch_size, *shape)
+        model, acts = build_model(cfg.model, shape, vocab), 0
+        x = torch.zeros(cfg.train.batch_size, *shape, dtype=dtype)
         hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
         with torch.no_grad():
             model.log_likelihood(x, model.encode(x)[0])

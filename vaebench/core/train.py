@@ -103,7 +103,7 @@ class Trainer:
         models = []
         for cfg in configs:
             torch.manual_seed(cfg.seed)  # parameter init draws from the global generator
-            models.append(build_model(cfg.model, data.meta.shape).to(dev))
+            models.append(build_model(cfg.model, data.meta.shape, len(data.meta.vocab) or None).to(dev))
         self.model = run_members(models, path)
         params = self.model.parameters()
         self.optimizer: SoloOptimizer | PackedOptimizer = (
@@ -184,6 +184,8 @@ class Trainer:
                 continue
             if val[k]:
                 metrics.update({f"val/{name}": v for name, v in val[k].items()})
+                if self.data.meta.entropy is not None:  # H(x) known exactly (the grammar corpus): beside mi_ceiling
+                    metrics["val/data_entropy"] = self.data.meta.entropy
                 for key in CONVERGENCE_KEYS:
                     m.history[key].append((epoch, metrics[key]))
             metrics.update({f"test/{name}": v for name, v in test[k].items()})

@@ -44,7 +44,8 @@ def run_trial(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -> dict[str, bytes]:
     """The final checkpoint, and for image data a grid of reconstructions and samples and the latent
-    traversals (vaebench.core.traversals; collapsed dims by ``metrics``' epsilon and delta)."""
+    traversals (vaebench.core.traversals; collapsed dims by ``metrics``' epsilon and delta); for token
+    data a text of reconstructions and prior samples (``samples.txt``)."""
     from vaebench.core.traversals import traversals_png
 
     buf = io.BytesIO()
@@ -54,6 +55,10 @@ def artifacts(model: VAE, data: Dataset, metrics: MetricsConfig | None = None) -
         m = metrics or MetricsConfig()
         out["reconstructions.png"] = image_grid(model, data)
         out["traversals.png"] = traversals_png(model, data.val, epsilon=m.collapse_epsilon, delta=m.collapse_delta)
+    elif data.meta.vocab:  # token data: reconstructions and prior samples as text
+        from vaebench.core.models.sequence import text_artifact
+
+        out["samples.txt"] = text_artifact(getattr(model, "inner", model), data.val, data.meta.vocab).encode()
     return out
 
 

@@ -1,7 +1,8 @@
 """Datasets of vaebench: one entry point, ``load_data(cfg, seed)``.
 
 Every loader returns a :class:`Dataset` of float32 tensors, images shaped
-``[N, 1, H, W]`` and vectors ``[N, n]``, plus a :class:`DataMeta` describing them.
+``[N, 1, H, W]`` and vectors ``[N, n]``, or int64 token sequences ``[N, T]`` (text and
+grammar: ``vaebench.data.text``), plus a :class:`DataMeta` describing them.
 Loading is deterministic given the seed: all randomness comes from
 ``numpy.random.default_rng(seed)``, never from global RNG state. Nothing is ever
 downloaded: digits ship with scikit-learn, dSprites and pPCA data are generated
@@ -57,6 +58,14 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
         from vaebench.data.files import load_npz
 
         return load_npz(cfg, seed)
+    if kind == "text":
+        from vaebench.data.text import load_text
+
+        return load_text(cfg, seed)
+    if kind == "grammar":
+        from vaebench.data.text import load_grammar
+
+        return load_grammar(cfg, seed)
     if kind in ("mnist", "fashion_mnist"):
         from vaebench.data.mnist import load_mnist
 
@@ -72,6 +81,10 @@ def ground_truth(cfg: DataConfig) -> GroundTruth | None:
         from vaebench.data.dsprites import DSpritesFactors
 
         return DSpritesFactors(tuple(cfg.shapes))
+    if cfg.kind == "grammar":
+        from vaebench.data.text import GrammarFactors
+
+        return GrammarFactors()
     if is_plugin_kind(cfg.kind):
         from vaebench.data.plugin import plugin_ground_truth
 

@@ -37,14 +37,16 @@ class DataMeta:
     train_factors: torch.Tensor | None = None
     val_factors: torch.Tensor | None = None
     eigenvalues: tuple[float, ...] | None = None
+    vocab: tuple[str, ...] = ()  # token data: the vocabulary, index = token id (vaebench.data.text)
+    entropy: float | None = None  # H(x) in nats when known exactly (the grammar corpus)
     # train holds grey levels, drawn afresh as binary images every epoch (vaebench.data.mnist)
     dynamic_binarize: bool = False
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and validation tensors (float32, examples along dim 0) and their meta; ``test``, when
-    the data have one, is kept apart: validation drives pruning and curves, test gives the final
+    """Train and validation tensors (float32, or int64 token ids; examples along dim 0) and their meta;
+    ``test``, when the data have one, is kept apart: validation drives pruning and curves, test gives the final
     numbers (``test/NAME``)."""
 
     train: torch.Tensor

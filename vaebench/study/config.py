@@ -21,7 +21,7 @@ from vaebench.record.vocab import DIS_METRICS
 # outside it exp() overflows or the KL's -log(sigma^2) dominates the loss.
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0
 #: data kinds whose generative factors are known (the disentanglement metrics need them)
-FACTOR_KINDS = ("dsprites",)
+FACTOR_KINDS = ("dsprites", "grammar")
 
 
 class Section(BaseModel):
@@ -89,6 +89,27 @@ class NpzData(Section):
     binarize: bool = Field(False, description="threshold at 0.5: 1 above, 0 at or below")
 
 
+class TextData(Section):
+    """Sentences from a UTF-8 text file, one per line, as token ids (``vaebench.data.text``)."""
+
+    kind: Literal["text"] = Field("text", description="a text file, one sentence per line")
+    path: str = Field(description="the UTF-8 text file (relative to the study file)")
+    max_len: int = Field(30, ge=1, le=1000, description="words per sentence; a longer line is an error")
+    vocab_size: int = Field(
+        10_000, ge=5, description="vocabulary cap, with <pad> <unk> <bos> <eos>; rarer words become <unk>"
+    )
+    lowercase: bool = Field(True, description="lower-case every word before counting")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of the sentences held out for validation")
+
+
+class GrammarData(Section):
+    """Sentences of a small grammar from five uniform attributes, known exactly (``vaebench.data.text``)."""
+
+    kind: Literal["grammar"] = Field("grammar", description="generated sentences with known attributes")
+    n_samples: int = Field(2_000, ge=2, description="sentences generated (train and validation together)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction held out for validation")
+
+
 class MnistData(Section):
     """MNIST or Fashion-MNIST from the standard IDX files (vaebench.data.mnist; docs/data.md).
 
@@ -127,7 +148,7 @@ class PluginData(Section):
     args: dict[str, Any] = Field({}, description="the data plugin's keyword arguments")
 
 
-BUILTIN_DATA = ("digits", "dsprites", "ppca", "idx", "npz", "mnist", "fashion_mnist")
+BUILTIN_DATA = ("digits", "dsprites", "ppca", "idx", "npz", "mnist", "fashion_mnist", "text", "grammar")
 
 
 def _data_tag(v: Any) -> str:
@@ -145,6 +166,8 @@ DataConfig = Annotated[
         Annotated[IdxData, Tag("idx")],
         Annotated[NpzData, Tag("npz")],
         Annotated[MnistData, Tag("mnist")],
+        Annotated[TextData, Tag("text")],
+        Annotated[GrammarData, Tag("grammar")],
         Annotated[PluginData, Tag("plugin")],
     ],
     Discriminator(_data_tag),
@@ -153,7 +176,7 @@ DataConfig = Annotated[
 # ---------------------------------------------------------------------------- model
 
 
-BUILTIN_MODELS = ("mlp", "conv", "linear")
+BUILTIN_MODELS = ("mlp", "conv", "linear")  # the factorised families, configured by ModelConfig's fields
 
 
 class ModelConfig(Section):
@@ -194,6 +217,39 @@ class ModelConfig(Section):
         if self.kind == "linear" and self.likelihood == "bernoulli":
             raise ValueError("model.kind 'linear' needs likelihood 'gaussian' or 'gaussian_learned'")
         return self
+
+    @model_validator(mode="after")
+    def _args_known(self) -> ModelConfig:
+        """The autoregressive built-ins take their settings in args: names checked against the class."""
+        if self.kind not in AUTOREGRESSIVE_KINDS:
+            return self
+        from vaebench.plugins import resolve
+
+        allowed = model_arg_names(resolve(self.kind, "vaebench.models").obj)
+        unknown = sorted(set(self.args) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"model.args: {', '.join(unknown)} not a setting of model.kind {self.kind!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        return self
+
+
+#: data kinds whose examples are token sequences (int64 ids)
+TOKEN_KINDS = ("text", "grammar")
+#: built-in model kinds that meet the protocol themselves, configured by model.args (registered in
+#: vaebench.plugins.BUILTINS: the autoregressive decoders)
+AUTOREGRESSIVE_KINDS = ("pixelcnn", "seq_vae")
+#: constructor arguments a model class gets from the data rather than from model.args
+DATA_ARGS = ("event_shape", "latent_dim", "vocab_size")
+
+
+def model_arg_names(cls: type) -> list[str]:
+    """The keyword settings a model class takes in model.args (its signature less the data's)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return [n for n in params if n != "self" and n not in DATA_ARGS]
 
 
 # ------------------------------------------------------------------------ objective
@@ -407,6 +463,17 @@ class TrialConfig(Section):
                 f"metrics.disentanglement needs data whose generative factors are known "
                 f"(data.kind: {', '.join(FACTOR_KINDS)}); data.kind {self.data.kind!r} has none, "
                 f"so leave metrics.disentanglement empty"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tokens_need_seq_vae(self) -> TrialConfig:
+        """Token data (int64 ids) fit seq_vae (or a plugin model); seq_vae fits token data only."""
+        tokens, kind = self.data.kind in TOKEN_KINDS, self.model.kind
+        if (tokens and kind in (*BUILTIN_MODELS, "pixelcnn")) or (not tokens and kind == "seq_vae"):
+            raise ValueError(
+                f"model.kind {kind!r} does not fit data.kind {self.data.kind!r}: token data "
+                f"(data.kind {' or '.join(TOKEN_KINDS)}) takes model.kind seq_vae, and seq_vae takes token data"
             )
         return self
 

@@ -54,7 +54,7 @@ OBJECTIVE_METRICS = (
     + tuple(f"train/{m}" for m in TRAIN_TERMS)
     + tuple(f"val/dis/{m}" for m in DIS_SCORES)
 )
-DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx and npz settings naming files
+DATA_FILE_FIELDS = ("train_images", "val_images", "path")  # idx, npz and text settings naming files
 TRIAL_LIMIT = 100_000  # trials a study may imply unless trial_limit says otherwise
 
 
@@ -400,12 +400,12 @@ def _data_configs(study: Study) -> list[tuple[str, Any]]:
 
 
 def _open_data(path: Path, root: yaml.Node | None, study: Study) -> None:
-    """Read every file-based data set (idx, npz) as a trial would: a file that cannot be
+    """Read every file-based data set (idx, npz, text) as a trial would: a file that cannot be
     read, has the wrong shape or dtype fails here with the file and the field."""
     from vaebench.data import DataError, load_data
 
     for field, cfg in _data_configs(study):
-        if cfg.kind not in ("idx", "npz", "mnist", "fashion_mnist"):
+        if cfg.kind not in ("idx", "npz", "mnist", "fashion_mnist", "text"):
             continue  # bundled or generated (or a plugin: vaebench.study.plugin_checks): nothing on disk to check
         try:
             load_data(cfg, study.data_seed)

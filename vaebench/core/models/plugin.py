@@ -11,6 +11,7 @@ the log-variance as the built-ins do; ``decode_mean`` is the plugin's, else one 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -49,14 +50,27 @@ class ProtocolModel(nn.Module):
         return self.inner.sample(z, torch.Generator(z.device).manual_seed(0))
 
 
-def construct(obj: Any, event_shape: tuple[int, ...], latent_dim: int, args: dict[str, Any]) -> nn.Module:
-    """``obj(event_shape=..., latent_dim=..., **args)``: a class or a factory function."""
-    return obj(event_shape=tuple(event_shape), latent_dim=latent_dim, **args)
+def construct(
+    obj: Any, event_shape: tuple[int, ...], latent_dim: int, args: dict[str, Any], vocab_size: int | None = None
+) -> nn.Module:
+    """``obj(event_shape=..., latent_dim=..., **args)``: a class or a factory function. One that takes
+    ``vocab_size`` (a token model) gets the data's vocabulary size too."""
+    kwargs = dict(args)
+    try:
+        takes_vocab = "vocab_size" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        takes_vocab = False
+    if takes_vocab:
+        if not vocab_size:
+            raise ValueError(f"{getattr(obj, '__name__', obj)} takes token data (a vocabulary); this data has none")
+        kwargs["vocab_size"] = vocab_size
+    return obj(event_shape=tuple(event_shape), latent_dim=latent_dim, **kwargs)
 
 
-def build(cfg: ModelConfig, event_shape: tuple[int, ...]) -> ProtocolModel:
-    """The plugin model of ``cfg``, wrapped in ProtocolModel."""
+def build(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> ProtocolModel:
+    """The protocol model of ``cfg`` (the built-in pixelcnn and seq_vae, or a plugin), wrapped in
+    ProtocolModel; ``vocab_size``: token data's, for a model that takes one."""
     from vaebench.plugins import resolve
 
     obj = resolve(cfg.kind, "vaebench.models").obj
-    return ProtocolModel(construct(obj, event_shape, cfg.latent_dim, dict(cfg.args)), cfg.latent_dim)
+    return ProtocolModel(construct(obj, event_shape, cfg.latent_dim, dict(cfg.args), vocab_size), cfg.latent_dim)

@@ -195,15 +195,17 @@ def builtin_args(cfg: ModelConfig) -> dict[str, object]:
     }
 
 
-def build_model(cfg: ModelConfig, event_shape: tuple[int, ...]) -> nn.Module:
-    """The model of ``cfg`` for examples of ``event_shape`` ((n,) vectors or (C, H, W) images): a
-    built-in family's factory found through the registry (vaebench.plugins) like any plugin's, or a
-    plugin model (vaebench.core.models.plugin)."""
-    from vaebench.plugins import is_builtin, resolve
+def build_model(cfg: ModelConfig, event_shape: tuple[int, ...], vocab_size: int | None = None) -> nn.Module:
+    """The model of ``cfg`` for examples of ``event_shape`` ((n,) vectors, (C, H, W) images or (T,)
+    token sequences of a ``vocab_size`` vocabulary): a factorised built-in family's factory found
+    through the registry (vaebench.plugins) like any plugin's, or a protocol model, built-in
+    (pixelcnn, seq_vae) or a plugin's (vaebench.core.models.plugin)."""
+    from vaebench.plugins import resolve
+    from vaebench.study.config import BUILTIN_MODELS
 
-    if not is_builtin(cfg.kind, "vaebench.models"):
+    if cfg.kind not in BUILTIN_MODELS:
         from vaebench.core.models.plugin import build
 
-        return build(cfg, event_shape)
+        return build(cfg, event_shape, vocab_size)
     factory = resolve(cfg.kind, "vaebench.models").obj
     return factory(tuple(event_shape), cfg.latent_dim, **builtin_args(cfg))
