@@ -30,6 +30,7 @@ from vaebench.record.store import (
     ensure_folder,
     remove_if_empty,
     resolve_tracking_uri,
+    short,
     store_missing,
 )
 from vaebench.reproduce import REPRODUCTIONS
@@ -136,6 +137,12 @@ def sweep(
     raise typer.Exit(summary.exit_code)
 
 
+def _levels_text(levels: list, shown: int = 12) -> str:
+    """A factor's levels for the validate table: the first ``shown`` and a count, never thousands."""
+    text = ", ".join(str(v) if len(str(v)) <= 60 else short(v, 60) for v in levels[:shown])
+    return text if len(levels) <= shown else f"{text}, ... ({len(levels):,} levels)"
+
+
 def _set_pack(study, value: str) -> None:
     from vaebench.study.spec import PACK_ALLOWED
 
@@ -166,7 +173,7 @@ def validate(
     table.add_column("factor")
     table.add_column("levels / range")
     for k, v in study.space.items():
-        table.add_row(k, str(v) if not isinstance(v, list) else ", ".join(map(str, v)))
+        table.add_row(k, str(v) if not isinstance(v, list) else _levels_text(v))
     out.print(table)
     seeds, n = len(study.seeds), study.n_trials()  # what `sweep` runs, counted without building a trial
     if study.search.kind == "grid":
@@ -216,9 +223,7 @@ def status(
     elif ended >= total:
         word = f"complete ({ended} of {total})"
     else:
-        word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
-            parent.info.status, ""
-        )
+        word = f"partial ({ended} of {total})" + _sweep_state(record, parent.info.status)
     out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}", highlight=False, soft_wrap=True)
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
     done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
@@ -243,6 +248,19 @@ def status(
             markup=False,
             soft_wrap=True,
         )
+
+
+def _sweep_state(record, status: str) -> str:
+    """', sweep running (holder)' while a driver holds the record's lock; ', interrupted' when the
+    record was stopped or its driver died (the parent run left RUNNING, the lock free)."""
+    from vaebench.record.writer import holder_text
+
+    holder = record.holder()
+    if holder is not None:
+        return f", sweep running ({holder_text(holder)})"
+    if status == "RUNNING":
+        return ", interrupted (its driver ended without closing the record; run the sweep again to resume)"
+    return ", interrupted" if status in ("KILLED", "FAILED") else ""
 
 
 def _study_of_record(record, parent_id: str) -> Study | None:

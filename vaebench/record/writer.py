@@ -276,6 +276,34 @@ class Record:
             )
         return self._take_lease(me)
 
+    def holder(self) -> dict[str, Any] | None:
+        """Who sweeps the record now ({host, pid, since}), or None when its lock is free; asks the
+        lock itself, as a second driver would, never the parent run's status (a killed driver
+        leaves that RUNNING). Takes nothing."""
+        db = sqlite_path(self.uri)
+        if db is not None:
+            path = db.with_name(f"{db.name}.{self.study}.lock")
+            try:
+                f = open(path)  # noqa: SIM115 (closed below, after the flock test)
+            except OSError:
+                return None  # no lock file: no driver has swept, or the last one ended before the store
+            with f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    try:
+                        return json.loads(f.read() or "{}")
+                    except ValueError:
+                        return {}
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return None
+        if self.experiment_id is None:
+            return None
+        with self._store("read the lock"):
+            held = self.client.get_experiment(self.experiment_id).tags.get(LOCK_TAG)
+        info = json.loads(held) if held else None
+        return info if info and time.time() - info.get("beat", 0) < LEASE_SECONDS else None
+
     def _take_lease(self, me: dict[str, Any]) -> str | None:
         with self._store("take the lock"):
             exp = self._ensure_experiment()

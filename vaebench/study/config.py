@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Encoder log-variance is clamped to this range: exp(-10) ~ 4.5e-5 is a smaller
 # posterior std than any dataset here needs, exp(10) ~ 2.2e4 far wider than the prior;
@@ -20,10 +20,42 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are an error, values are checked."""
+# Seeds feed numpy's legacy RandomState (Optuna's samplers) as well as torch and numpy's
+# Generator: the common range is that of an unsigned 32-bit integer.
+SEED_MAX = 2**32 - 1
+# Any other whole number must fit the signed 64-bit integers of torch, numpy and the stores' columns.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _int64(value: Any) -> Any:
+    """``value`` (or every whole number inside a list or mapping) within a signed 64-bit integer."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        raise ValueError(f"{value} is out of range; allowed: a whole number from -2^63 to 2^63-1")
+    if isinstance(value, list):
+        for v in value:
+            _int64(v)
+    if isinstance(value, dict):
+        for v in value.values():
+            _int64(v)
+    return value
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are an error, values are checked (no NaN or
+    infinity in a float, no whole number beyond 64 bits)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, v: Any, info: ValidationInfo) -> Any:
+        # a study's space is checked level by level, as each level's trial config (study.spec)
+        return v if info.field_name == "space" else _int64(v)
+
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 # ----------------------------------------------------------------------------- data
@@ -219,7 +251,7 @@ class MetricsConfig(Section):
     disentanglement: list[Literal["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity"]] = []
     disentanglement_every: int | None = Field(None, ge=1)  # None: at the last epoch only
     disentanglement_preset: Literal["default", "publish"] = "default"  # sample sizes; publish = disentanglement_lib
-    disentanglement_seed: int = 0  # the metrics' own sampling; the same for every trial
+    disentanglement_seed: Seed = 0  # the metrics' own sampling; the same for every trial
 
     @field_validator("iw_every", mode="before")
     @classmethod
@@ -245,8 +277,8 @@ class TrialConfig(Section):
     objective: ObjectiveConfig = ObjectiveConfig()
     train: TrainConfig = TrainConfig()
     metrics: MetricsConfig = MetricsConfig()
-    seed: int = 0  # model init, minibatch order, reparameterisation noise
-    data_seed: int = 0  # data generation and the train/val split, shared by all seeds
+    seed: Seed = 0  # model init, minibatch order, reparameterisation noise
+    data_seed: Seed = 0  # data generation and the train/val split, shared by all seeds
 
     @model_validator(mode="after")
     def _factors_known(self) -> TrialConfig:

@@ -163,7 +163,7 @@ class OptunaSearch:
                 "random": optuna.samplers.RandomSampler,
                 "tpe": optuna.samplers.TPESampler,
                 "nsga2": optuna.samplers.NSGAIISampler,
-            }[s.kind](seed=study.seeds[0] + existing)
+            }[s.kind](seed=(study.seeds[0] + existing) % 2**32)  # numpy's RandomState takes 32 bits
             self.optuna = optuna.create_study(
                 storage=storage,
                 study_name=name,
