@@ -192,6 +192,7 @@ class Driver:
         self.finals: dict[str, tuple[str, dict[str, float]]] = {}  # key -> (state, final metrics)
         self.final_runs: dict[str, str] = {}  # key -> run id of its final run
         self.point_of: dict[str, str] = {}  # key -> its point's key (the seeds of a point share it)
+        self.done_points: set[tuple[str, int]] = set()  # (point key, seed) of each trial in finals
         self.launched = 0
         self.stop_signal: int | None = None
         self.parent_id = ""
@@ -232,7 +233,7 @@ class Driver:
         self.parent_id = parent.info.run_id
         self._load_existing()
         if self.study.search.kind == "grid":
-            return GridSearch(self.study, self.finals)
+            return GridSearch(self.study, self.finals, self.done_points)
         return OptunaSearch(
             self.study, self.opts.storage or default_storage(self.study), parent.data.tags[OPTUNA_STUDY], self.finals
         )
@@ -247,6 +248,9 @@ class Driver:
                 self.finals[h] = (state, dict(run.data.metrics))
                 self.final_runs[h] = run.info.run_id
                 self.point_of[h] = run.data.tags.get("vaebench.point_key", h)
+                seed = run.data.params.get("seed", "")
+                if "vaebench.point_key" in run.data.tags and seed.isdigit():
+                    self.done_points.add((run.data.tags["vaebench.point_key"], int(seed)))
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:

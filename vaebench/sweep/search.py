@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vaebench.study.spec import Range, Study, TrialSpec
+from vaebench.study.spec import Range, Study, TrialSpec, point_key
 
 INTERRUPTED = "vaebench.interrupted"  # Optuna study user attr: numbers of points cut off by an interrupt
 RESUMES = "vaebench.resumes"  # Optuna trial user attr: the interrupted point this trial asks again
@@ -81,17 +81,32 @@ class Search(Protocol):
 class GridSearch:
     """The full factorial, lazily, skipping trials already final (or already planned)."""
 
-    def __init__(self, study: Study, finals: dict[str, tuple[str, dict[str, float]]]):
+    def __init__(
+        self,
+        study: Study,
+        finals: dict[str, tuple[str, dict[str, float]]],
+        done: set[tuple[str, int]] | None = None,
+    ):
+        """``done``: (point key, seed) of the trials in ``finals``, where the record knows them: a
+        resumed grid passes over them without building their configs (~1 ms each), so that the
+        first new trial of a grid of 90,000, 80,000 of them done, starts in seconds."""
         self.study, self.finals = study, finals
         self.total = study.n_trials()  # counted by arithmetic
         self.refused: list[tuple[str, str]] = []
         self.adopted: dict[str, dict[str, str]] = {}
         self._seen = set(finals)
+        self._done = done or set()
         self._trials = self._iterate()
 
     def _iterate(self) -> Iterator[Planned]:
         for index, point in enumerate(self.study.iter_grid()):  # lazily: a grid is never held in memory
+            key = point_key(point) if self._done else ""
             for seed in self.study.seeds:
+                if (
+                    key,
+                    seed,
+                ) in self._done:  # one record keeps one definition: the same point and seed, the same trial
+                    continue
                 spec = TrialSpec(point, seed, self.study.trial_config(point, seed))
                 if spec.config_hash not in self._seen:
                     self._seen.add(spec.config_hash)
