@@ -79,6 +79,13 @@ def sweep(
         "(debugging a study: breakpoints and tracebacks work)",
     ),
     pack: Optional[str] = typer.Option(None, "--pack", help="packed trials: auto|off|N (overrides resources.pack)"),
+    take_over: bool = typer.Option(
+        False,
+        "--take-over",
+        help="take the record's lock on a tracking server from a driver that died less than "
+        "2 minutes ago (names it and asks first; --yes answers)",
+    ),
+    yes: bool = typer.Option(False, "--yes", help="with --take-over: do not ask (needed when not interactive)"),
 ) -> None:
     """Run a study's trials on Ray, recording every epoch in MLflow; re-running resumes."""
     path, study = _load(study_file, set_)
@@ -100,6 +107,8 @@ def sweep(
     except (StoreAddressError, CheckError) as e:
         fail(str(e))
     say(f"store: {uri}" + (f"; Optuna storage: {storage}" if study.search.kind != "grid" else ""))
+    if take_over:
+        _confirm_take_over(uri, study.name, yes)
 
     from vaebench.sweep.driver import SweepError, SweepOptions, run_sweep
     from vaebench.sweep.progress import Progress
@@ -113,6 +122,7 @@ def sweep(
         max_trials=max_trials,
         fresh=fresh,
         inline=inline,
+        take_over=take_over,
     )
     try:
         summary = run_sweep(study, path.read_text(encoding="utf-8"), opts, Progress(enabled=True, console=err))
@@ -135,6 +145,32 @@ def sweep(
         again = "the same command without --fresh" if fresh else "the same command"
         say(f"interrupted: in-flight trials were ended as killed; run {again} to resume this record")
     raise typer.Exit(summary.exit_code)
+
+
+def _confirm_take_over(uri: str, name: str, yes: bool) -> None:
+    """--take-over: name the lock's holder and ask (``yes`` answers); exit 2 when refused."""
+    from vaebench.record.writer import Record, StoreError, holder_text, sqlite_path
+
+    if sqlite_path(uri) is not None:
+        fail(
+            "--take-over is for a tracking server's lock; a SQLite store's lock is freed by the kernel "
+            "when its driver ends, whatever ends it (stop the driver that holds it)"
+        )
+    try:
+        holder = Record(uri, name, create=False).holder()
+    except StoreError as e:
+        fail(str(e), 1)
+    if holder is None:
+        say("--take-over: the lock is free; nothing to take over")
+        return
+    question = f"study {name!r} in {uri} is locked by a driver ({holder_text(holder)}); take its lock over"
+    if yes:
+        say(f"{question}: yes (--yes)")
+    elif sys.stdin.isatty():
+        if not typer.confirm(f"{question}? Only if that driver is gone", default=False):
+            fail("not taken over; nothing was written")
+    else:
+        fail(f"{question}? Not asked: the input is not a terminal; add --yes to confirm")
 
 
 def _levels_text(levels: list, shown: int = 12) -> str:

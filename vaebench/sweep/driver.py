@@ -14,6 +14,7 @@ anything (DefinitionError, exit 2) until ``--fresh``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections import Counter
@@ -24,7 +25,7 @@ from typing import Any
 from vaebench.record.definition import DEFINITION_TAG, changes, definition, fixed_hash
 from vaebench.record.naming import run_name
 from vaebench.record.vocab import FINAL_STATES, HASH, OPTUNA_STUDY, POINT, STATE
-from vaebench.record.writer import LockError, Record, StoreError
+from vaebench.record.writer import STORE_PATIENCE, LockError, Record, StoreError, sqlite_path
 from vaebench.study.spec import Study, TrialSpec, effective_pack
 from vaebench.sweep.executors import (
     Executor,
@@ -54,6 +55,7 @@ class SweepOptions:
     max_trials: int | None = None  # new trial runs started by this invocation
     fresh: bool = False
     inline: bool = False  # run trials in this process (InlineExecutor), no Ray
+    take_over: bool = False  # take a tracking server's lease even if fresh (the user confirmed its driver is gone)
 
 
 @dataclass
@@ -107,7 +109,7 @@ def run_sweep(
     SweepError (exit 2) when it cannot start; then nothing was written."""
     try:
         record = Record(opts.tracking_uri, study.name, create=False)
-        note = record.lock()
+        note = record.lock(take_over=opts.take_over)
     except LockError as e:
         raise SweepError(str(e)) from None
     except StoreError as e:
@@ -117,6 +119,8 @@ def run_sweep(
             parent, defn = check_definition(record, study, opts.fresh)
         except StoreError as e:
             return Summary(store_error=str(e))
+        if sqlite_path(record.uri) is None:  # a server or database, reached once: from now on it is waited for
+            record.patience = float(os.environ.get("VAEBENCH_STORE_PATIENCE", STORE_PATIENCE))
         own_ray = executor is None and not opts.inline
         if executor is None:
             if opts.inline:
@@ -401,6 +405,7 @@ class Driver:
         """After a crash or a store failure: best effort, and each write at most once tried
         (a store that is down must not multiply its timeouts). Runs in flight end KILLED, open
         points are settled, the parent ends FAILED."""
+        self.record.patience = 0.0  # the store already failed its patience once: no second wait per write
         self.executor.close()
         try:
             for t in list(self.live.values()):

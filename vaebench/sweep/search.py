@@ -169,6 +169,8 @@ class OptunaSearch:
         }[s.pruner]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with self._storage():
+            if not storage.startswith("sqlite"):  # a database server: connections a restart dropped are remade
+                storage = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
             existing = 0
             try:
                 existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
