@@ -178,7 +178,21 @@ EOF
   ray_node worker1
   ray_node worker2
   wait_mlflow
-  wait_until 300 "three live Ray nodes" ray_alive 3
+  # Ray gives a raylet a fixed 30 s to register; on a loaded machine `ray start` can give up on
+  # it: a worker whose `ray start` ended is started again (twice at most each)
+  local tries=0 part pid
+  until ray_alive 3 >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -le 40 ] || die "timed out waiting for three live Ray nodes (logs in $DIR/*.log)"
+    for part in worker1 worker2; do
+      pid=$(cat "$RUN/$part.pid")
+      if ! kill -0 "$pid" 2>/dev/null && [ "$(cat "$RUN/$part.restarts" 2>/dev/null || echo 0)" -lt 2 ]; then
+        echo $(($(cat "$RUN/$part.restarts" 2>/dev/null || echo 0) + 1)) >"$RUN/$part.restarts"
+        ray_node "$part"
+      fi
+    done
+    sleep 5
+  done
   echo "up: source $DIR/env, then e.g."
   echo "  vaebench sweep STUDY --address \$RAY_ADDRESS --tracking-uri \$MLFLOW_TRACKING_URI --storage \$VAEBENCH_OPTUNA_STORAGE"
   cat "$DIR/env"
