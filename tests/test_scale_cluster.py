@@ -202,7 +202,7 @@ def test_ray_listens_where_the_installed_ray_binds_it_and_refuses_a_tokenless_cl
 def test_a_worker_node_killed_with_a_pack_in_flight(cluster, tmp_path):
     """Three packs of 4 on three nodes; worker1 is SIGKILLed mid-pack: its pack reruns on the
     nodes left, each member in a fresh run (the partial runs discarded), none twice."""
-    study = write_study(tmp_path / "a", "packkill", epochs=30, pack="4")
+    study = write_study(tmp_path / "a", "packkill", epochs=20, pack="4")
     proc = start_sweep(cluster, study)
     try:
         wait_for_epochs(cluster, "packkill", proc, epochs=2)
@@ -211,7 +211,7 @@ def test_a_worker_node_killed_with_a_pack_in_flight(cluster, tmp_path):
     finally:
         cluster.part("start", "worker1")
     assert code == 0, out[-3000:]
-    runs = check_record(cluster, "packkill", trials=12, epochs=30)
+    runs = check_record(cluster, "packkill", trials=12, epochs=20)
     assert {r.data.tags["vaebench.trial_state"] for r in runs} == {"completed"}
     client = MlflowClient(cluster.uri)
     exp = client.get_experiment_by_name("packkill")
