@@ -88,7 +88,7 @@ def cluster() -> Cluster:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_study(folder: Path, name: str, epochs: int = 8, pack: str = "off", seeds: str = "[0, 1]", **kw) -> Path:
+def write_study(folder: Path, name: str, epochs: int = 8, pack: str = "'off'", seeds: str = "[0, 1]", **kw) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     p = folder / f"{name}.yaml"
     p.write_text(
