@@ -113,20 +113,18 @@ def main() -> None:
         cmd = [sys.executable, "-m", "vaebench.cli", "sweep", str(study), "--address", os.environ["RAY_ADDRESS"]]
         cmd += ["--tracking-uri", os.environ["MLFLOW_TRACKING_URI"]]
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        samples: list[tuple[float, float, int]] = []  # (seconds, RSS MB, trials done)
-        done = 0
-        os.set_blocking(proc.stdout.fileno(), False)
-        buf = ""
-        while proc.poll() is None:
-            chunk = proc.stdout.read() or ""
-            buf = (buf + chunk)[-10_000:]
-            found = re.findall(r"(\d+)/\d+ done", buf)
-            done = int(found[-1]) if found else done
-            samples.append((time.monotonic() - started, rss_mb(proc.pid), done))
-            time.sleep(0.5)
+        log = Path(tmp) / "sweep.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, text=True)
+            samples: list[tuple[float, float, int]] = []  # (seconds, RSS MB, trials done)
+            done = 0
+            while proc.poll() is None:
+                found = re.findall(r"(\d+)/\d+ done", log.read_text()[-5000:])
+                done = int(found[-1]) if found else done
+                samples.append((time.monotonic() - started, rss_mb(proc.pid), done))
+                time.sleep(0.5)
         wall = time.monotonic() - started
-        tail = buf + (proc.stdout.read() or "")
+        tail = log.read_text()[-5000:]
     if proc.returncode != 0:
         sys.exit(f"the sweep failed ({proc.returncode}):\n{tail[-3000:]}")
     n = args.trials
