@@ -197,6 +197,8 @@ class Record:
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
+            # MLflow prints a "View run at" line for every run it ends on a server: two per trial
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
         self._buffer: dict[str, list[Metric]] = {}  # run id -> metrics not yet sent
