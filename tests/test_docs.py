@@ -184,7 +184,7 @@ def test_yaml_example_passes_validate(page, line, text, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- shell examples
 
-PROGRAMS = {"python", "python3", "pip", "vaebench", "mkdocs", ".", "source", "cd", "export", "ruff"}
+PROGRAMS = {"python", "python3", "pip", "vaebench", "mkdocs", ".", "source", "cd", "export", "ruff", "sudo", "apt-get"}
 
 
 def commands(text: str) -> list[list[str]]:
@@ -228,6 +228,15 @@ def check_vaebench(args: list[str], full: bool) -> None:
 
 def check_command(words: list[str]) -> None:
     prog, args = words[0], words[1:]
+    if prog == "sudo":  # an install step: what follows is checked
+        prog, args = args[0], args[1:]
+    if prog.startswith("scripts/"):  # the project's own scripts: the file and its subcommand exist
+        script = ROOT / prog
+        assert script.is_file(), f"no script {prog}"
+        assert not args or f"{args[0]})" in script.read_text() or f"{args[0]}|" in script.read_text(), (
+            f"{prog} has no subcommand {args[0]}"
+        )
+        return
     assert prog in PROGRAMS, f"{prog}: not a program the docs may assume ({sorted(PROGRAMS)})"
     if prog == "vaebench":
         check_vaebench(args, full=True)
@@ -250,6 +259,8 @@ def check_command(words: list[str]) -> None:
             assert m is None or m.group(1) in extras, f"pyproject.toml has no extra {a}"
     elif prog == "mkdocs":
         assert args[0] in ("serve", "build"), args
+    elif prog == "apt-get":  # Debian packages the docs name: an update or an install, nothing else
+        assert args[0] in ("update", "install"), args
 
 
 SHELL_BLOCKS = blocks(("bash", "sh", "shell", "console"))

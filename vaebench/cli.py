@@ -30,6 +30,7 @@ from vaebench.record.store import (
     ensure_folder,
     remove_if_empty,
     resolve_tracking_uri,
+    short,
     store_missing,
 )
 from vaebench.reproduce import REPRODUCTIONS
@@ -78,6 +79,13 @@ def sweep(
         "(debugging a study: breakpoints and tracebacks work)",
     ),
     pack: Optional[str] = typer.Option(None, "--pack", help="packed trials: auto|off|N (overrides resources.pack)"),
+    take_over: bool = typer.Option(
+        False,
+        "--take-over",
+        help="take the record's lock on a tracking server from a driver that died less than "
+        "2 minutes ago (names it and asks first; --yes answers)",
+    ),
+    yes: bool = typer.Option(False, "--yes", help="with --take-over: do not ask (needed when not interactive)"),
 ) -> None:
     """Run a study's trials on Ray, recording every epoch in MLflow; re-running resumes."""
     path, study = _load(study_file, set_)
@@ -99,6 +107,8 @@ def sweep(
     except (StoreAddressError, CheckError) as e:
         fail(str(e))
     say(f"store: {uri}" + (f"; Optuna storage: {storage}" if study.search.kind != "grid" else ""))
+    if take_over:
+        _confirm_take_over(uri, study.name, yes)
 
     from vaebench.sweep.driver import SweepError, SweepOptions, run_sweep
     from vaebench.sweep.progress import Progress
@@ -112,6 +122,7 @@ def sweep(
         max_trials=max_trials,
         fresh=fresh,
         inline=inline,
+        take_over=take_over,
     )
     try:
         summary = run_sweep(study, path.read_text(encoding="utf-8"), opts, Progress(enabled=True, console=err))
@@ -134,6 +145,38 @@ def sweep(
         again = "the same command without --fresh" if fresh else "the same command"
         say(f"interrupted: in-flight trials were ended as killed; run {again} to resume this record")
     raise typer.Exit(summary.exit_code)
+
+
+def _confirm_take_over(uri: str, name: str, yes: bool) -> None:
+    """--take-over: name the lock's holder and ask (``yes`` answers); exit 2 when refused."""
+    from vaebench.record.writer import Record, StoreError, holder_text, sqlite_path
+
+    if sqlite_path(uri) is not None:
+        fail(
+            "--take-over is for a tracking server's lock; a SQLite store's lock is freed by the kernel "
+            "when its driver ends, whatever ends it (stop the driver that holds it)"
+        )
+    try:
+        holder = Record(uri, name, create=False).holder()
+    except StoreError as e:
+        fail(str(e), 1)
+    if holder is None:
+        say("--take-over: the lock is free; nothing to take over")
+        return
+    question = f"study {name!r} in {uri} is locked by a driver ({holder_text(holder)}); take its lock over"
+    if yes:
+        say(f"{question}: yes (--yes)")
+    elif sys.stdin.isatty():
+        if not typer.confirm(f"{question}? Only if that driver is gone", default=False):
+            fail("not taken over; nothing was written")
+    else:
+        fail(f"{question}? Not asked: the input is not a terminal; add --yes to confirm")
+
+
+def _levels_text(levels: list, shown: int = 12) -> str:
+    """A factor's levels for the validate table: the first ``shown`` and a count, never thousands."""
+    text = ", ".join(str(v) if len(str(v)) <= 60 else short(v, 60) for v in levels[:shown])
+    return text if len(levels) <= shown else f"{text}, ... ({len(levels):,} levels)"
 
 
 def _set_pack(study, value: str) -> None:
@@ -166,7 +209,7 @@ def validate(
     table.add_column("factor")
     table.add_column("levels / range")
     for k, v in study.space.items():
-        table.add_row(k, str(v) if not isinstance(v, list) else ", ".join(map(str, v)))
+        table.add_row(k, str(v) if not isinstance(v, list) else _levels_text(v))
     out.print(table)
     seeds, n = len(study.seeds), study.n_trials()  # what `sweep` runs, counted without building a trial
     if study.search.kind == "grid":
@@ -217,9 +260,7 @@ def status(
     elif ended >= total:
         word = f"complete ({ended} of {total})"
     else:
-        word = f"partial ({ended} of {total})" + {"RUNNING": ", sweep running", "KILLED": ", interrupted"}.get(
-            parent.status, ""
-        )
+        word = f"partial ({ended} of {total})" + _sweep_state(record, parent.status)
     out.print(f"[bold]{name}[/]  {word}  record {parent.run_id}", highlight=False, soft_wrap=True)
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
     done = [r for r in runs if r.state == "completed"]
@@ -244,6 +285,19 @@ def status(
             markup=False,
             soft_wrap=True,
         )
+
+
+def _sweep_state(record, status: str) -> str:
+    """', sweep running (holder)' while a driver holds the record's lock; ', interrupted' when the
+    record was stopped or its driver died (the parent run left RUNNING, the lock free)."""
+    from vaebench.record.writer import holder_text
+
+    holder = record.holder()
+    if holder is not None:
+        return f", sweep running ({holder_text(holder)})"
+    if status == "RUNNING":
+        return ", interrupted (its driver ended without closing the record; run the sweep again to resume)"
+    return ", interrupted" if status in ("KILLED", "FAILED") else ""
 
 
 def _study_of_record(record, parent_id: str) -> Study | None:

@@ -90,6 +90,8 @@ def read_idx_images(path: str | Path) -> torch.Tensor:
         raise DataError(f"{path}: expected an IDX image file (magic 0x{_IDX_IMAGES:04x}, dims N x H x W), got {kind}")
     if arr.shape[0] == 0:
         raise DataError(f"{path}: IDX file holds no images")
+    if 0 in arr.shape[1:]:
+        raise DataError(f"{path}: IDX images are {arr.shape[1]} x {arr.shape[2]} pixels; each side needs at least 1")
     return torch.from_numpy(arr.astype(np.float32) / 255.0).unsqueeze(1)
 
 
@@ -120,6 +122,8 @@ def read_npz_array(path: str | Path, key: str) -> torch.Tensor:
         raise DataError(f"{p}: array {key!r} has shape {arr.shape}; expected [N, d], [N, H, W] or [N, C, H, W]")
     if arr.shape[0] == 0:
         raise DataError(f"{p}: array {key!r} is empty")
+    if 0 in arr.shape[1:]:
+        raise DataError(f"{p}: array {key!r} has shape {arr.shape}: its examples are empty (a size of 0 after N)")
     if arr.dtype == np.uint8:
         out = arr.astype(np.float32) / 255.0
     elif arr.dtype.kind in "fiub":

@@ -59,6 +59,11 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+# A store that stops answering mid-sweep (a tracking server restarted, its database restarted) is
+# waited for this long before the sweep fails (VAEBENCH_STORE_PATIENCE overrides): a write that
+# failed to reach it, or that it refused with a server error, is tried again every few seconds.
+# Before the sweep has reached the store once (patience 0) a failure is reported at once.
+STORE_PATIENCE = 120.0
 LEASE_SECONDS = 120.0  # a server lease not renewed for this long belongs to a dead driver
 DEFINITION_FILE = "definition.json"
 
@@ -123,6 +128,61 @@ def holder_text(info: dict[str, Any]) -> str:
     return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, since {info.get('since', '?')}"
 
 
+def transient(e: BaseException) -> bool:
+    """A failure that a store coming back would cure: the server unreachable or its database down
+    (a connection refused or reset, an HTTP 5xx, a database connection lost), not a refused
+    request. Requests that never reached the server, or that the server failed inside its
+    database transaction, wrote nothing: sending them again writes them once."""
+    text = root_cause(e) + " " + str(e)[:2000]
+    codes = getattr(e, "error_code", "")
+    return codes in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE") or any(
+        w in text
+        for w in (
+            "Max retries exceeded",
+            "Connection refused",
+            "ConnectionError",
+            "Connection aborted",
+            "RemoteDisconnected",
+            "server closed the connection",
+            "could not connect to server",
+            "connection to server",
+            "OperationalError",
+            "terminating connection",
+            "too many 500 error responses",
+            "too many 502 error responses",
+            "too many 503 error responses",
+        )
+    )
+
+
+class _Patient:
+    """MlflowClient whose calls wait out a store that is briefly away (``transient`` failures),
+    for up to ``record.patience`` seconds in all per call, trying again every few seconds."""
+
+    def __init__(self, client: MlflowClient, record: Record):
+        self._client, self._record = client, record
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + self._record.patience
+            wait = 1.0
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:
+                    if not transient(e) or time.monotonic() + wait > deadline:
+                        raise
+                    self._record.waited += wait
+                    time.sleep(wait)
+                    wait = min(wait * 2, 8.0)
+
+        return call
+
+
 class Record:
     """Reads and writes one study's runs through MlflowClient."""
 
@@ -138,6 +198,8 @@ class Record:
         if uri.startswith(("http://", "https://")):
             for k, v in HTTP_DEFAULTS.items():
                 os.environ.setdefault(k, v)
+            # MLflow prints a "View run at" line for every run it ends on a server: two per trial
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
         self._buffer: dict[str, list[Metric]] = {}  # run id -> metrics not yet sent
@@ -145,6 +207,8 @@ class Record:
         self.flush_seconds = float(os.environ.get("VAEBENCH_FLUSH_SECONDS", FLUSH_SECONDS))
         self._lock_file: Any = None
         self._lease: dict[str, Any] | None = None
+        self.patience = 0.0  # seconds a write waits for a store that is away; set once the sweep has reached it
+        self.waited = 0.0  # seconds spent waiting for the store, all calls together
         if create:
             self.create_store()
             _ = self.client
@@ -154,7 +218,7 @@ class Record:
         """Made on first use: MlflowClient opens (and for SQLite creates) the store at once."""
         if self._client is None:
             with self._store("open"):
-                self._client = MlflowClient(tracking_uri=self.uri)
+                self._client = _Patient(MlflowClient(tracking_uri=self.uri), self)  # type: ignore[assignment]
         return self._client
 
     def create_store(self) -> None:
@@ -232,7 +296,7 @@ class Record:
 
     # ------------------------------------------------------------------ the lock
 
-    def lock(self) -> str | None:
+    def lock(self, take_over: bool = False) -> str | None:
         """Take the record's lock or raise LockError naming its holder. Returns a note when a
         dead driver's lock was taken over. SQLite: an flock on ``<db>.<study>.lock`` beside the
         store (the kernel releases it when its holder dies, however it dies). Tracking server:
@@ -275,14 +339,47 @@ class Record:
             return (
                 f"took over the lock of a driver that ended without releasing it ({holder_text(old)})" if old else None
             )
-        return self._take_lease(me)
+        return self._take_lease(me, take_over)
 
-    def _take_lease(self, me: dict[str, Any]) -> str | None:
+    def holder(self) -> dict[str, Any] | None:
+        """Who sweeps the record now ({host, pid, since}), or None when its lock is free; asks the
+        lock itself, as a second driver would, never the parent run's status (a killed driver
+        leaves that RUNNING). Takes nothing."""
+        db = sqlite_path(self.uri)
+        if db is not None:
+            path = db.with_name(f"{db.name}.{self.study}.lock")
+            try:
+                f = open(path)  # noqa: SIM115 (closed below, after the flock test)
+            except OSError:
+                return None  # no lock file: no driver has swept, or the last one ended before the store
+            with f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    try:
+                        return json.loads(f.read() or "{}")
+                    except ValueError:
+                        return {}
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return None
+        if self.experiment_id is None:
+            return None
+        with self._store("read the lock"):
+            held = self.client.get_experiment(self.experiment_id).tags.get(LOCK_TAG)
+        info = json.loads(held) if held else None
+        return info if info and time.time() - info.get("beat", 0) < LEASE_SECONDS else None
+
+    def _take_lease(self, me: dict[str, Any], take_over: bool = False) -> str | None:
+        """``take_over``: a lease still fresh is taken too (the user confirmed that its driver is
+        gone); a driver that is in fact alive finds its lease taken at its next renewal and stops."""
         with self._store("take the lock"):
             exp = self._ensure_experiment()
             held = self.client.get_experiment(exp).tags.get(LOCK_TAG)
             note = None
-            if held:
+            if held and take_over:
+                info = json.loads(held)
+                note = f"took over the lock of a driver, as asked (--take-over): {holder_text(info)}"
+            elif held:
                 info = json.loads(held)
                 if time.time() - info.get("beat", 0) < LEASE_SECONDS:
                     raise LockError(
@@ -303,6 +400,13 @@ class Record:
 
     def _renew_lease(self) -> None:
         if self._lease is not None:
+            now = json.loads(self.client.get_experiment(self.experiment_id).tags.get(LOCK_TAG) or "{}")
+            if now.get("token") not in (None, self._lease["token"]):  # taken over (--take-over elsewhere)
+                self._lease = None
+                raise StoreError(
+                    f"the lock of study {self.study!r} in {self.uri} was taken over by another driver "
+                    f"({holder_text(now)}); this driver stops writing"
+                )
             self._lease["beat"] = time.time()
             self.client.set_experiment_tag(self.experiment_id, LOCK_TAG, json.dumps(self._lease))
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from vaebench.record.vocab import DIS_METRICS
 
@@ -24,10 +24,42 @@ LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0
 FACTOR_KINDS = ("dsprites", "grammar")
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are an error, values are checked."""
+# Seeds feed numpy's legacy RandomState (Optuna's samplers) as well as torch and numpy's
+# Generator: the common range is that of an unsigned 32-bit integer.
+SEED_MAX = 2**32 - 1
+# Any other whole number must fit the signed 64-bit integers of torch, numpy and the stores' columns.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _int64(value: Any) -> Any:
+    """``value`` (or every whole number inside a list or mapping) within a signed 64-bit integer."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        raise ValueError(f"{value} is out of range; allowed: a whole number from -2^63 to 2^63-1")
+    if isinstance(value, list):
+        for v in value:
+            _int64(v)
+    if isinstance(value, dict):
+        for v in value.values():
+            _int64(v)
+    return value
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are an error, values are checked (no NaN or
+    infinity in a float, no whole number beyond 64 bits)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, v: Any, info: ValidationInfo) -> Any:
+        # a study's space is checked level by level, as each level's trial config (study.spec)
+        return v if info.field_name == "space" else _int64(v)
+
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 # ----------------------------------------------------------------------------- data
@@ -427,7 +459,7 @@ class MetricsConfig(Section):
     disentanglement_preset: Literal["default", "publish"] = Field(
         "default", description="sample sizes: default (fewer points), publish (disentanglement_lib's)"
     )
-    disentanglement_seed: int = Field(0, description="seed of the metrics' own sampling; the same for every trial")
+    disentanglement_seed: Seed = Field(0, description="seed of the metrics' own sampling; the same for every trial")
 
     @field_validator("iw_every", mode="before")
     @classmethod
@@ -453,8 +485,8 @@ class TrialConfig(Section):
     objective: ObjectiveConfig = Field(ObjectiveConfig(), description="the training objective")
     train: TrainConfig = Field(TrainConfig(), description="the optimisation")
     metrics: MetricsConfig = Field(MetricsConfig(), description="the held-out metrics' settings")
-    seed: int = Field(0, description="model initialisation, minibatch order, reparameterisation noise")
-    data_seed: int = Field(0, description="data generation and the train/validation split, shared by all seeds")
+    seed: Seed = Field(0, description="model initialisation, minibatch order, reparameterisation noise")
+    data_seed: Seed = Field(0, description="data generation and the train/validation split, shared by all seeds")
 
     @model_validator(mode="after")
     def _factors_known(self) -> TrialConfig:

@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from vaebench.study.config import (
     ModelConfig,
     ObjectiveConfig,
     Section,
+    Seed,
     TrainConfig,
     TrialConfig,
     flatten,
@@ -87,13 +89,29 @@ class Range(Section):
 PACK_ALLOWED = "auto, off, or a whole number >= 1 (the most members per pack)"
 
 
+# Ray schedules resources in steps of 0.0001 and takes a quantity above 1 whole only; a trial
+# takes at least a hundredth of a CPU (a smaller share would put thousands of trials on a core)
+MIN_SHARE, MAX_UNITS = 0.01, 10_000
+RESOURCE_ALLOWED = f"from {MIN_SHARE} to 1 in steps of 0.0001, or a whole number up to {MAX_UNITS:,}"
+
+
+def check_share(v: float, zero: bool) -> float:
+    """A cpus/gpus_per_trial value Ray can schedule (``zero``: 0 is allowed too)."""
+    if zero and v == 0:
+        return v
+    whole = v > 1 and float(v).is_integer()
+    if not (MIN_SHARE <= v <= 1 and abs(round(v, 4) - v) < 1e-12) and not (whole and v <= MAX_UNITS):
+        raise ValueError(f"got {v}; allowed: {'0, or ' if zero else ''}{RESOURCE_ALLOWED}")
+    return v
+
+
 class Resources(Section):
     """What each trial (or pack of trials) asks of Ray."""
 
     cpus_per_trial: float = Field(
-        1.0, gt=0, description="CPUs of a trial or a pack (one task): its torch threads; fractions allowed"
+        1.0, description="CPUs of a trial or a pack (one task): its torch threads; fractions allowed"
     )
-    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs of a trial or a pack; fractions share a GPU")
+    gpus_per_trial: float = Field(0.0, description="GPUs of a trial or a pack; fractions share a GPU")
     # packed trials (vaebench.core.pack): auto sizes packs from memory and slots, off runs every trial alone
     pack: Literal["auto", "off"] | int = Field(
         "auto",
@@ -105,6 +123,16 @@ class Resources(Section):
     @classmethod
     def _pack(cls, v: Any) -> Any:
         return parse_pack(v)
+
+    @field_validator("cpus_per_trial")
+    @classmethod
+    def _cpus(cls, v: float) -> float:
+        return check_share(v, zero=False)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        return check_share(v, zero=True)
 
 
 def effective_pack(study: Study) -> Literal["auto", "off"] | int:
@@ -168,11 +196,19 @@ class Search(Section):
         return ["minimize" if d == "min" else "maximize" for d in self.objectives.values()]
 
 
+# The store's tightest limits on a study's name: MLflow names the record's parent run after the
+# study (a run name is at most 250 characters; the experiment name 256 in PostgreSQL), and a
+# SQLite store's lock file is "mlflow.db.NAME.lock", one file name of at most 255 bytes. 200
+# leaves room for a store file named up to ~50 characters.
+MAX_NAME = 200
+
+
 class Study(Section):
     """A study file: the base settings of every trial, the factors that vary, the seeds and the search."""
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=MAX_NAME,
         description="the study's MLflow experiment and report folder: letters, digits, _ . - (not starting with . - _)",
     )
     description: str = Field("", description="what the study asks; shown in the MLflow UI and the report")
@@ -181,12 +217,12 @@ class Study(Section):
     objective: ObjectiveConfig = Field(ObjectiveConfig(), description="the training objective")
     train: TrainConfig = Field(TrainConfig(), description="the optimisation")
     metrics: MetricsConfig = Field(MetricsConfig(), description="the held-out metrics' settings")
-    data_seed: int = Field(0, description="data generation and the train/validation split, shared by all seeds")
+    data_seed: Seed = Field(0, description="data generation and the train/validation split, shared by all seeds")
     resources: Resources = Field(Resources(), description="what each trial asks of Ray, and packing")
     space: dict[str, list[Any] | Range] = Field(
         description="the factors: dotted path of any setting -> a list of levels, or a range for a search"
     )
-    seeds: list[int] = Field([0], min_length=1, description="every point runs once per seed; each seed once")
+    seeds: list[Seed] = Field([0], min_length=1, description="every point runs once per seed; each seed once")
     search: Search = Field(Search(), description="grid, or an Optuna search with its budget, objectives and pruner")
     # the most trials (points x seeds) the study may imply, counted by arithmetic before any is
     # built; a guard, not part of what the study trains (a record's definition leaves it out)
@@ -198,7 +234,7 @@ class Study(Section):
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
         # a repeated seed would be the same trial twice (one config hash): refused, for grid and search alike
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1}) if len(set(seeds)) < len(seeds) else []
+        repeated = sorted(s for s, n in Counter(seeds).items() if n > 1)
         if repeated:
             raise ValueError(
                 f"seed(s) {', '.join(map(str, repeated[:5]))} repeated; each seed may appear once, e.g. [0, 1, 2]"
@@ -495,11 +531,13 @@ def _check_space(path: Path, root: yaml.Node | None, study: Study) -> None:
         if not levels:
             raise StudyError(f"{where}: has no levels; give a non-empty list")
         seen: dict[str, Any] = {}
+        check = _level_check(study, key)
         for level in levels:  # each level must give a valid trial config on its own
             try:
-                h = study.trial_config({key: level}, study.seeds[0]).config_hash()
+                h = check(level)
             except ValidationError as e:
-                msgs = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                prefix = () if e.title == "TrialConfig" else (key.split(".", 1)[0],)  # a section's error
+                msgs = "; ".join(f"{'.'.join(map(str, prefix + err['loc']))}: {err['msg']}" for err in e.errors())
                 raise StudyError(f"{where}: level {short(level)} is not allowed: {msgs}") from None
             if h in seen and isinstance(study.space[key], list):  # 1 and 1.0, none and {kind: none}
                 raise StudyError(
@@ -507,6 +545,34 @@ def _check_space(path: Path, root: yaml.Node | None, study: Study) -> None:
                     "each level may appear once"
                 )
             seen.setdefault(h, level)
+
+
+# sections whose settings are checked together with another section's (TrialConfig._factors_known)
+_JOINT_SECTIONS = ("data", "metrics")
+
+
+def _level_check(study: Study, key: str) -> Any:
+    """A function of one level of factor ``key``: validates the config the level gives and returns
+    a hash of what it sets (equal for levels that give the same setting). Raises ValidationError.
+
+    A factor of 20,000 levels is checked in about a second: only the level's own section is
+    validated (a whole TrialConfig, with its hash, for data and metrics, whose settings are
+    checked against each other, and for top-level settings)."""
+    section = key.split(".", 1)[0]
+    if "." not in key or section in _JOINT_SECTIONS:
+        return lambda level: study.trial_config({key: level}, study.seeds[0]).config_hash()
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(TrialConfig.model_fields[section].annotation)
+    base = study.base()[section]
+    rest = key.split(".", 1)[1]
+
+    def check(level: Any) -> str:
+        d = copy.deepcopy(base)
+        set_dotted(d, rest, copy.deepcopy(level))
+        return json.dumps(adapter.validate_python(d).model_dump(mode="json"), sort_keys=True)
+
+    return check
 
 
 def _format_errors(path: Path, root: yaml.Node | None, e: ValidationError) -> str:

@@ -14,6 +14,7 @@ anything (DefinitionError, exit 2) until ``--fresh``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections import Counter
@@ -38,7 +39,7 @@ from vaebench.record.vocab import (
     SEARCH,
     SEEDS,
 )
-from vaebench.record.writer import LockError, Record, StoreError
+from vaebench.record.writer import STORE_PATIENCE, LockError, Record, StoreError, sqlite_path
 from vaebench.study.spec import Study, TrialSpec
 from vaebench.sweep.executors import Executor, ExecutorError, Job, choose_executor
 from vaebench.sweep.progress import Best, Progress, best_point
@@ -59,6 +60,7 @@ class SweepOptions:
     max_trials: int | None = None  # new trial runs started by this invocation
     fresh: bool = False
     inline: bool = False  # run trials in this process (InlineExecutor), no Ray
+    take_over: bool = False  # take a tracking server's lease even if fresh (the user confirmed its driver is gone)
 
 
 @dataclass
@@ -99,7 +101,7 @@ def run_sweep(
     SweepError (exit 2) when it cannot start; then nothing was written."""
     try:
         record = Record(opts.tracking_uri, study.name, create=False)
-        note = record.lock()
+        note = record.lock(take_over=opts.take_over)
     except LockError as e:
         raise SweepError(str(e)) from None
     except StoreError as e:
@@ -109,6 +111,8 @@ def run_sweep(
             parent, defn = check_definition(record, study, opts.fresh)
         except StoreError as e:
             return Summary(store_error=str(e))
+        if sqlite_path(record.uri) is None:  # a server or database, reached once: from now on it is waited for
+            record.patience = float(os.environ.get("VAEBENCH_STORE_PATIENCE", STORE_PATIENCE))
         own_ray = executor is None and not opts.inline
         if executor is None:
             try:  # before any write: a study that cannot run writes nothing
@@ -176,6 +180,7 @@ class Driver:
         self.finals: dict[str, tuple[str, dict[str, float]]] = {}  # key -> (state, final metrics)
         self.final_runs: dict[str, str] = {}  # key -> run id of its final run
         self.point_of: dict[str, str] = {}  # key -> its point's key (the seeds of a point share it)
+        self.done_points: set[tuple[str, int]] = set()  # (point key, seed) of each trial in finals
         self.launched = 0
         self.stop_signal: int | None = None
         self.parent_id = ""
@@ -218,7 +223,7 @@ class Driver:
         self.parent_id = parent.run_id
         self._load_existing()
         if self.study.search.kind == "grid":
-            return GridSearch(self.study, self.finals)
+            return GridSearch(self.study, self.finals, self.done_points)
         storage = self.opts.storage or default_storage(None, self.study.name)
         if storage.startswith("sqlite:///"):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +239,9 @@ class Driver:
                 self.finals[h] = (state, dict(run.metrics))
                 self.final_runs[h] = run.run_id
                 self.point_of[h] = run.point_key
+                seed = run.params.get("seed", "")
+                if POINT_KEY in run.tags and seed.isdigit():
+                    self.done_points.add((run.tags[POINT_KEY], int(seed)))
                 self.summary.counts[state] += 1
                 self.summary.skipped += 1
             else:
@@ -383,6 +391,7 @@ class Driver:
         """After a crash or a store failure: best effort, and each write at most once tried
         (a store that is down must not multiply its timeouts). Runs in flight end KILLED, open
         points are settled, the parent ends FAILED."""
+        self.record.patience = 0.0  # the store already failed its patience once: no second wait per write
         self.executor.close()
         try:
             for t in list(self.live.values()):

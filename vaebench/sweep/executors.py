@@ -68,6 +68,12 @@ def failed(key: str, text: str) -> Event:
     return Event(key, "end", {"kind": "end", "state": "failed", "traceback": text})
 
 
+def ray_kill(actor: Any) -> None:
+    import ray
+
+    ray.kill(actor, no_restart=True)
+
+
 # --------------------------------------------------------------------------- in-process
 
 
@@ -445,6 +451,7 @@ class PackedExecutor:
         self.count = 0
         self._actor_class: Any = None
         self.idle: list[Any] = []  # workers whose pack ended normally: the next pack runs in one
+        self.keep_idle = True  # until a worker dies (_worker_died)
 
     def _pack_size(self) -> int:
         from vaebench.core.pack import MAX_PACK
@@ -537,6 +544,15 @@ class PackedExecutor:
     def _worker_died(self, pack: _Pack, error: Exception) -> list[Event]:
         live = pack.live
         self._release(pack)
+        # A lost worker (or node) means fewer slots than ``workers``: an idle worker would hold its
+        # CPU while the rerun's new worker waits for one, for ever. From now on a pack's worker
+        # ends with its pack.
+        self.keep_idle = False
+        while self.idle:
+            try:
+                ray_kill(self.idle.pop())
+            except Exception:  # noqa: BLE001, S110  (already gone)
+                pass
         if not live:
             return []
         if pack.attempt < self.max_retries:
@@ -557,7 +573,7 @@ class PackedExecutor:
 
         if pack.ref is not None:
             self.running.pop(pack.ref, None)
-        if reuse and pack.actor is not None:
+        if reuse and self.keep_idle and pack.actor is not None:
             self.idle.append(pack.actor)
             pack.actor = None
         if pack.actor is not None:

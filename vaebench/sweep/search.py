@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vaebench.record.vocab import INTERRUPTED, OPTUNA_TRIAL, RESUMES
-from vaebench.study.spec import Range, Study, TrialSpec
+from vaebench.study.spec import Range, Study, TrialSpec, point_key
 
 FINAL_STATES = ("completed", "diverged", "pruned")
 
@@ -79,17 +79,32 @@ class Search(Protocol):
 class GridSearch:
     """The full factorial, lazily, skipping trials already final (or already planned)."""
 
-    def __init__(self, study: Study, finals: dict[str, tuple[str, dict[str, float]]]):
+    def __init__(
+        self,
+        study: Study,
+        finals: dict[str, tuple[str, dict[str, float]]],
+        done: set[tuple[str, int]] | None = None,
+    ):
+        """``done``: (point key, seed) of the trials in ``finals``, where the record knows them: a
+        resumed grid passes over them without building their configs (~1 ms each), so that the
+        first new trial of a grid of 90,000, 80,000 of them done, starts in seconds."""
         self.study, self.finals = study, finals
         self.total = study.n_trials()  # counted by arithmetic
         self.refused: list[tuple[str, str]] = []
         self.adopted: dict[str, dict[str, str]] = {}
         self._seen = set(finals)
+        self._done = done or set()
         self._trials = self._iterate()
 
     def _iterate(self) -> Iterator[Planned]:
         for index, point in enumerate(self.study.iter_grid()):  # lazily: a grid is never held in memory
+            key = point_key(point) if self._done else ""
             for seed in self.study.seeds:
+                if (
+                    key,
+                    seed,
+                ) in self._done:  # one record keeps one definition: the same point and seed, the same trial
+                    continue
                 spec = TrialSpec(point, seed, self.study.trial_config(point, seed))
                 if spec.config_hash not in self._seen:
                     self._seen.add(spec.config_hash)
@@ -152,6 +167,8 @@ class OptunaSearch:
         }[s.pruner]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with self._storage():
+            if not storage.startswith("sqlite"):  # a database server: connections a restart dropped are remade
+                storage = optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
             existing = 0
             try:
                 existing = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
@@ -161,7 +178,7 @@ class OptunaSearch:
                 "random": optuna.samplers.RandomSampler,
                 "tpe": optuna.samplers.TPESampler,
                 "nsga2": optuna.samplers.NSGAIISampler,
-            }[s.kind](seed=study.seeds[0] + existing)
+            }[s.kind](seed=(study.seeds[0] + existing) % 2**32)  # numpy's RandomState takes 32 bits
             self.optuna = optuna.create_study(
                 storage=storage,
                 study_name=name,
