@@ -19,8 +19,9 @@ from mlflow.entities import Metric
 
 from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.core.convergence import convergence
+from vaebench.record.definition import DEFINITION_TAG, definition, fixed_hash
 from vaebench.record.vocab import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT, Record
-from vaebench.study.spec import Study, expand
+from vaebench.study.spec import Study, TrialSpec, expand
 
 
 def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: int) -> dict[str, float]:
@@ -58,36 +59,57 @@ def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: i
 
 
 def write_synthetic_study(
-    uri: str, study: dict[str, Any], *, states: dict[int, str] | None = None, per_epoch_calls: bool = True
+    uri: str,
+    study: dict[str, Any],
+    *,
+    states: dict[int, str] | None = None,
+    per_epoch_calls: bool = True,
+    points: list[dict[str, Any]] | None = None,
+    parent: Any = None,
+    skip: int = 0,
 ) -> Record:
-    """Write a finished record of ``study`` (a study mapping, as in a YAML file) to ``uri``.
+    """Write a finished record of ``study`` (a study mapping, as in a YAML file) to ``uri``,
+    with its definition on the parent run as the sweep driver keeps it.
 
     ``states`` maps a trial's index (expansion order) to a final state other than completed:
     'failed' (no metrics, traceback), 'diverged' (metrics up to half the epochs), 'pruned'
     (likewise) or 'killed'. ``per_epoch_calls=False`` logs several epochs per call (fast
-    generation of big records; the stored data are the same)."""
+    generation of big records; the stored data are the same). ``points``: the points a search
+    sampled (a search study's space has ranges, which do not expand); each runs once per seed.
+    ``parent`` (a parent run) and ``skip`` extend an existing record as an extended definition
+    does: the definition is replaced by the study's and the first ``skip`` trials (already in
+    the record) are not written again."""
     st = Study.model_validate(study)
     states = states or {}
     rec = Record(uri, st.name)
-    parent = rec.start_study(
-        st.description,
-        yaml.safe_dump(study, sort_keys=False),
-        {
-            "vaebench.factors": json.dumps(list(st.space)),
-            "vaebench.search": st.search.kind,
-            "vaebench.seeds": json.dumps(st.seeds),
-        },
-    )
-    if st.search.kind != "grid":
+    tags = {
+        "vaebench.factors": json.dumps(list(st.space)),
+        "vaebench.search": st.search.kind,
+        "vaebench.seeds": json.dumps(st.seeds),
+        DEFINITION_TAG: fixed_hash(definition(st)),
+    }
+    if parent is None:
+        parent = rec.start_study(st.description, yaml.safe_dump(study, sort_keys=False), tags, definition(st))
+    else:
+        rec.set_definition(parent.info.run_id, definition(st), yaml.safe_dump(study, sort_keys=False), tags)
+    if st.search.kind != "grid" and OPTUNA_STUDY not in parent.data.tags:
         rec.client.set_tag(parent.info.run_id, OPTUNA_STUDY, f"{st.name}-{parent.info.run_id[:8]}")
     epochs = st.train.epochs
-    for i, spec in enumerate(expand(st)):
+    specs = (
+        expand(st)
+        if points is None
+        else [TrialSpec(p, seed, st.trial_config(p, seed)) for p in points for seed in st.seeds]
+    )
+    for i, spec in enumerate(specs):
+        if i < skip:
+            continue
         state = states.get(i, "completed")
         tags = {
             HASH: spec.config_hash,
             POINT: json.dumps(spec.point),
             "vaebench.point_key": spec.point_key,
             "vaebench.attempt": "0",
+            DEFINITION_TAG: tags[DEFINITION_TAG],
         }
         if st.search.kind != "grid":
             tags[OPTUNA_TRIAL] = str(i // len(st.seeds))

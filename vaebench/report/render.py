@@ -265,7 +265,9 @@ def make_figures(
                 "optuna_history",
                 "Optimisation history",
                 "Objective value of each complete Optuna trial by trial number, with the best so far "
-                "(one objective) or the Pareto-optimal trials (several).",
+                "(one objective) or the Pareto-optimal trials (several). Pruned trials (×, grey) stand at the "
+                "last value they reported to the pruner, at an earlier epoch than the complete trials' values; "
+                "they are not in the best-so-far line.",
                 lambda: F.optuna_history(_optuna_study(trials, optuna_storage), names),
             )
         )
@@ -364,6 +366,8 @@ def render_report(
         base = T.parse_baseline(list(baseline or []), trials, group_by)
 
     table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
+    if trials.attrs.get("search", "grid") != "grid" and set(group_by) == set(F.varied(trials)):
+        table = T.best_first(table, (list(objective_names or []) or ["val/elbo"])[0])
     marginal_factors = F.varied(trials)
     marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
     figs = (
@@ -489,6 +493,20 @@ def _markdown(
 def _table_intro(table: pd.DataFrame) -> str:
     names = ", ".join(F.name_of(table, f) for f in table.attrs["group_by"])
     text = f"Rows: the levels of {names}. Cells: mean ± std ({T.n_meaning(table)})."
+    if table.attrs.get("ranked_by"):  # a search: a row per sampled point
+        seeds = table.attrs.get("seeds") or []
+        text = (
+            f"Rows: the {len(table)} points the {table.attrs.get('search')} search sampled, best first by "
+            f"{table.attrs['ranked_by']}; a row's trials are that point's seeds ({len(seeds)} per point: "
+            f"{', '.join(map(str, seeds))}). Cells: mean ± std ({T.n_meaning(table)})."
+            + (
+                " With one seed per point every cell is a single trial (n = 1): no std and no test of one point "
+                "against another beyond the noise; rerun with more seeds (e.g. --set seeds=[0,1,2]) for a spread."
+                if len(seeds) <= 1
+                else ""
+            )
+            + " Levels are rounded to 3 significant digits; ablation.csv and trials.csv hold them in full."
+        )
     base = table.attrs.get("baseline")
     if base:
         text += (

@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from vaebench.record.results import STATE_ORDER, ReportError, resolve_factor
-from vaebench.report.figures import fmt_level, levels, name_of, point_keys
+from vaebench.report.figures import fmt_level, levels, many_levels, name_of, point_keys, short_level
 from vaebench.report.figures import hashable as _hashable
 from vaebench.report.significance import difference
 
@@ -284,8 +284,22 @@ def _header(m: TableMetric, tex: bool = False) -> str:
     return f"{m.label}{arrow}"
 
 
+def best_first(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The table's rows ordered by ``metric``'s mean, best first (its METRICS direction; higher
+    for a metric without one), rows without a value last: a search's points, ranked."""
+    if f"{metric} mean" not in table:
+        return table
+    better = next((m.better for m in METRICS if m.key == metric), None) or "max"
+    out = table.sort_values(f"{metric} mean", ascending=better == "min", na_position="last", kind="stable")
+    out = out.reset_index(drop=True)
+    out.attrs.update(table.attrs)
+    out.attrs["ranked_by"] = metric
+    return out
+
+
 def _level_cells(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
-    cells = [fmt_level(row[f]) for f in table.attrs["group_by"]]
+    # a many-level factor (a search range) to 3 significant digits; the csv keeps every digit
+    cells = [short_level(row[f]) if many_levels(table[f]) else fmt_level(row[f]) for f in table.attrs["group_by"]]
     if row.get("baseline", False):
         cells[0] += " (baseline)"
     return cells
