@@ -66,7 +66,6 @@ def write_synthetic_study(
     per_epoch_calls: bool = True,
     points: list[dict[str, Any]] | None = None,
     parent: Any = None,
-    skip: int = 0,
 ) -> Record:
     """Write a finished record of ``study`` (a study mapping, as in a YAML file) to ``uri``,
     with its definition on the parent run as the sweep driver keeps it.
@@ -76,9 +75,9 @@ def write_synthetic_study(
     (likewise) or 'killed'. ``per_epoch_calls=False`` logs several epochs per call (fast
     generation of big records; the stored data are the same). ``points``: the points a search
     sampled (a search study's space has ranges, which do not expand); each runs once per seed.
-    ``parent`` (a parent run) and ``skip`` extend an existing record as an extended definition
-    does: the definition is replaced by the study's and the first ``skip`` trials (already in
-    the record) are not written again."""
+    ``parent`` (a parent run of ``uri``) extends that record as the sweep does for an extended
+    definition (``--set seeds=[0,1]``): the study's definition replaces the record's, and only
+    the trials the record lacks (by config hash) are written."""
     st = Study.model_validate(study)
     states = states or {}
     rec = Record(uri, st.name)
@@ -88,6 +87,9 @@ def write_synthetic_study(
         "vaebench.seeds": json.dumps(st.seeds),
         DEFINITION_TAG: fixed_hash(definition(st)),
     }
+    have = set()
+    if parent is not None:
+        have = {r.data.tags.get(HASH) for r in rec.trial_runs(parent.info.run_id)}
     if parent is None:
         parent = rec.start_study(st.description, yaml.safe_dump(study, sort_keys=False), tags, definition(st))
     else:
@@ -101,7 +103,7 @@ def write_synthetic_study(
         else [TrialSpec(p, seed, st.trial_config(p, seed)) for p in points for seed in st.seeds]
     )
     for i, spec in enumerate(specs):
-        if i < skip:
+        if spec.config_hash in have:
             continue
         state = states.get(i, "completed")
         tags = {

@@ -206,11 +206,13 @@ def status(
     parent = record.parent_run()
     if parent is None:
         fail(f"no study record named {name!r} in {record.uri}")
+    # the record's definition, not the file: `--set seeds=[0,1]` may have extended the record beyond it
+    defn = _definition_of_record(record, parent)
     st = st or _study_of_record(record, parent.info.run_id)
     runs = record.trial_runs(parent.info.run_id)
     counts = Counter(r.data.tags.get(STATE, "unknown") for r in runs)
     ended = sum(counts[s] for s in FINAL_STATES)
-    total = st.n_trials() if st is not None else None
+    total = planned_trials(defn) if defn is not None else st.n_trials() if st is not None else None
     if total is None:
         word = parent.info.status.lower()
     elif ended >= total:
@@ -220,6 +222,14 @@ def status(
             parent.info.status, ""
         )
     out.print(f"[bold]{name}[/]  {word}  record {parent.info.run_id}", highlight=False, soft_wrap=True)
+    if defn is not None and path.is_file() and st is not None and st.n_trials() != total:
+        out.print(
+            f"the record's definition ({total} trials) differs from {path.name} as it is now ({st.n_trials()}): "
+            "the counts are the record's",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
     done = [r for r in runs if r.data.tags.get(STATE) == "completed"]
     flagged = [r for r in done if "conv/still_moving" in r.data.metrics]
@@ -243,6 +253,36 @@ def status(
             markup=False,
             soft_wrap=True,
         )
+
+
+def planned_trials(defn: dict) -> int:
+    """Trials a record's definition (``vaebench.record.definition.definition``) implies: points
+    (the product of the level counts of a grid, the budget of a search) times seeds."""
+    if defn["search"].get("kind", "grid") != "grid":
+        points = int(defn["search"].get("budget") or 0)
+    else:
+        points = 1
+        for v in defn["space"].values():
+            points *= len(v["levels"]) if "levels" in v else 1
+    return points * len(defn["seeds"])
+
+
+def _definition_of_record(record, parent) -> dict | None:
+    """The definition the record keeps (definition.json of its parent run), None for a record
+    older than definitions or unreadable."""
+    import os
+
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return record.definition(parent)
+    except Exception:
+        return None
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 def _study_of_record(record, parent_id: str) -> Study | None:
