@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from vaebench.record.definition import DEFINITION_TAG
+from vaebench.record.environment import ENVIRONMENTS_TAG, environments
 from vaebench.record.vocab import (
     HASH,
     OPTUNA_STUDY,
@@ -90,6 +91,7 @@ class StudyRecord:
     optuna_study: str | None
     runs: list[TrialRun] = field(repr=False)
     record: Record = field(repr=False)
+    environments: list[dict[str, Any]] = field(default_factory=list)  # machines that trained the trials
 
 
 def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
@@ -126,6 +128,7 @@ def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
         optuna_study=tags.get(OPTUNA_STUDY),
         runs=runs,
         record=rec,
+        environments=environments(tags.get(ENVIRONMENTS_TAG)),
     )
 
 
@@ -372,7 +375,8 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
 
     ``frame.attrs`` holds the record: ``study``, ``tracking_uri``, ``parent_run_id``,
     ``description``, ``factors`` (paths, in file order), ``search``, ``seeds``,
-    ``optuna_study`` and ``state_counts`` ({state: trials}).
+    ``optuna_study``, ``environments`` (the machines and library versions that trained the
+    trials, as the sweep recorded them) and ``state_counts`` ({state: trials}).
 
     Raises ReportError for an unknown study, a missing store or a record with no trials.
     """
@@ -440,6 +444,7 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
         search=rec.search,
         seeds=list(rec.seeds),
         optuna_study=rec.optuna_study,
+        environments=list(rec.environments),
         state_counts={
             s: int(counts[s]) for s in STATE_ORDER + sorted(set(counts.index) - set(STATE_ORDER)) if s in counts
         },

@@ -398,6 +398,8 @@ def render_report(
         elif stale.exists():
             stale.unlink()  # a figure of an earlier report that this one could not draw
     counts = T.state_counts(trials)
+    repro = reproducibility(trials)
+    write("environment.json", json.dumps(repro, indent=2, sort_keys=True) + "\n")
     if "csv" in formats:
         write("ablation.csv", T.to_csv(table))
         if marginal is not None:
@@ -412,10 +414,47 @@ def render_report(
             write("marginal.tex", T.marginal_latex(marginal))
     if "md" in formats:
         write("ablation.md", T.to_markdown(table))
-        write("report.md", _markdown(trials, table, counts, figs, formats, marginal))
+        write("report.md", _markdown(trials, table, counts, figs, formats, marginal, repro))
     if "html" in formats:
-        write("index.html", _html(trials, table, counts, figs, formats, marginal))
+        write("index.html", _html(trials, table, counts, figs, formats, marginal, repro))
     return report
+
+
+BIT_FOR_BIT = (
+    "Bit-for-bit: the same study run again on the same machine with the same library versions gives the same "
+    "numbers, digit for digit (the seed fixes the initialisation, the minibatch order and every noise draw)."
+)
+WITHIN_NOISE = (
+    "Within noise: on another CPU model (other floating-point kernels and vector widths) or with other library "
+    "versions the trials take other rounding paths, so the numbers differ in their last digits and a long "
+    "training can drift further; they stay within the seed-to-seed spread. Compare a rerun with the table's "
+    "std, not digit by digit (a trial still moving at its last epoch, †, may also flip its convergence flag)."
+)
+
+
+def reproducibility(trials: pd.DataFrame) -> dict[str, Any]:
+    """What the report states about reproducing it, and the machines behind it (environment.json)."""
+    from vaebench.record.environment import environment
+
+    return {
+        "trained_on": list(trials.attrs.get("environments") or []),
+        "rendered_on": environment(),
+        "bit_for_bit": BIT_FOR_BIT,
+        "within_noise": WITHIN_NOISE,
+    }
+
+
+def _reproducibility_lines(rep: dict[str, Any]) -> list[str]:
+    from vaebench.record.environment import describe
+
+    trained = rep["trained_on"]
+    lines = [
+        "Trials trained on: " + "; and ".join(describe(e) for e in trained)
+        if trained
+        else "Trials trained on: not recorded (the record predates vaebench keeping its machine)."
+    ]
+    lines.append("Report rendered on: " + describe(rep["rendered_on"]) + ".")
+    return [rep["bit_for_bit"], rep["within_noise"], *lines, "The same facts as JSON: environment.json."]
 
 
 def _trials_csv(trials: pd.DataFrame) -> str:
@@ -447,6 +486,7 @@ def _markdown(
     figs: list[Figure],
     formats: Sequence[str],
     marginal: pd.DataFrame | None = None,
+    repro: dict[str, Any] | None = None,
 ) -> str:
     a = trials.attrs
     lines = [f"# Study `{a.get('study')}`", ""]
@@ -487,6 +527,8 @@ def _markdown(
             + " (the tables in LaTeX with booktabs and at full precision, and every trial).",
             "",
         ]
+    if repro:
+        lines += ["## Reproducibility", ""] + [f"- {x}" for x in _reproducibility_lines(repro)] + [""]
     return "\n".join(lines)
 
 
@@ -569,6 +611,7 @@ def _html(
     figs: list[Figure],
     formats: Sequence[str],
     marginal: pd.DataFrame | None = None,
+    repro: dict[str, Any] | None = None,
 ) -> str:
     a = trials.attrs
     e = html.escape
@@ -593,7 +636,10 @@ def _html(
         "<h2>Contents</h2><ul>"
         + "".join(f"<li><a href='#{f.key}'>{e(f.title)}</a></li>" for f in figs)
         + "<li><a href='#ablation'>Ablation table</a>"
-        "</li>" + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "") + "</ul>"
+        "</li>"
+        + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "")
+        + ("<li><a href='#reproducibility'>Reproducibility</a></li>" if repro else "")
+        + "</ul>"
     )
     for fig in figs:
         body.append(f"<h2 id='{fig.key}'>{e(fig.title)}</h2>")
@@ -616,6 +662,12 @@ def _html(
         body.append("<div class='scroll'>" + T.marginal_html(marginal) + "</div>")
     if "tex" in formats:
         body.append("<h3>LaTeX (booktabs)</h3><pre>" + e(T.to_latex(table)) + "</pre>")
+    if repro:
+        body.append(
+            "<h2 id='reproducibility'>Reproducibility</h2><ul>"
+            + "".join(f"<li>{e(x)}</li>" for x in _reproducibility_lines(repro))
+            + "</ul>"
+        )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vaebench.record.definition import DEFINITION_TAG, changes, definition, fixed_hash
+from vaebench.record.environment import ENVIRONMENTS_TAG, environment, merged
 from vaebench.record.naming import run_name
 from vaebench.record.vocab import FINAL_STATES, HASH, OPTUNA_STUDY, POINT, STATE
 from vaebench.record.writer import LockError, Record, StoreError
@@ -230,6 +231,11 @@ class Driver:
                 )
                 self.summary.notes.append("the record's description and study.yaml now match the study file's")
         self.parent_id = parent.info.run_id
+        # the machine and library versions that train this record's trials (a resumed sweep on
+        # another machine adds its own): the report's reproducibility statement names them
+        env = merged(parent.data.tags.get(ENVIRONMENTS_TAG), environment())
+        if env is not None:
+            self.record.set_tags(self.parent_id, {ENVIRONMENTS_TAG: env})
         self._load_existing()
         if self.study.search.kind == "grid":
             return GridSearch(self.study, self.finals)
