@@ -310,17 +310,27 @@ def _study_of_record(record, parent_id: str) -> Study | None:
 @app.command()
 def ui(
     study: Optional[str] = typer.Argument(
-        None, help="a study YAML file whose project's store to open (default: the store under the current folder)"
+        None,
+        help="a study YAML file or study NAME: open its record's trials (and find its project's store); "
+        "default: the store under the current folder",
     ),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     port: int = typer.Option(5000, "--port", min=1, max=65535),
     host: str = typer.Option("127.0.0.1", "--host"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the MLflow command instead of running it"),
 ) -> None:
-    """The MLflow UI on the same store as the sweeps; a missing store is refused, never created."""
+    """The MLflow UI on the same store as the sweeps, opened at a study's trials in the training view;
+    a missing store is refused, never created. Ctrl-C or SIGTERM stops the server."""
+    from vaebench.record.mlflow_view import runs_url
+
     path = resolve_path(study) if study else None
+    name = None
     if path is not None and not path.is_file():
-        fail(f"{path}: no such study file")
+        if Path(study).suffix in (".yaml", ".yml") or "/" in study:
+            fail(f"{path}: no such study file")
+        name, path = study, None  # a study name in the store
+    elif path is not None:
+        name = _load(study)[1].name
     uri = _tracking_uri(tracking_uri, path)
     if uri.startswith(("http://", "https://")):
         fail(f"the store is the MLflow server {uri}: open it in a browser (`vaebench ui` serves a database store)")
@@ -338,7 +348,53 @@ def ui(
     if dry_run:
         print(" ".join(cmd))  # plain: a command line is never wrapped
         return
-    raise typer.Exit(subprocess.call(cmd))
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if name is not None:
+        from vaebench.record.vocab import Record
+
+        record = Record(uri, name)
+        parent = record.parent_run()
+        if parent is None:
+            fail(f"no study record named {name!r} in {uri}")
+        say(f"open {runs_url(base, record.experiment_id, parent.info.run_id)}")
+    else:
+        say(f"open {runs_url(base)}")
+    raise typer.Exit(serve(cmd))
+
+
+def serve(cmd: list[str]) -> int:
+    """Run the server ``cmd`` until it ends, or until SIGINT or SIGTERM reach this process: then
+    stop the server's whole process group (MLflow's server starts workers of its own) and wait
+    for it, so that no server is left on the port. Returns its exit code (0 when stopped)."""
+    import os
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: a signal reaches it only through here
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=10 if stopping else None)
+                break
+            except subprocess.TimeoutExpired:  # it did not stop on SIGTERM
+                os.killpg(proc.pid, signal.SIGKILL)
+        try:  # workers the server left behind in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else code
 
 
 @app.command()
