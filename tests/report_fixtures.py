@@ -35,6 +35,8 @@ def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: i
         kl_dims.append(k * progress if k > 0.02 else rng.uniform(0, 0.004))
     kl = sum(kl_dims)
     recon = 60 - 6 * kl * progress + rng.gauss(0, 0.5) + 5 * (1 - progress)
+    if cfg.objective.anneal.kind == "cyclical" and epoch < epochs and epoch % 2 == 0:
+        recon += 8.0  # a cyclical schedule's dips: the weight restarts mid-training, the ELBO drops
     active = float(sum(k > 0.05 for k in kl_dims))
     collapsed = float(sum(k < 0.01 for k in kl_dims))
     m = {

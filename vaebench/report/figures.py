@@ -572,65 +572,119 @@ def _bin_order(binned: pd.Series) -> list[str]:
     return sorted(binned.dropna().unique(), key=lambda s: float(s.split("–")[0]))
 
 
+def effect(trials: pd.DataFrame, factor: str, metric: str) -> float:
+    """How much ``factor`` moves ``metric``: the range (max - min) of its levels' means over the
+    completed trials (0 when the metric is missing)."""
+    data = completed(trials).dropna(subset=[metric]) if metric in trials else trials.iloc[:0]
+    if data.empty or factor not in data:
+        return 0.0
+    key = _categorical(data, factor)[0]
+    means = data[metric].astype(float).groupby(key).mean()
+    return float(means.max() - means.min()) if len(means) > 1 else 0.0
+
+
+def curve_effect(histories: pd.DataFrame, factor: str, metric: str = "val/elbo") -> float:
+    """How much ``factor`` moves a training curve: the largest gap, over the epochs, between its
+    levels' mean curves (a cyclical schedule's dips count, though its last value may not)."""
+    h = histories[(histories["metric"] == metric) & (histories["state"] == "completed")]
+    if h.empty or factor not in h:
+        return 0.0
+    key = _categorical(h, factor)[0]
+    curves = h["value"].astype(float).groupby([key, h["epoch"]]).mean().unstack(0)
+    if curves.shape[1] < 2:
+        return 0.0
+    return float((curves.max(axis=1) - curves.min(axis=1)).max())
+
+
+def largest(candidates: Sequence[str], size: Any) -> str | None:
+    """The candidate with the largest ``size(candidate)``, None when none moves anything."""
+    scored = [(size(f), f) for f in candidates]
+    scored = [(v, f) for v, f in scored if v > 0 and math.isfinite(v)]
+    return max(scored, key=lambda t: t[0])[1] if scored else None
+
+
 def collapse_map(
-    trials: pd.DataFrame, x: str, y: str | None = None, epsilon: float = 0.01, delta: float = 0.01
+    trials: pd.DataFrame,
+    x: str,
+    y: str | None = None,
+    epsilon: float = 0.01,
+    delta: float = 0.01,
+    facet: str | None = None,
 ) -> Figure:
     """Mean fraction of collapsed latent dims (Lucas et al. 2019, (epsilon, delta)) over factor
-    ``x`` (columns) and ``y`` (rows), averaged over the seeds and every other factor, which the
-    title names."""
+    ``x`` (columns) and ``y`` (rows), one panel per level of ``facet`` (a factor that would
+    otherwise be averaged over: the latent size, whose small models collapse differently),
+    averaged over the seeds and every other factor, which the title names."""
     data = completed(trials).dropna(subset=["val/collapsed_fraction"]).copy()
     if data.empty:
         raise FigureSkipped("no completed trial has val/collapsed_fraction")
+    facet = facet if facet not in (x, y) else None
     axes = {}  # every level of the record, so that a level with no completed trial shows as blank
-    for f in [x] + ([y] if y else []):
+    for f in [x] + ([y] if y else []) + ([facet] if facet else []):
         name = name_of(trials, f)
         if many_levels(trials[f]):
-            data[name] = _binned(data[f])
+            data[name] = _binned(data[f], 3 if f == facet else 6)
             axes[name] = _bin_order(data[name])
         else:
             data[name] = _categorical(data, f)[0]
             axes[name] = _categorical(trials, f)[1]
     xn = name_of(trials, x)
     yn = name_of(trials, y) if y else None
-    mean = data.groupby([yn, xn] if yn else [xn])["val/collapsed_fraction"].mean()
-    mat = mean.unstack(xn) if yn else mean.to_frame().T
-    mat = mat.reindex(index=axes[yn] if yn else mat.index, columns=axes[xn])
-    if yn is None:
-        mat.index = ["all"]
-    rows, cols = mat.shape
-    pooled = [f for f in varied(trials) if f not in (x, y)]
+    fn = name_of(trials, facet) if facet else None
+    panels = [p for p in axes[fn] if (data[fn] == p).any()] if fn else [None]
+    mats = []
+    for p in panels:
+        part = data if p is None else data[data[fn] == p]
+        mean = part.groupby([yn, xn] if yn else [xn])["val/collapsed_fraction"].mean()
+        mat = mean.unstack(xn) if yn else mean.to_frame().T
+        mat = mat.reindex(index=axes[yn] if yn else mat.index, columns=axes[xn])
+        if yn is None:
+            mat.index = ["all"]
+        mats.append(mat)
+    rows, cols = mats[0].shape
+    pooled = [f for f in varied(trials) if f not in (x, y, facet)]
     title = f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds" + (
         f"\n{pooled_phrase(trials, pooled)}" if pooled else ""
     )
     with _style():
-        size = (max(4.5, min(WIDTH, 2.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
-        fig = Figure(figsize=size, layout="constrained")
-        ax = fig.add_subplot()
-        sns.heatmap(
-            mat,
-            ax=ax,
-            cmap="rocket_r",
-            vmin=0,
-            vmax=1,
-            annot=rows * cols <= 120,
-            fmt=".2f",
-            linewidths=0.5,
-            linecolor="white",
-            cbar_kws={"label": "fraction of dims collapsed"},
-        )
-        ax.grid(False)
-        if yn:
-            ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
-        ax.set_xlabel(xn)
-        ax.set_ylabel(yn or "")
+        one = (max(2.2, min(WIDTH, 1.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
+        width = min(WIDTH * 1.6, one[0] * len(panels) + 1.2) if fn else max(4.5, one[0] + 1.0)
+        fig = Figure(figsize=(width, one[1] + (0.3 if fn else 0)), layout="constrained")
+        grid = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for i, (ax, p, mat) in enumerate(zip(grid, panels, mats)):
+            last = i == len(panels) - 1
+            sns.heatmap(
+                mat,
+                ax=ax,
+                cmap="rocket_r",
+                vmin=0,
+                vmax=1,
+                annot=rows * cols <= 120,
+                fmt=".2f",
+                linewidths=0.5,
+                linecolor="white",
+                cbar=last,
+                cbar_kws={"label": "fraction of dims collapsed"} if last else None,
+            )
+            ax.grid(False)
+            if yn:
+                ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
+            ax.set_xlabel(xn)
+            ax.set_ylabel((yn or "") if i == 0 else "")
+            if p is not None:
+                ax.set_title(f"{fn} = {p}", fontsize=9)
+            long = max((len(str(c)) for c in mat.columns), default=0) > 7
+            ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
+            ax.tick_params(axis="y", rotation=0)
         # several lines: the figure is only as wide as its cells, and a one-line title overflowed it
-        ax.set_title(title, fontsize=9)
-        long = max((len(str(c)) for c in mat.columns), default=0) > 7
-        ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
-        ax.tick_params(axis="y", rotation=0)
-    cells = data.groupby([yn, xn] if yn else [xn])["run_id"].agg(tuple).rename("run_ids").reset_index()
+        if fn:
+            fig.suptitle(title.replace("\n", ", ", 1), fontsize=9)
+        else:
+            grid[0].set_title(title, fontsize=9)
+    keys = [k for k in (fn, yn, xn) if k]
+    cells = data.groupby(keys)["run_id"].agg(tuple).rename("run_ids").reset_index()
     cells["n"] = cells["run_ids"].map(len)
-    return attach(fig, cells, [f for f in (x, y) if f], pooled, title)
+    return attach(fig, cells, [f for f in (x, y, facet) if f], pooled, title)
 
 
 # --------------------------------------------------------------------------- curves

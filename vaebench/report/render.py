@@ -201,30 +201,56 @@ def make_figures(
         pair = [f for f in (beta, fb) if f]
         pair += [f for f in group_by if f not in pair][: 2 - len(pair)]
         cx, cy = (pair + [None])[:2]
-    map_pooled = [f for f in varied if f not in (cx, cy)]
+    # a factor the map would average over is a panel instead, the one that moves collapse most
+    facet = F.largest(
+        [f for f in varied if f not in (cx, cy) and (len(F.levels(trials[f])) <= 5 or F.many_levels(trials[f]))],
+        lambda f: F.effect(trials, f, "val/collapsed_fraction"),
+    )
+    map_pooled = [f for f in varied if f not in (cx, cy, facet)]
     out.append(
         _draw(
             "collapse_map",
             "Collapse map",
             f"Fraction of latent dims {rule}, at the final epoch: mean over seeds"
             + (f" and over {', '.join(F.name_of(trials, f) for f in map_pooled)}" if map_pooled else "")
+            + (
+                f"; one panel per level of {F.name_of(trials, facet)}, the factor with the largest effect on the "
+                "collapsed fraction among those the map would otherwise average over"
+                if facet
+                else ""
+            )
             + "; blank: no completed trial."
             + ex_note,
-            lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt),
+            lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt, facet=facet),
         )
     )
 
     by = curves_by or (beta if beta in group_by else None) or (group_by[0] if group_by else None)
     curve_col = latent if latent and latent != by else next((f for f in varied if f != by), None)
-    curve_style = next((f for f in (fb, anneal) if f and f not in (by, curve_col)), None)
-
-    def curves():
-        h = histories
-        if h is None:
-            h = histories_frame(
+    h_err: list[str] = []
+    if histories is None:
+        try:
+            histories = histories_frame(
                 trials.attrs["study"], metrics=list(F.CURVE_METRICS), trials=trials[trials["state"] == "completed"]
             )
-        return F.training_curves(h, by, col=curve_col, style=curve_style)
+        except Exception as e:  # the figure's note says it; the rest of the report stands
+            h_err.append(f"{type(e).__name__}: {e}")
+    # line style: the factor the curves would otherwise average over that moves them most (e.g. a
+    # cyclical schedule's dips), else free bits or annealing as before
+    rest = [f for f in varied if f not in (by, curve_col)]
+    curve_style = (
+        F.largest(
+            [f for f in rest if len(F.levels(trials[f])) <= 4 or F.many_levels(trials[f])],
+            lambda f: F.curve_effect(histories, f),
+        )
+        if histories is not None and rest
+        else None
+    ) or next((f for f in (fb, anneal) if f and f not in (by, curve_col)), None)
+
+    def curves():
+        if histories is None:
+            raise F.FigureSkipped(f"the histories could not be read ({h_err[0] if h_err else 'unknown'})")
+        return F.training_curves(histories, by, col=curve_col, style=curve_style)
 
     curve_pooled = [f for f in varied if f not in (by, curve_col, curve_style)]
     out.append(
