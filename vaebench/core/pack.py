@@ -581,6 +581,7 @@ class Member:
     order: torch.Generator  # minibatch order, as train() seeds it
     noise: torch.Generator  # reparameterisation noise, as train() seeds it
     history: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: {k: [] for k in CONVERGENCE_KEYS})
+    seconds: float = 0.0  # its own training time: its share of each pack epoch (train/member_seconds)
 
 
 def _failed(i: int, tb: str) -> dict[str, Any]:
@@ -748,6 +749,10 @@ class PackTrainer:
             metrics = {f"train/{name}": v for name, v in zip(TRAIN_TERMS, vals)}
             metrics["train/kl_weight"] = kl_weight(m.cfg.objective, self.t - 1, self.T)
             metrics["train/epoch_seconds"] = seconds
+            # the member's own training time: the pack's epoch split evenly over the members it trained (they
+            # share every step, so each costs about 1/M of it); its MLflow duration is the whole pack's
+            m.seconds += seconds / len(self.live)
+            metrics["train/member_seconds"] = m.seconds
             if not all(math.isfinite(v) for v in vals):
                 out += [
                     {"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": "diverged", "member": m.index},
@@ -756,6 +761,7 @@ class PackTrainer:
                 continue
             if val[k]:
                 metrics.update({f"val/{n}": v for n, v in val[k].items()})
+                metrics["val/examples"] = float(self.x_val.shape[0])  # as train() records it
                 for key in CONVERGENCE_KEYS:
                     m.history[key].append((epoch, metrics[key]))
             if last:  # still moving at the end? (vaebench.core.convergence, as train() records it)

@@ -92,6 +92,7 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
     T = epochs * math.ceil(n / bs)  # total optimiser steps, for the schedules
     t = 0
     history: dict[str, list[tuple[int, float]]] = {k: [] for k in CONVERGENCE_KEYS}  # for convergence()
+    own = 0.0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         steps, sizes = [], []  # per-step values kept on device and reduced once: no per-step sync
@@ -117,6 +118,8 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
         # the weight of the last step taken, i.e. the one in force at the end of the epoch
         metrics["train/kl_weight"] = kl_weight(cfg.objective, t - 1, T)
         metrics["train/epoch_seconds"] = time.perf_counter() - started
+        own += metrics["train/epoch_seconds"]
+        metrics["train/member_seconds"] = own  # its training time so far (a packed member logs its share)
         if not all(math.isfinite(v) for v in means):
             yield EpochReport(epoch, metrics, "diverged", model)
             return
@@ -125,6 +128,7 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
             eval_noise = torch.Generator(device).manual_seed(1_000_003 * epoch)
             iw = iw_due(cfg.metrics, epoch, last=epoch == epochs)
             metrics.update({f"val/{k}": v for k, v in evaluate(model, x_val, cfg.metrics, eval_noise, iw).items()})
+            metrics["val/examples"] = float(x_val.shape[0])  # the sample count of every val/ number (iw_nll: fewer)
             for k in CONVERGENCE_KEYS:
                 history[k].append((epoch, metrics[k]))
         dis_every = cfg.metrics.disentanglement_every

@@ -319,7 +319,12 @@ pre{white-space:pre-wrap;background:#f7f7f7;padding:.6em}
 
 CONVENTIONS = [
     "Numbers are nats per example on the validation split, at each trial's final epoch "
-    "(ELBO with beta = 1 and no free bits, whatever the training objective).",
+    "(ELBO with beta = 1 and no free bits, whatever the training objective). Each column header says its "
+    "split and sample count: (val, N) averages all N validation examples; IW-NLL (val first N, K) the first N "
+    "of them with K importance samples, so it is not on exactly the same examples as the ELBO beside it; MI "
+    "(val, N, B) is estimated over batches of B examples.",
+    f"{T.CEILING_MARK}: a cell at its estimator's ceiling (MI within {T.CEILING_MARGIN} nats of log B): it bounds "
+    "the true value from below and is never marked best.",
     "Cells: mean ± sample std (N−1) over the completed trials of the row, with their count n in "
     "parentheses; one trial has no std. Diverged, pruned, failed and killed trials are counted in "
     "completed/trials but never averaged.",
@@ -532,6 +537,8 @@ def _markdown(
     if conv:
         lines += ["## Convergence", "", conv, ""]
     lines += ["## Ablation table", "", _table_intro(table), "", T.to_markdown(table)]
+    if T.ceiling_text(table):
+        lines += [f"**{T.ceiling_text(table)}**", ""]
     lines += [f"- {c}" for c in CONVENTIONS] + [""]
     if marginal is not None:
         lines += ["## Marginal table", "", T.marginal_caption(marginal), "", T.marginal_markdown(marginal)]
@@ -682,6 +689,8 @@ def _html(
         body.append(f"<h2 id='convergence'>Convergence</h2><p>{e(conv)}</p>")
     body.append(f"<h2 id='ablation'>Ablation table</h2><p>{e(_table_intro(table))}</p>")
     body.append("<div class='scroll'>" + T.to_html(table) + "</div>")
+    if T.ceiling_text(table):
+        body.append(f"<p class='note'>{e(T.ceiling_text(table))}</p>")
     body.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in CONVENTIONS) + "</ul>")
     if marginal is not None:
         body.append(f"<h2 id='marginal'>Marginal table</h2><p>{e(T.marginal_caption(marginal))}</p>")
