@@ -86,6 +86,7 @@ def test_every_metric_is_reported():
         "train/kl_weight",
         "train/epoch_seconds",
         "train/member_seconds",
+        "train/steps",
     } | {f"val/kl_dim/{j:02d}" for j in range(4)}
     expected |= {"conv/elbo_rel_change", "conv/active_units_change", "conv/still_moving"}  # the final epoch's
     assert set(last) == expected

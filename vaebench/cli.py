@@ -42,6 +42,23 @@ app = typer.Typer(
 )  # plain help: flags without <bool>
 
 
+def _version(value: bool) -> None:
+    if value:
+        from vaebench import __version__
+
+        print(f"vaebench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print vaebench's version and exit"
+    ),
+) -> None:
+    """Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."""
+
+
 def _load(study_file: str, overrides: list[str] | None = None) -> tuple[Path, Study]:
     path = resolve_path(study_file)
     try:
@@ -122,6 +139,8 @@ def sweep(
         say(f"note: {note}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
     say(f"{study.name}: {counts}" + (f" ({summary.skipped} already done, not rerun)" if summary.skipped else ""))
+    if summary.throughput:
+        say(f"  {summary.throughput}")
     for name, line in summary.failed:
         say(f"  failed: {name}: {line}")
     if summary.store_error:

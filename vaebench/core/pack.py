@@ -753,6 +753,7 @@ class PackTrainer:
             # share every step, so each costs about 1/M of it); its MLflow duration is the whole pack's
             m.seconds += seconds / len(self.live)
             metrics["train/member_seconds"] = m.seconds
+            metrics["train/steps"] = float(self.t)  # as train(): every member takes every step of its pack
             if not all(math.isfinite(v) for v in vals):
                 out += [
                     {"kind": "epoch", "epoch": epoch, "metrics": metrics, "state": "diverged", "member": m.index},

@@ -120,6 +120,7 @@ def train(cfg: TrialConfig, data: Dataset | None = None) -> Iterator[EpochReport
         metrics["train/epoch_seconds"] = time.perf_counter() - started
         own += metrics["train/epoch_seconds"]
         metrics["train/member_seconds"] = own  # its training time so far (a packed member logs its share)
+        metrics["train/steps"] = float(t)  # optimiser steps so far: the sweep's model-steps/s counts them
         if not all(math.isfinite(v) for v in means):
             yield EpochReport(epoch, metrics, "diverged", model)
             return
