@@ -164,6 +164,16 @@ def _log_scale(values: Sequence[float]) -> bool:
     return len(v) == len(values) and len(v) > 2 and max(v) / min(v) >= LOG_RATIO
 
 
+def plain_log_ticks(axis: Any) -> None:
+    """A log axis labelled 0.3, 0.5, 1, 2, 5 rather than 3×10⁻¹ on every minor tick (which
+    overlap on a range under a decade or two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 # --------------------------------------------------------------------------- rate-distortion
 
 
@@ -242,9 +252,11 @@ def rate_distortion(
                 handles, labels, title = [], [], ""
             from matplotlib.cm import ScalarMappable
 
-            fig.colorbar(
+            bar = fig.colorbar(
                 ScalarMappable(continuous, sns.color_palette("viridis", as_cmap=True)), ax=ax, label=hue_name, pad=0.01
             )
+            if isinstance(continuous, LogNorm):
+                plain_log_ticks(bar.ax.yaxis)
         handles.append(Line2D([], [], color="0.55", lw=0.7, ls="--"))
         labels.append("−ELBO = D + R")
         if pareto:
@@ -364,9 +376,17 @@ def active_units(
     hues = order[lines] if lines else [None]
     styles = order[style] if style else [None]
     colours = dict(zip(map(hashable, hues), sns.color_palette("viridis", len(hues)) if lines else ["C0"]))
-    title = "Active units against beta" + (
-        f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}" if pooled else ""
-    )
+    if sampled:  # a point per trial: nothing is averaged, factors in ranges are shown coarsely
+        told = [f for f in pooled if f not in binned]
+        title = (
+            "Active units against beta\none point per trial"
+            + (f"; {', '.join(name_of(trials, f) for f in binned)} in ranges" if binned else "")
+            + (f"; {pooled_phrase(trials, told, 'not told apart:')}" if told else "")
+        )
+    else:
+        title = "Active units against beta" + (
+            f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}" if pooled else ""
+        )
     trended = False
     with _style():
         fig = Figure(figsize=(WIDTH, 3.4), layout="constrained")
@@ -397,6 +417,8 @@ def active_units(
                             ax.fill_between(band[beta], band["lo"], band["hi"], color=kw["color"], alpha=0.12, lw=0)
             if _log_scale(ticks):
                 ax.set_xscale("log")
+                if sampled:
+                    plain_log_ticks(ax.xaxis)
             if not sampled:
                 ax.set_xticks(ticks, [short_level(float(t)) for t in ticks])
                 ax.minorticks_off()
@@ -424,7 +446,10 @@ def active_units(
             handles.append(Patch(color="0.5", alpha=0.25))
             labels.append("seeds' min–max")
         if handles:
-            fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
+            if len(labels) > 5:  # beside the plot it would run into the title
+                fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, fontsize=8)
+            else:
+                fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
         fig.suptitle(title, fontsize=10)
     return attach(fig, summary, shown, pooled, title)
 
