@@ -131,6 +131,9 @@ def test_search_table_rows_are_points_with_their_seeds(search, tmp_path):
     assert f"| {F.short_level(first['objective.beta'])} |" in (tmp_path / "out" / "ablation.md").read_text()
     assert "n: the row's completed seeds" in md
     assert "2 pruned" in T.to_markdown(table)  # the pruned point's row names its state
+    # sampled factors have no levels to average within: no marginal block of 14 one-trial rows
+    assert not (tmp_path / "out" / "marginal.csv").exists()
+    assert "objective.beta`: 14 values from" in md
 
 
 def test_optuna_history_shows_pruned_trials():

@@ -345,7 +345,10 @@ def _levels_text(trials: pd.DataFrame) -> list[str]:
     for f in trials.attrs.get("factors", []):
         if f in trials:
             lv = F.levels(trials[f])
-            shown = ", ".join(F.fmt_level(v) for v in lv[:12]) + (f", … ({len(lv)} values)" if len(lv) > 12 else "")
+            if F.many_levels(trials[f]):  # a sampled range: its extent, not a list of 6-digit floats
+                shown = f"{len(lv)} values from {F.short_level(float(lv[0]))} to {F.short_level(float(lv[-1]))}"
+            else:
+                shown = ", ".join(F.fmt_level(v) for v in lv[:12]) + (f", … ({len(lv)} values)" if len(lv) > 12 else "")
             lines.append(f"{f}: {shown}")
     return lines
 
@@ -399,8 +402,11 @@ def render_report(
     table = T.ablation_table(trials, group_by, base, metrics=T.METRICS + D.table_metrics(trials))
     if trials.attrs.get("search", "grid") != "grid" and set(group_by) == set(F.varied(trials)):
         table = T.best_first(table, (list(objective_names or []) or ["val/elbo"])[0])
-    marginal_factors = F.varied(trials)
+    # a sampled factor (a float per point) has no levels to average within: left out of the marginal table
+    marginal_factors = [f for f in F.varied(trials) if not F.many_levels(trials[f])]
     marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
+    if marginal is not None:
+        marginal.attrs["left_out"] = [f for f in F.varied(trials) if F.many_levels(trials[f])]
     figs = (
         []
         if not {"md", "html"} & set(formats)

@@ -568,15 +568,23 @@ def marginal_table(
     out = pd.concat(parts, ignore_index=True)
     out = out[[c for c in out.columns if not c.endswith(" best")]]
     out.attrs.update(trials.attrs)
-    out.attrs.update(metrics=[m.key for m in metrics], marginal=factors)
+    out.attrs.update(metrics=[m.key for m in metrics], marginal=factors, samples=sample_notes(trials))
     return out
 
 
 def marginal_caption(table: pd.DataFrame) -> str:
+    left_out = table.attrs.get("left_out") or []
     return (
         "Marginal means: each row is one level of one factor, mean ± std (N−1) (n) over every completed trial "
         "with that level, pooled over the seeds and all levels of the other factors (a spread of settings as much "
         "as of seeds: compare rows within a block, and see the ablation table for the cells)."
+        + (
+            " Left out: "
+            + ", ".join(name_of(table, f) for f in left_out)
+            + " (sampled over a range: a value per point, so no level to average; the figures plot them on an axis)."
+            if left_out
+            else ""
+        )
     )
 
 
