@@ -19,9 +19,10 @@ from mlflow.entities import Metric
 
 from vaebench.core.convergence import KEYS as CONVERGENCE_KEYS
 from vaebench.core.convergence import convergence
-from vaebench.record.vocab import HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT
+from vaebench.record.definition import definition, fixed_hash
+from vaebench.record.vocab import DEFINITION_TAG, HASH, OPTUNA_STUDY, OPTUNA_TRIAL, POINT
 from vaebench.record.writer import Record
-from vaebench.study.spec import Study, expand
+from vaebench.study.spec import Study, TrialSpec, expand
 
 
 def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: int) -> dict[str, float]:
@@ -35,6 +36,8 @@ def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: i
         kl_dims.append(k * progress if k > 0.02 else rng.uniform(0, 0.004))
     kl = sum(kl_dims)
     recon = 60 - 6 * kl * progress + rng.gauss(0, 0.5) + 5 * (1 - progress)
+    if cfg.objective.anneal.kind == "cyclical" and epoch < epochs and epoch % 2 == 0:
+        recon += 8.0  # a cyclical schedule's dips: the weight restarts mid-training, the ELBO drops
     active = float(sum(k > 0.05 for k in kl_dims))
     collapsed = float(sum(k < 0.01 for k in kl_dims))
     m = {
@@ -48,7 +51,8 @@ def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: i
         "val/recon": recon,
         "val/kl": kl,
         "val/active_units": active,
-        "val/mi": min(kl, 5.5) * 0.9,
+        "val/mi": min(kl * 0.9, math.log(cfg.metrics.mi_batch_size)),  # the estimator's ceiling: log B
+        "val/examples": 359.0,
         "val/iw_nll": recon + kl - 0.3 - rng.uniform(0, 0.1),
         "val/collapsed_dims": collapsed,
         "val/collapsed_fraction": collapsed / J,
@@ -59,36 +63,59 @@ def fake_epoch(spec_point: dict[str, Any], cfg, seed: int, epoch: int, epochs: i
 
 
 def write_synthetic_study(
-    uri: str, study: dict[str, Any], *, states: dict[int, str] | None = None, per_epoch_calls: bool = True
+    uri: str,
+    study: dict[str, Any],
+    *,
+    states: dict[int, str] | None = None,
+    per_epoch_calls: bool = True,
+    points: list[dict[str, Any]] | None = None,
+    parent: Any = None,
 ) -> Record:
-    """Write a finished record of ``study`` (a study mapping, as in a YAML file) to ``uri``.
+    """Write a finished record of ``study`` (a study mapping, as in a YAML file) to ``uri``,
+    with its definition on the parent run as the sweep driver keeps it.
 
     ``states`` maps a trial's index (expansion order) to a final state other than completed:
     'failed' (no metrics, traceback), 'diverged' (metrics up to half the epochs), 'pruned'
     (likewise) or 'killed'. ``per_epoch_calls=False`` logs several epochs per call (fast
-    generation of big records; the stored data are the same)."""
+    generation of big records; the stored data are the same). ``points``: the points a search
+    sampled (a search study's space has ranges, which do not expand); each runs once per seed.
+    ``parent`` (a parent run of ``uri``) extends that record as the sweep does for an extended
+    definition (``--set seeds=[0,1]``): the study's definition replaces the record's, and only
+    the trials the record lacks (by config hash) are written."""
     st = Study.model_validate(study)
     states = states or {}
     rec = Record(uri, st.name)
-    parent = rec.start_study(
-        st.description,
-        yaml.safe_dump(study, sort_keys=False),
-        {
-            "vaebench.factors": json.dumps(list(st.space)),
-            "vaebench.search": st.search.kind,
-            "vaebench.seeds": json.dumps(st.seeds),
-        },
-    )
-    if st.search.kind != "grid":
+    tags = {
+        "vaebench.factors": json.dumps(list(st.space)),
+        "vaebench.search": st.search.kind,
+        "vaebench.seeds": json.dumps(st.seeds),
+        DEFINITION_TAG: fixed_hash(definition(st)),
+    }
+    have = set()
+    if parent is not None:
+        have = {r.config_hash for r in rec.trial_runs(parent.run_id)}
+    if parent is None:
+        parent = rec.start_study(st.description, yaml.safe_dump(study, sort_keys=False), tags, definition(st))
+    else:
+        rec.set_definition(parent.run_id, definition(st), yaml.safe_dump(study, sort_keys=False), tags)
+    if st.search.kind != "grid" and OPTUNA_STUDY not in parent.tags:
         rec.client.set_tag(parent.run_id, OPTUNA_STUDY, f"{st.name}-{parent.run_id[:8]}")
     epochs = st.train.epochs
-    for i, spec in enumerate(expand(st)):
+    specs = (
+        expand(st)
+        if points is None
+        else [TrialSpec(p, seed, st.trial_config(p, seed)) for p in points for seed in st.seeds]
+    )
+    for i, spec in enumerate(specs):
+        if spec.config_hash in have:
+            continue
         state = states.get(i, "completed")
         tags = {
             HASH: spec.config_hash,
             POINT: json.dumps(spec.point),
             "vaebench.point_key": spec.point_key,
             "vaebench.attempt": "0",
+            DEFINITION_TAG: tags[DEFINITION_TAG],
         }
         if st.search.kind != "grid":
             tags[OPTUNA_TRIAL] = str(i // len(st.seeds))

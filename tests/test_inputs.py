@@ -599,7 +599,7 @@ def test_report_of_a_store_name_that_would_escape(tmp_path, monkeypatch):
     Record(uri, str(tmp_path / "abs")).start_study("d", "name: x\n", {})
     for name in ("../escape", str(tmp_path / "abs")):
         refused(tmp_path, "report", name, "--tracking-uri", uri, fragments=("not a plain folder name", "--out"))
-    assert report_folder("collapse", tmp_path) == tmp_path / "reports" / "collapse"
+    assert report_folder("collapse", tmp_path) == tmp_path / "sweeps" / "collapse" / "report"
 
 
 # ----------------------------------------------------------------------------- house style

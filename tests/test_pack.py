@@ -77,7 +77,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def without_seconds(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "train/epoch_seconds"}
+    return {k: v for k, v in metrics.items() if k not in ("train/epoch_seconds", "train/member_seconds")}
 
 
 def solo_run(c: dict) -> tuple[list[dict], dict[str, torch.Tensor]]:
@@ -477,3 +477,17 @@ def test_linear_vae_reaches_the_closed_form_packed():
             cfg = TrialConfig.model_validate(configs[0])
             exact = ppca_nll(load_data(cfg.data, cfg.data_seed).val, EIGEN, SIGMA2, k=4).mean().item()
             assert last["metrics"]["val/iw_nll"] == pytest.approx(exact, abs=0.02)
+
+
+def test_a_member_records_its_own_training_time():
+    """train/member_seconds: the member's share of each pack epoch (epoch seconds / members that
+    trained in it), summed; a member stopped after epoch 1 leaves the others a larger share."""
+    configs = [config("mlp", seed=s, epochs=3) for s in range(3)]
+    msgs = run_pack(configs, stop_after={1: [1]})
+    live = {1: 3, 2: 2, 3: 2}
+    epochs = [m for m in msgs if m["kind"] == "epoch" and m["member"] == 2]
+    total = 0.0
+    for m in epochs:
+        total += m["metrics"]["train/epoch_seconds"] / live[m["epoch"]]
+        assert m["metrics"]["train/member_seconds"] == pytest.approx(total, rel=1e-12)
+    assert epochs[-1]["metrics"]["train/member_seconds"] < sum(m["metrics"]["train/epoch_seconds"] for m in epochs)

@@ -115,3 +115,37 @@ def test_heatmap_collapsed_dims_are_the_tables(store):
         if len(ids):
             frac = (heat.loc[ids, "collapsed_cells"] / done.loc[ids, "model.latent_dim"]).mean()
             assert row["val/collapsed_fraction mean"] == pytest.approx(frac)
+
+
+def test_defaults_facet_by_the_factor_with_the_largest_effect(tmp_path):
+    """Curves that would average a cyclical schedule's dips with a flat one draw the schedule as
+    line styles; the collapse map, whose latent sizes collapse differently (a 4-dim model keeps
+    its dims, a 16-dim one loses most), draws a panel per latent size instead of their mean."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    d = grid_study(
+        "effects",
+        epochs=6,
+        seeds=(0, 1),
+        objective__beta=[0.5, 4.0],
+        objective__free_bits=[0.0, 0.5],
+        objective__anneal=["none", {"kind": "cyclical", "cycles": 3, "ratio": 0.5}],
+        model__latent_dim=[4, 16],
+    )
+    write_synthetic_study(uri, d, per_epoch_calls=False)
+    trials = trials_frame("effects", uri)
+    # beta as colour, latent as columns, then free bits and annealing compete for the line style
+    figs = {f.key: f for f in make_figures(trials, ["objective.beta", "objective.free_bits"])}
+    curves = figs["training_curves"]
+    assert "objective.anneal" in curves.plotted.shown, curves.plotted.shown
+    assert "line style" in curves.caption and "anneal" in curves.caption.split("line style")[1][:40]
+    cmap = figs["collapse_map"]
+    assert "model.latent_dim" in cmap.plotted.shown and "model.latent_dim" not in cmap.plotted.pooled
+    assert "one panel per level of latent_dim" in cmap.caption
+    sizes = set(cmap.plotted.data["latent_dim"])
+    assert sizes == {"4", "16"}
+    # the effect the choice rests on is real: the collapsed fraction differs between the sizes
+    by_size = trials.groupby("model.latent_dim")["val/collapsed_fraction"].mean()
+    assert F.effect(trials, "model.latent_dim", "val/collapsed_fraction") == pytest.approx(
+        by_size.max() - by_size.min()
+    )
+    assert by_size.max() - by_size.min() > 0.2

@@ -31,7 +31,7 @@ def run(cfg: TrialConfig):
 
 
 def without_timing(m: dict) -> dict:
-    return {k: v for k, v in m.items() if k != "train/epoch_seconds"}
+    return {k: v for k, v in m.items() if k not in ("train/epoch_seconds", "train/member_seconds")}
 
 
 def test_digits_improves_and_is_bit_for_bit_repeatable():
@@ -79,16 +79,20 @@ def test_every_metric_is_reported():
         "val/collapsed_fraction",
         "val/posterior_collapse",
         "val/mi_ceiling",
+        "val/examples",
         "train/loss",
         "train/recon",
         "train/kl",
         "train/regulariser",
         "train/kl_weight",
         "train/epoch_seconds",
+        "train/member_seconds",
+        "train/steps",
     } | {f"val/kl_dim/{j:02d}" for j in range(4)}
     expected |= {"conv/elbo_rel_change", "conv/active_units_change", "conv/still_moving"}  # the final epoch's
     assert set(last) == expected
     assert all(math.isfinite(v) for v in last.values())
+    assert last["val/examples"] == 359  # digits: round(20% of 1,797) held out
     assert last["val/elbo"] == pytest.approx(-(last["val/recon"] + last["val/kl"]))
     assert last["val/kl"] == pytest.approx(sum(last[f"val/kl_dim/{j:02d}"] for j in range(4)), rel=1e-5)
 
@@ -112,7 +116,11 @@ def test_nan_loss_ends_as_diverged_not_exception():
     reports = run(cfg)
     assert reports[-1].state == "diverged"
     assert reports[-1].epoch < 5
-    assert not all(math.isfinite(v) for k, v in reports[-1].metrics.items() if k != "train/epoch_seconds")
+    assert not all(
+        math.isfinite(v)
+        for k, v in reports[-1].metrics.items()
+        if k not in ("train/epoch_seconds", "train/member_seconds")
+    )
 
 
 def test_kl_weight_follows_schedule():

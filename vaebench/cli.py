@@ -43,6 +43,23 @@ app = typer.Typer(
 )  # plain help: flags without <bool>
 
 
+def _version(value: bool) -> None:
+    if value:
+        from vaebench import __version__
+
+        print(f"vaebench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print vaebench's version and exit"
+    ),
+) -> None:
+    """Sweeps and ablations of VAEs: study YAML -> Ray -> MLflow -> reports."""
+
+
 def _load(study_file: str, overrides: list[str] | None = None) -> tuple[Path, Study]:
     path = resolve_path(study_file)
     try:
@@ -133,6 +150,8 @@ def sweep(
         say(f"note: {note}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing to run"
     say(f"{study.name}: {counts}" + (f" ({summary.skipped} already done, not rerun)" if summary.skipped else ""))
+    if summary.throughput:
+        say(f"  {summary.throughput}")
     for name, line in summary.failed:
         say(f"  failed: {name}: {line}")
     if summary.store_error:
@@ -250,11 +269,13 @@ def status(
     parent = record.parent_run()
     if parent is None:
         fail(f"no study record named {name!r} in {record.uri}")
+    # the record's definition, not the file: `--set seeds=[0,1]` may have extended the record beyond it
+    defn = _definition_of_record(record, parent)
     st = st or _study_of_record(record, parent.run_id)
     runs = record.trial_runs(parent.run_id)
     counts = Counter(r.state or "unknown" for r in runs)
     ended = sum(counts[s] for s in FINAL_STATES)
-    total = st.n_trials() if st is not None else None
+    total = planned_trials(defn) if defn is not None else st.n_trials() if st is not None else None
     if total is None:
         word = parent.status.lower()
     elif ended >= total:
@@ -262,6 +283,14 @@ def status(
     else:
         word = f"partial ({ended} of {total})" + _sweep_state(record, parent.status)
     out.print(f"[bold]{name}[/]  {word}  record {parent.run_id}", highlight=False, soft_wrap=True)
+    if defn is not None and path.is_file() and st is not None and st.n_trials() != total:
+        out.print(
+            f"the record's definition ({total} trials) differs from {path.name} as it is now ({st.n_trials()}): "
+            "the counts are the record's",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     out.print("  ".join(f"{s} {counts[s]}" for s in sorted(counts)) or "no trials yet", highlight=False)
     done = [r for r in runs if r.state == "completed"]
     flagged = [r for r in done if "conv/still_moving" in r.metrics]
@@ -300,6 +329,36 @@ def _sweep_state(record, status: str) -> str:
     return ", interrupted" if status in ("KILLED", "FAILED") else ""
 
 
+def planned_trials(defn: dict) -> int:
+    """Trials a record's definition (``vaebench.record.definition.definition``) implies: points
+    (the product of the level counts of a grid, the budget of a search) times seeds."""
+    if defn["search"].get("kind", "grid") != "grid":
+        points = int(defn["search"].get("budget") or 0)
+    else:
+        points = 1
+        for v in defn["space"].values():
+            points *= len(v["levels"]) if "levels" in v else 1
+    return points * len(defn["seeds"])
+
+
+def _definition_of_record(record, parent) -> dict | None:
+    """The definition the record keeps (definition.json of its parent run), None for a record
+    older than definitions or unreadable."""
+    import os
+
+    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return record.definition(parent)
+    except Exception:
+        return None
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+
+
 def _study_of_record(record, parent_id: str) -> Study | None:
     """The study definition the driver logged with the record (study.yaml), or None."""
     import os
@@ -325,7 +384,9 @@ def _study_of_record(record, parent_id: str) -> Study | None:
 @app.command()
 def ui(
     study: Optional[str] = typer.Argument(
-        None, help="a study YAML file whose project's store to open (default: the store under the current folder)"
+        None,
+        help="a study YAML file or study NAME: open its record's trials (and find its project's store); "
+        "default: the store under the current folder",
     ),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     port: int = typer.Option(5000, "--port", min=1, max=65535, help="the port the UI listens on"),
@@ -334,10 +395,18 @@ def ui(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the MLflow command instead of running it"),
 ) -> None:
-    """The MLflow UI on the same store as the sweeps; a missing store is refused, never created."""
+    """The MLflow UI on the same store as the sweeps, opened at a study's trials in the training view;
+    a missing store is refused, never created. Ctrl-C or SIGTERM stops the server."""
+    from vaebench.record.mlflow_view import runs_url
+
     path = resolve_path(study) if study else None
+    name = None
     if path is not None and not path.is_file():
-        fail(f"{path}: no such study file")
+        if Path(study).suffix in (".yaml", ".yml") or "/" in study:
+            fail(f"{path}: no such study file")
+        name, path = study, None  # a study name in the store
+    elif path is not None:
+        name = _load(study)[1].name
     uri = _tracking_uri(tracking_uri, path)
     if uri.startswith(("http://", "https://")):
         fail(f"the store is the MLflow server {uri}: open it in a browser (`vaebench ui` serves a database store)")
@@ -355,7 +424,53 @@ def ui(
     if dry_run:
         print(" ".join(cmd))  # plain: a command line is never wrapped
         return
-    raise typer.Exit(subprocess.call(cmd))
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if name is not None:
+        from vaebench.record.writer import Record
+
+        record = Record(uri, name)
+        parent = record.parent_run()
+        if parent is None:
+            fail(f"no study record named {name!r} in {uri}")
+        say(f"open {runs_url(base, record.experiment_id, parent.run_id)}")
+    else:
+        say(f"open {runs_url(base)}")
+    raise typer.Exit(serve(cmd))
+
+
+def serve(cmd: list[str]) -> int:
+    """Run the server ``cmd`` until it ends, or until SIGINT or SIGTERM reach this process: then
+    stop the server's whole process group (MLflow's server starts workers of its own) and wait
+    for it, so that no server is left on the port. Returns its exit code (0 when stopped)."""
+    import os
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: a signal reaches it only through here
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=10 if stopping else None)
+                break
+            except subprocess.TimeoutExpired:  # it did not stop on SIGTERM
+                os.killpg(proc.pid, signal.SIGKILL)
+        try:  # workers the server left behind in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else code
 
 
 @app.command()

@@ -78,6 +78,7 @@ class Member:
     order: torch.Generator  # minibatch order
     noise: torch.Generator  # reparameterisation noise
     history: dict[str, list[tuple[int, float]]] = field(default_factory=lambda: {k: [] for k in CONVERGENCE_KEYS})
+    seconds: float = 0.0  # its own training time so far: its share of each epoch (train/member_seconds)
 
 
 class Trainer:
@@ -179,11 +180,17 @@ class Trainer:
             # the weight of the last step taken, i.e. the one in force at the end of the epoch
             metrics["train/kl_weight"] = kl_weight(m.cfg.objective, self.t - 1, self.T)
             metrics["train/epoch_seconds"] = seconds
+            # the trial's own training time: the epoch split evenly over the members it trained (they share
+            # every step); a packed member's MLflow duration is its whole pack's
+            m.seconds += seconds / len(live)
+            metrics["train/member_seconds"] = m.seconds
+            metrics["train/steps"] = float(self.t)  # optimiser steps so far: the sweep's model-steps/s counts them
             if not finite[k]:
                 reports.append(EpochReport(epoch, metrics, "diverged", member=m.index))
                 continue
             if val[k]:
                 metrics.update({f"val/{name}": v for name, v in val[k].items()})
+                metrics["val/examples"] = float(self.x_val.shape[0])  # the sample count of every val/ number
                 if self.data.meta.entropy is not None:  # H(x) known exactly (the grammar corpus): beside mi_ceiling
                     metrics["val/data_entropy"] = self.data.meta.entropy
                 for key in CONVERGENCE_KEYS:

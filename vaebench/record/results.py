@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vaebench.record.environment import ENVIRONMENTS_TAG, environments
 from vaebench.record.runs import TrialRun
 from vaebench.record.store import resolve_tracking_uri, store_missing
 from vaebench.record.vocab import (
@@ -80,6 +81,7 @@ class StudyRecord:
     optuna_study: str | None
     runs: list[TrialRun] = field(repr=False)
     record: Record = field(repr=False)
+    environments: list[dict[str, Any]] = field(default_factory=list)  # machines that trained the trials
 
 
 def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
@@ -116,6 +118,7 @@ def load_record(study: str, tracking_uri: str | None = None) -> StudyRecord:
         optuna_study=tags.get(OPTUNA_STUDY),
         runs=runs,
         record=rec,
+        environments=environments(tags.get(ENVIRONMENTS_TAG)),
     )
 
 
@@ -350,7 +353,8 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
 
     ``frame.attrs`` holds the record: ``study``, ``tracking_uri``, ``parent_run_id``,
     ``description``, ``factors`` (paths, in file order), ``search``, ``seeds``,
-    ``optuna_study`` and ``state_counts`` ({state: trials}).
+    ``optuna_study``, ``environments`` (the machines and library versions that trained the
+    trials, as the sweep recorded them) and ``state_counts`` ({state: trials}).
 
     Raises ReportError for an unknown study, a missing store or a record with no trials.
     """
@@ -418,6 +422,7 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
         search=rec.search,
         seeds=list(rec.seeds),
         optuna_study=rec.optuna_study,
+        environments=list(rec.environments),
         state_counts={
             s: int(counts[s]) for s in STATE_ORDER + sorted(set(counts.index) - set(STATE_ORDER)) if s in counts
         },

@@ -24,6 +24,7 @@ PACK_TAG = "vaebench.pack"  # a packed trial's pack id and size, e.g. "p3/16"
 LOCK_TAG = "vaebench.lock"  # experiment tag: the lease of a driver writing to a tracking server
 INTERRUPTED = "vaebench.interrupted"  # Optuna study user attr: numbers of points cut off by an interrupt
 RESUMES = "vaebench.resumes"  # Optuna trial user attr: the interrupted point this trial asks again
+ENVIRONMENTS_TAG = "vaebench.environments"  # parent run: the machines and library versions that trained it
 # trial states; the first three are final (a resumed sweep keeps them), the others are rerun
 FINAL_STATES = ("completed", "diverged", "pruned")
 RERUN_STATES = ("failed", "killed", "running")
@@ -64,6 +65,11 @@ DIS_SCORES = (
 # page of the record (docs/record.md) is generated from this table (python -m vaebench.docs_gen), and a
 # test fails when a "vaebench.*" name in the code is missing here.
 TAGS: dict[str, tuple[str, str]] = {
+    ENVIRONMENTS_TAG: (
+        "parent run",
+        "the machines (CPU, cores, OS) and library versions that trained the record's trials, as JSON; a sweep "
+        "resumed on another machine adds its own",
+    ),
     ROLE: ("parent and trial runs", "`study` on a study record's parent run, `trial` on each trial run"),
     "vaebench.definition": (
         "parent and trial runs",

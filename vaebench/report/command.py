@@ -33,15 +33,17 @@ _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
 def report_folder(name: str, root: Path) -> Path:
-    """root/reports/NAME for a study name that is a plain folder name. The name comes from
-    the command line or the store (any MLflow experiment name), so an absolute path, a
-    separator or '..' could point anywhere: refused (StoreAddressError) rather than followed."""
+    """root/sweeps/NAME/report for a study name that is a plain folder name: beside the study's
+    store and Optuna storage, in the run state git never tracks, so a report never overwrites
+    the committed example reports under reports/. The name comes from the command line or the
+    store (any MLflow experiment name), so an absolute path, a separator or '..' could point
+    anywhere: refused (StoreAddressError) rather than followed."""
     if not _FOLDER_NAME.match(name):
         raise StoreAddressError(
             f"study name {short(name)} is not a plain folder name (letters, digits, _ . -, not starting "
-            "with a dot), so it cannot name a folder under reports/; give --out FOLDER"
+            "with a dot), so it cannot name a folder under sweeps/; give --out FOLDER"
         )
-    return root / "reports" / name
+    return root / "sweeps" / name / "report"
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -59,9 +61,9 @@ def report(
         None,
         "--out",
         metavar="DIR",
-        help="output folder (default PROJECT/reports/NAME, PROJECT being "
-        "the folder above the study's studies/ folder, else the "
-        "current folder)",
+        help="output folder (default PROJECT/sweeps/NAME/report, beside the study's store and never "
+        "tracked by git; PROJECT being the folder above the study's studies/ folder, else the current "
+        "folder)",
     ),
     group_by: Optional[list[str]] = typer.Option(
         None,
@@ -103,7 +105,7 @@ def report(
         True, "--log/--no-log", help="also log the report as artifacts (report/) of the study's parent run in MLflow"
     ),
 ) -> None:
-    """Render a study's figures and ablation tables from its MLflow record into reports/NAME/."""
+    """Render a study's figures and ablation tables from its MLflow record into sweeps/NAME/report/."""
     err = Console(stderr=True, highlight=False)
     from vaebench.record.results import ReportError, load_record, trials_frame
     from vaebench.study.spec import StudyError, load_study, resolve_path

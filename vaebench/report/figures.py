@@ -78,10 +78,44 @@ def fmt_level(v: Any) -> str:
     return str(level_label(list(v) if isinstance(v, tuple) else v))
 
 
-def _categorical(trials: pd.DataFrame, column: str) -> tuple[pd.Series, list[str]]:
-    """The column as display strings, with the levels in display order."""
+def short_level(v: Any) -> str:
+    """A level for a legend, a title or a tick: floats to 3 significant digits (a search samples
+    0.00123457; the legend says 0.00123), everything else as ``fmt_level``."""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.3g}"
+    return fmt_level(v)
+
+
+def level_labels(order: Sequence[Any]) -> dict[Any, str]:
+    """{hashable level: label}: the short labels where they stay distinct, else the full ones."""
+    short = {hashable(v): short_level(v) for v in order}
+    if len(set(short.values())) == len(short):
+        return short
+    return {hashable(v): fmt_level(v) for v in order}
+
+
+#: a numeric factor with more levels than this is drawn on a numeric axis or in bins, never
+#: as one panel, line style or legend entry per level (a search samples a new float per trial)
+MANY_LEVELS = 6
+
+
+def many_levels(series: pd.Series) -> bool:
+    """A numeric factor (not bool) with more than MANY_LEVELS distinct levels: a search range or
+    a long grid, to be binned or put on an axis."""
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return False
+    return series.dropna().nunique() > MANY_LEVELS
+
+
+def _categorical(trials: pd.DataFrame, column: str, bins: int = 4) -> tuple[pd.Series, list[str]]:
+    """The column as display strings, with the levels in display order; a many-level numeric
+    column (``many_levels``) as at most ``bins`` ranges ('0.25–0.63'), log-spaced where its
+    range asks."""
+    if many_levels(trials[column]):
+        out = _binned(trials[column], bins)
+        return out, _bin_order(out)
     order = levels(trials[column])
-    labels = {hashable(v): fmt_level(v) for v in order}
+    labels = level_labels(order)
     col = trials[column]
     try:
         codes, uniques = pd.factorize(col, use_na_sentinel=True)
@@ -120,9 +154,24 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+#: a positive range at least this wide (max / min) is drawn on a log axis and binned log-spaced
+#: (a KL weight from 0.5 to 4, a learning rate from 1e-4 to 1e-2)
+LOG_RATIO = 8
+
+
 def _log_scale(values: Sequence[float]) -> bool:
     v = [x for x in values if x > 0]
-    return len(v) == len(values) and len(v) > 2 and max(v) / min(v) >= 8
+    return len(v) == len(values) and len(v) > 2 and max(v) / min(v) >= LOG_RATIO
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """A log axis labelled 0.3, 0.5, 1, 2, 5 rather than 3×10⁻¹ on every minor tick (which
+    overlap on a range under a decade or two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 # --------------------------------------------------------------------------- rate-distortion
@@ -163,7 +212,7 @@ def rate_distortion(
     if hue:
         vals = levels(data[hue])
         hue_name = name_of(trials, hue)
-        if len(vals) <= 10 or not all(isinstance(v, (int, float)) for v in vals):
+        if not many_levels(data[hue]):
             data[hue_name], order = _categorical(data, hue)
             kw.update(hue=hue_name, hue_order=order, palette=sns.color_palette("viridis", len(order)))
         else:  # a sampled range: a colour bar, not legend entries
@@ -203,9 +252,11 @@ def rate_distortion(
                 handles, labels, title = [], [], ""
             from matplotlib.cm import ScalarMappable
 
-            fig.colorbar(
+            bar = fig.colorbar(
                 ScalarMappable(continuous, sns.color_palette("viridis", as_cmap=True)), ax=ax, label=hue_name, pad=0.01
             )
+            if isinstance(continuous, LogNorm):
+                plain_log_ticks(bar.ax.yaxis)
         handles.append(Line2D([], [], color="0.55", lw=0.7, ls="--"))
         labels.append("−ELBO = D + R")
         if pareto:
@@ -304,7 +355,14 @@ def active_units(
     pooled = [f for f in varied(trials) if f not in shown]
     data[beta] = data[beta].astype(float)
     ticks = levels(data[beta])
-    sampled = len(ticks) > 12  # a search over beta: one point per trial
+    # a search over beta (or a long grid): one point per trial on a numeric axis, not a line per level
+    sampled = many_levels(data[beta])
+    top = float(data["model.latent_dim"].max()) if "model.latent_dim" in data else float(data["val/active_units"].max())
+    binned = []  # factors drawn as ranges of values (many levels): a panel or colour per range
+    for f in (col, lines, style):
+        if f and many_levels(data[f]):
+            data[f] = _binned(data[f], 3 if f == col else 4)
+            binned.append(f)
     summary = (
         seed_summary(data, [f for f in (col, lines, style) if f] + [beta], "val/active_units")
         if not sampled
@@ -312,14 +370,24 @@ def active_units(
             mean=data["val/active_units"], lo=math.nan, hi=math.nan, n=1, run_ids=data["run_id"].map(lambda r: (r,))
         )
     )
-    cols = levels(data[col]) if col else [None]
-    hues = levels(data[lines]) if lines else [None]
-    styles = levels(data[style]) if style else [None]
+    pooled += [f for f in binned if f not in pooled]  # a range holds several levels
+    order = {f: (_bin_order(data[f]) if f in binned else levels(data[f])) for f in (col, lines, style) if f}
+    cols = order[col] if col else [None]
+    hues = order[lines] if lines else [None]
+    styles = order[style] if style else [None]
     colours = dict(zip(map(hashable, hues), sns.color_palette("viridis", len(hues)) if lines else ["C0"]))
-    top = float(data["model.latent_dim"].max()) if "model.latent_dim" in data else float(data["val/active_units"].max())
-    title = "Active units against beta" + (
-        f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}" if pooled else ""
-    )
+    if sampled:  # a point per trial: nothing is averaged, factors in ranges are shown coarsely
+        told = [f for f in pooled if f not in binned]
+        title = (
+            "Active units against beta\none point per trial"
+            + (f"; {', '.join(name_of(trials, f) for f in binned)} in ranges" if binned else "")
+            + (f"; {pooled_phrase(trials, told, 'not told apart:')}" if told else "")
+        )
+    else:
+        title = "Active units against beta" + (
+            f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}" if pooled else ""
+        )
+    trended = False
     with _style():
         fig = Figure(figsize=(WIDTH, 3.4), layout="constrained")
         axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
@@ -338,6 +406,10 @@ def active_units(
                     kw = dict(color=colours[hashable(h)], ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=4, lw=1.4)
                     if sampled:
                         ax.scatter(line[beta], line["mean"], s=16, color=kw["color"], marker=kw["marker"], alpha=0.8)
+                        if len(line) >= 5:  # the trend: a running median over the sorted values
+                            trended = True
+                            trend = line["mean"].rolling(5, center=True, min_periods=3).median()
+                            ax.plot(line[beta], trend, color=kw["color"], ls=kw["ls"], lw=1.2, alpha=0.9)
                     else:
                         ax.plot(line[beta], line["mean"], **kw)
                         band = line.dropna(subset=["lo"])
@@ -345,31 +417,39 @@ def active_units(
                             ax.fill_between(band[beta], band["lo"], band["hi"], color=kw["color"], alpha=0.12, lw=0)
             if _log_scale(ticks):
                 ax.set_xscale("log")
+                if sampled:
+                    plain_log_ticks(ax.xaxis)
             if not sampled:
-                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.set_xticks(ticks, [short_level(float(t)) for t in ticks])
                 ax.minorticks_off()
             ax.set_ylim(-0.03 * max(top, 1), max(top, 1) * 1.05)  # a line at 0 stays visible
             ax.yaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel(f"{name_of(trials, beta)} (KL weight)")
             if col:
-                ax.set_title(f"{name_of(trials, col)} = {fmt_level(c)}", fontsize=9)
+                ax.set_title(f"{name_of(trials, col)} = {_shown(c)}", fontsize=9)
         thr = data["metrics.active_threshold"].iloc[0] if "metrics.active_threshold" in data else 0.01
         axes[0].set_ylabel(f"active units (Var$_x$ E[z|x] > {thr:g})")
         handles, labels = [], []
         if lines:
             handles += [Line2D([], [], color=colours[hashable(h)], lw=1.6) for h in hues]
-            labels += [f"{name_of(trials, lines)} = {fmt_level(h)}" for h in hues]
+            labels += [f"{name_of(trials, lines)} = {_shown(h)}" for h in hues]
         if style:
             handles += [
                 Line2D([], [], color="0.3", ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=4)
                 for k in range(len(styles))
             ]
-            labels += [f"{name_of(trials, style)} = {fmt_level(st)}" for st in styles]
+            labels += [f"{name_of(trials, style)} = {_shown(st)}" for st in styles]
+        if trended:
+            handles.append(Line2D([], [], color="0.3", lw=1.2))
+            labels.append("running median of 5")
         if not sampled and summary["n"].max() >= 2:
             handles.append(Patch(color="0.5", alpha=0.25))
             labels.append("seeds' min–max")
         if handles:
-            fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
+            if len(labels) > 5:  # beside the plot it would run into the title
+                fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, fontsize=8)
+            else:
+                fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
         fig.suptitle(title, fontsize=10)
     return attach(fig, summary, shown, pooled, title)
 
@@ -377,9 +457,15 @@ def active_units(
 # --------------------------------------------------------------------------- KL per dim
 
 
+def _shown(v: Any) -> str:
+    """A level or a bin label ('0.25–0.63') as a legend or a title shows it."""
+    return v if isinstance(v, str) else short_level(v)
+
+
 def config_label(key: tuple, names: Sequence[str] | None = None) -> str:
-    """'0.5, 0' (or 'beta=0.5, free_bits=0' with ``names``) for a point's levels."""
-    return ", ".join(f"{n}={fmt_level(v)}" if n else fmt_level(v) for n, v in zip(names or [""] * len(key), key))
+    """'0.5, 0' (or 'beta=0.5, free_bits=0' with ``names``) for a point's levels, floats to 3
+    significant digits."""
+    return ", ".join(f"{n}={short_level(v)}" if n else short_level(v) for n, v in zip(names or [""] * len(key), key))
 
 
 def collapsed_ranks(trials: pd.DataFrame, dims: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -492,75 +578,138 @@ def kl_per_dim(
 
 
 def _binned(series: pd.Series, bins: int = 6) -> pd.Series:
-    """A factor with many numeric levels (a search range) as bins, so a map has cells."""
+    """A factor with many numeric levels (a search range) as ``bins`` ranges labelled to 3
+    significant digits ('0.25–0.63'), log-spaced when the range spans more than LOG_RATIO;
+    a bin no value falls in is dropped later (``_bin_order`` lists those present)."""
     vals = series.astype(float)
-    if _log_scale(sorted(vals.unique())):
-        edges = np.geomspace(vals.min(), vals.max(), bins + 1)
+    lo, hi = vals.min(), vals.max()
+    if _log_scale(sorted(vals.dropna().unique())):
+        edges = np.geomspace(lo, hi, bins + 1)
     else:
-        edges = np.linspace(vals.min(), vals.max(), bins + 1)
-    cut = pd.cut(vals, edges, include_lowest=True)
-    return cut.map(lambda iv: f"{iv.left:.3g}–{iv.right:.3g}").astype(object)
+        edges = np.linspace(lo, hi, bins + 1)
+    edges[0], edges[-1] = lo, hi  # exactly the data's ends (geomspace rounds)
+    cut = pd.cut(vals, np.unique(edges), include_lowest=True)
+    return cut.map(lambda iv: f"{max(iv.left, lo):.3g}–{iv.right:.3g}").astype(object)
+
+
+def _bin_order(binned: pd.Series) -> list[str]:
+    """The bins present, low to high."""
+    return sorted(binned.dropna().unique(), key=lambda s: float(s.split("–")[0]))
+
+
+def effect(trials: pd.DataFrame, factor: str, metric: str) -> float:
+    """How much ``factor`` moves ``metric``: the range (max - min) of its levels' means over the
+    completed trials (0 when the metric is missing)."""
+    data = completed(trials).dropna(subset=[metric]) if metric in trials else trials.iloc[:0]
+    if data.empty or factor not in data:
+        return 0.0
+    key = _categorical(data, factor)[0]
+    means = data[metric].astype(float).groupby(key).mean()
+    return float(means.max() - means.min()) if len(means) > 1 else 0.0
+
+
+def curve_effect(histories: pd.DataFrame, factor: str, metric: str = "val/elbo") -> float:
+    """How much ``factor`` moves a training curve: the largest gap, over the epochs, between its
+    levels' mean curves (a cyclical schedule's dips count, though its last value may not)."""
+    h = histories[(histories["metric"] == metric) & (histories["state"] == "completed")]
+    if h.empty or factor not in h:
+        return 0.0
+    key = _categorical(h, factor)[0]
+    curves = h["value"].astype(float).groupby([key, h["epoch"]]).mean().unstack(0)
+    if curves.shape[1] < 2:
+        return 0.0
+    return float((curves.max(axis=1) - curves.min(axis=1)).max())
+
+
+def largest(candidates: Sequence[str], size: Any) -> str | None:
+    """The candidate with the largest ``size(candidate)``, None when none moves anything."""
+    scored = [(size(f), f) for f in candidates]
+    scored = [(v, f) for v, f in scored if v > 0 and math.isfinite(v)]
+    return max(scored, key=lambda t: t[0])[1] if scored else None
 
 
 def collapse_map(
-    trials: pd.DataFrame, x: str, y: str | None = None, epsilon: float = 0.01, delta: float = 0.01
+    trials: pd.DataFrame,
+    x: str,
+    y: str | None = None,
+    epsilon: float = 0.01,
+    delta: float = 0.01,
+    facet: str | None = None,
 ) -> Figure:
     """Mean fraction of collapsed latent dims (Lucas et al. 2019, (epsilon, delta)) over factor
-    ``x`` (columns) and ``y`` (rows), averaged over the seeds and every other factor, which the
-    title names."""
+    ``x`` (columns) and ``y`` (rows), one panel per level of ``facet`` (a factor that would
+    otherwise be averaged over: the latent size, whose small models collapse differently),
+    averaged over the seeds and every other factor, which the title names."""
     data = completed(trials).dropna(subset=["val/collapsed_fraction"]).copy()
     if data.empty:
         raise FigureSkipped("no completed trial has val/collapsed_fraction")
+    facet = facet if facet not in (x, y) else None
     axes = {}  # every level of the record, so that a level with no completed trial shows as blank
-    for f in [x] + ([y] if y else []):
+    for f in [x] + ([y] if y else []) + ([facet] if facet else []):
         name = name_of(trials, f)
-        if len(levels(trials[f])) > 10 and pd.api.types.is_numeric_dtype(trials[f]):
-            data[name] = _binned(data[f])
-            axes[name] = list(dict.fromkeys(sorted(data[name].unique(), key=lambda s: float(s.split("–")[0]))))
+        if many_levels(trials[f]):
+            data[name] = _binned(data[f], 3 if f == facet else 6)
+            axes[name] = _bin_order(data[name])
         else:
             data[name] = _categorical(data, f)[0]
             axes[name] = _categorical(trials, f)[1]
     xn = name_of(trials, x)
     yn = name_of(trials, y) if y else None
-    mean = data.groupby([yn, xn] if yn else [xn])["val/collapsed_fraction"].mean()
-    mat = mean.unstack(xn) if yn else mean.to_frame().T
-    mat = mat.reindex(index=axes[yn] if yn else mat.index, columns=axes[xn])
-    if yn is None:
-        mat.index = ["all"]
-    rows, cols = mat.shape
-    pooled = [f for f in varied(trials) if f not in (x, y)]
+    fn = name_of(trials, facet) if facet else None
+    panels = [p for p in axes[fn] if (data[fn] == p).any()] if fn else [None]
+    mats = []
+    for p in panels:
+        part = data if p is None else data[data[fn] == p]
+        mean = part.groupby([yn, xn] if yn else [xn])["val/collapsed_fraction"].mean()
+        mat = mean.unstack(xn) if yn else mean.to_frame().T
+        mat = mat.reindex(index=axes[yn] if yn else mat.index, columns=axes[xn])
+        if yn is None:
+            mat.index = ["all"]
+        mats.append(mat)
+    rows, cols = mats[0].shape
+    pooled = [f for f in varied(trials) if f not in (x, y, facet)]
     title = f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds" + (
         f"\n{pooled_phrase(trials, pooled)}" if pooled else ""
     )
     with _style():
-        size = (max(4.5, min(WIDTH, 2.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
-        fig = Figure(figsize=size, layout="constrained")
-        ax = fig.add_subplot()
-        sns.heatmap(
-            mat,
-            ax=ax,
-            cmap="rocket_r",
-            vmin=0,
-            vmax=1,
-            annot=rows * cols <= 120,
-            fmt=".2f",
-            linewidths=0.5,
-            linecolor="white",
-            cbar_kws={"label": "fraction of dims collapsed"},
-        )
-        ax.grid(False)
-        if yn:
-            ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
-        ax.set_xlabel(xn)
-        ax.set_ylabel(yn or "")
+        one = (max(2.2, min(WIDTH, 1.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
+        width = min(WIDTH * 1.6, one[0] * len(panels) + 1.2) if fn else max(4.5, one[0] + 1.0)
+        fig = Figure(figsize=(width, one[1] + (0.3 if fn else 0)), layout="constrained")
+        grid = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for i, (ax, p, mat) in enumerate(zip(grid, panels, mats)):
+            last = i == len(panels) - 1
+            sns.heatmap(
+                mat,
+                ax=ax,
+                cmap="rocket_r",
+                vmin=0,
+                vmax=1,
+                annot=rows * cols <= 120,
+                fmt=".2f",
+                linewidths=0.5,
+                linecolor="white",
+                cbar=last,
+                cbar_kws={"label": "fraction of dims collapsed"} if last else None,
+            )
+            ax.grid(False)
+            if yn:
+                ax.invert_yaxis()  # small values at the bottom, as on a plot's axis
+            ax.set_xlabel(xn)
+            ax.set_ylabel((yn or "") if i == 0 else "")
+            if p is not None:
+                ax.set_title(f"{fn} = {p}", fontsize=9)
+            long = max((len(str(c)) for c in mat.columns), default=0) > 7
+            ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
+            ax.tick_params(axis="y", rotation=0)
         # several lines: the figure is only as wide as its cells, and a one-line title overflowed it
-        ax.set_title(title, fontsize=9)
-        long = max((len(str(c)) for c in mat.columns), default=0) > 7
-        ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
-        ax.tick_params(axis="y", rotation=0)
-    cells = data.groupby([yn, xn] if yn else [xn])["run_id"].agg(tuple).rename("run_ids").reset_index()
+        if fn:
+            fig.suptitle(title.replace("\n", ", ", 1), fontsize=9)
+        else:
+            grid[0].set_title(title, fontsize=9)
+    keys = [k for k in (fn, yn, xn) if k]
+    cells = data.groupby(keys)["run_id"].agg(tuple).rename("run_ids").reset_index()
     cells["n"] = cells["run_ids"].map(len)
-    return attach(fig, cells, [f for f in (x, y) if f], pooled, title)
+    return attach(fig, cells, [f for f in (x, y, facet) if f], pooled, title)
 
 
 # --------------------------------------------------------------------------- curves
@@ -588,22 +737,23 @@ def training_curves(
     style = style if style and style not in (by, col) else None
     shown = [f for f in (by, col, style) if f]
     pooled = [f for f in varied(histories) if f not in shown]
-    if by and len(levels(data[by])) > 10 and pd.api.types.is_numeric_dtype(data[by]):  # a search range: bins
+    if by and many_levels(data[by]):  # a search range: bins
         data["_line"] = _binned(data[by])
-        order = sorted(data["_line"].dropna().unique(), key=lambda s: float(s.split("–")[0]))
+        order = _bin_order(data["_line"])
         pooled = pooled + [by]  # a bin holds several levels
     elif by:
         data["_line"], order = _categorical(data, by)
     else:
         data["_line"], order = "all", ["all"]
     if col:
-        data["_col"], col_order = _categorical(data, col)
+        data["_col"], col_order = _categorical(data, col, bins=3)
     else:
         data["_col"], col_order = "", [""]
     if style:
-        data["_style"], style_order = _categorical(data, style)
+        data["_style"], style_order = _categorical(data, style, bins=3)
     else:
         data["_style"], style_order = "", [""]
+    pooled += [f for f in (col, style) if f and many_levels(data[f]) and f not in pooled]
     data["value"] = data["value"].astype(float)
     summary = seed_summary(data.rename(columns={"value": "_v"}), ["metric", "_col", "_line", "_style", "epoch"], "_v")
     if pooled:
@@ -733,11 +883,24 @@ def optuna_history(study: Any, names: Sequence[str] | None = None) -> Figure:
     for one objective or the Pareto-optimal trials for several."""
     import optuna
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise FigureSkipped("the Optuna study has no complete trial")
+    # a pruned trial at the last value it reported (a pruner watches one objective)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
     names = _objective_names(study, names)
     best = {t.number for t in study.best_trials} if len(names) > 1 else set()
+    rows = [{"number": t.number, "state": "complete", "value": t.values[0]} for t in done]
+    rows += [
+        {
+            "number": t.number,
+            "state": "pruned",
+            "value": t.intermediate_values[max(t.intermediate_values)],
+            "step": max(t.intermediate_values),
+        }
+        for t in pruned
+    ]
     with _style():
         fig = Figure(figsize=(WIDTH, 2.8), layout="constrained")
         axes = fig.subplots(1, len(names), squeeze=False)[0]
@@ -745,6 +908,15 @@ def optuna_history(study: Any, names: Sequence[str] | None = None) -> Figure:
             n = np.array([t.number for t in done])
             v = np.array([t.values[i] for t in done])
             ax.scatter(n, v, s=14, color="C0", alpha=0.7, label="trial (mean over seeds)")
+            if pruned and len(names) == 1:
+                ax.scatter(
+                    [t.number for t in pruned],
+                    [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                    s=22,
+                    marker="x",
+                    color="0.45",
+                    label="pruned (its last reported value)",
+                )
             if len(names) == 1:
                 maximise = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
                 run = np.maximum.accumulate(v) if maximise else np.minimum.accumulate(v)
@@ -758,5 +930,8 @@ def optuna_history(study: Any, names: Sequence[str] | None = None) -> Figure:
             ax.xaxis.get_major_locator().set_params(integer=True)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
-        fig.suptitle("Optimisation history")
-    return fig
+        fig.suptitle(
+            "Optimisation history"
+            + (f" ({len(done)} complete, {len(pruned)} pruned trials)" if pruned else f" ({len(done)} complete trials)")
+        )
+    return attach(fig, pd.DataFrame(rows), [], [], "Optimisation history")

@@ -201,30 +201,56 @@ def make_figures(
         pair = [f for f in (beta, fb) if f]
         pair += [f for f in group_by if f not in pair][: 2 - len(pair)]
         cx, cy = (pair + [None])[:2]
-    map_pooled = [f for f in varied if f not in (cx, cy)]
+    # a factor the map would average over is a panel instead, the one that moves collapse most
+    facet = F.largest(
+        [f for f in varied if f not in (cx, cy) and (len(F.levels(trials[f])) <= 5 or F.many_levels(trials[f]))],
+        lambda f: F.effect(trials, f, "val/collapsed_fraction"),
+    )
+    map_pooled = [f for f in varied if f not in (cx, cy, facet)]
     out.append(
         _draw(
             "collapse_map",
             "Collapse map",
             f"Fraction of latent dims {rule}, at the final epoch: mean over seeds"
             + (f" and over {', '.join(F.name_of(trials, f) for f in map_pooled)}" if map_pooled else "")
+            + (
+                f"; one panel per level of {F.name_of(trials, facet)}, the factor with the largest effect on the "
+                "collapsed fraction among those the map would otherwise average over"
+                if facet
+                else ""
+            )
             + "; blank: no completed trial."
             + ex_note,
-            lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt),
+            lambda: F.collapse_map(trials, cx, cy, epsilon=eps, delta=dlt, facet=facet),
         )
     )
 
     by = curves_by or (beta if beta in group_by else None) or (group_by[0] if group_by else None)
     curve_col = latent if latent and latent != by else next((f for f in varied if f != by), None)
-    curve_style = next((f for f in (fb, anneal) if f and f not in (by, curve_col)), None)
-
-    def curves():
-        h = histories
-        if h is None:
-            h = histories_frame(
+    h_err: list[str] = []
+    if histories is None:
+        try:
+            histories = histories_frame(
                 trials.attrs["study"], metrics=list(F.CURVE_METRICS), trials=trials[trials["state"] == "completed"]
             )
-        return F.training_curves(h, by, col=curve_col, style=curve_style)
+        except Exception as e:  # the figure's note says it; the rest of the report stands
+            h_err.append(f"{type(e).__name__}: {e}")
+    # line style: the factor the curves would otherwise average over that moves them most (e.g. a
+    # cyclical schedule's dips), else free bits or annealing as before
+    rest = [f for f in varied if f not in (by, curve_col)]
+    curve_style = (
+        F.largest(
+            [f for f in rest if len(F.levels(trials[f])) <= 4 or F.many_levels(trials[f])],
+            lambda f: F.curve_effect(histories, f),
+        )
+        if histories is not None and rest
+        else None
+    ) or next((f for f in (fb, anneal) if f and f not in (by, curve_col)), None)
+
+    def curves():
+        if histories is None:
+            raise F.FigureSkipped(f"the histories could not be read ({h_err[0] if h_err else 'unknown'})")
+        return F.training_curves(histories, by, col=curve_col, style=curve_style)
 
     curve_pooled = [f for f in varied if f not in (by, curve_col, curve_style)]
     out.append(
@@ -265,7 +291,9 @@ def make_figures(
                 "optuna_history",
                 "Optimisation history",
                 "Objective value of each complete Optuna trial by trial number, with the best so far "
-                "(one objective) or the Pareto-optimal trials (several).",
+                "(one objective) or the Pareto-optimal trials (several). Pruned trials (×, grey) stand at the "
+                "last value they reported to the pruner, at an earlier epoch than the complete trials' values; "
+                "they are not in the best-so-far line.",
                 lambda: F.optuna_history(_optuna_study(trials, optuna_storage), names),
             )
         )
@@ -291,7 +319,12 @@ pre{white-space:pre-wrap;background:#f7f7f7;padding:.6em}
 
 CONVENTIONS = [
     "Numbers are nats per example on the validation split, at each trial's final epoch "
-    "(ELBO with beta = 1 and no free bits, whatever the training objective).",
+    "(ELBO with beta = 1 and no free bits, whatever the training objective). Each column header says its "
+    "split and sample count: (val, N) averages all N validation examples; IW-NLL (val first N, K) the first N "
+    "of them with K importance samples, so it is not on exactly the same examples as the ELBO beside it; MI "
+    "(val, N, B) is estimated over batches of B examples.",
+    f"{T.CEILING_MARK}: a cell at its estimator's ceiling (MI within {T.CEILING_MARGIN} nats of log B): it bounds "
+    "the true value from below and is never marked best.",
     "Cells: mean ± sample std (N−1) over the completed trials of the row, with their count n in "
     "parentheses; one trial has no std. Diverged, pruned, failed and killed trials are counted in "
     "completed/trials but never averaged.",
@@ -312,7 +345,10 @@ def _levels_text(trials: pd.DataFrame) -> list[str]:
     for f in trials.attrs.get("factors", []):
         if f in trials:
             lv = F.levels(trials[f])
-            shown = ", ".join(F.fmt_level(v) for v in lv[:12]) + (f", … ({len(lv)} values)" if len(lv) > 12 else "")
+            if F.many_levels(trials[f]):  # a sampled range: its extent, not a list of 6-digit floats
+                shown = f"{len(lv)} values from {F.short_level(float(lv[0]))} to {F.short_level(float(lv[-1]))}"
+            else:
+                shown = ", ".join(F.fmt_level(v) for v in lv[:12]) + (f", … ({len(lv)} values)" if len(lv) > 12 else "")
             lines.append(f"{f}: {shown}")
     return lines
 
@@ -364,8 +400,13 @@ def render_report(
         base = T.parse_baseline(list(baseline or []), trials, group_by)
 
     table = T.ablation_table(trials, group_by, base, metrics=T.split_metrics(trials) + D.table_metrics(trials))
-    marginal_factors = F.varied(trials)
+    if trials.attrs.get("search", "grid") != "grid" and set(group_by) == set(F.varied(trials)):
+        table = T.best_first(table, (list(objective_names or []) or ["val/elbo"])[0])
+    # a sampled factor (a float per point) has no levels to average within: left out of the marginal table
+    marginal_factors = [f for f in F.varied(trials) if not F.many_levels(trials[f])]
     marginal = T.marginal_table(trials, marginal_factors) if len(marginal_factors) > 1 else None
+    if marginal is not None:
+        marginal.attrs["left_out"] = [f for f in F.varied(trials) if F.many_levels(trials[f])]
     figs = (
         []
         if not {"md", "html"} & set(formats)
@@ -394,6 +435,8 @@ def render_report(
         elif stale.exists():
             stale.unlink()  # a figure of an earlier report that this one could not draw
     counts = T.state_counts(trials)
+    repro = reproducibility(trials)
+    write("environment.json", json.dumps(repro, indent=2, sort_keys=True) + "\n")
     if "csv" in formats:
         write("ablation.csv", T.to_csv(table))
         if marginal is not None:
@@ -408,10 +451,47 @@ def render_report(
             write("marginal.tex", T.marginal_latex(marginal))
     if "md" in formats:
         write("ablation.md", T.to_markdown(table))
-        write("report.md", _markdown(trials, table, counts, figs, formats, marginal))
+        write("report.md", _markdown(trials, table, counts, figs, formats, marginal, repro))
     if "html" in formats:
-        write("index.html", _html(trials, table, counts, figs, formats, marginal))
+        write("index.html", _html(trials, table, counts, figs, formats, marginal, repro))
     return report
+
+
+BIT_FOR_BIT = (
+    "Bit-for-bit: the same study run again on the same machine with the same library versions gives the same "
+    "numbers, digit for digit (the seed fixes the initialisation, the minibatch order and every noise draw)."
+)
+WITHIN_NOISE = (
+    "Within noise: on another CPU model (other floating-point kernels and vector widths) or with other library "
+    "versions the trials take other rounding paths, so the numbers differ in their last digits and a long "
+    "training can drift further; they stay within the seed-to-seed spread. Compare a rerun with the table's "
+    "std, not digit by digit (a trial still moving at its last epoch, †, may also flip its convergence flag)."
+)
+
+
+def reproducibility(trials: pd.DataFrame) -> dict[str, Any]:
+    """What the report states about reproducing it, and the machines behind it (environment.json)."""
+    from vaebench.record.environment import environment
+
+    return {
+        "trained_on": list(trials.attrs.get("environments") or []),
+        "rendered_on": environment(),
+        "bit_for_bit": BIT_FOR_BIT,
+        "within_noise": WITHIN_NOISE,
+    }
+
+
+def _reproducibility_lines(rep: dict[str, Any]) -> list[str]:
+    from vaebench.record.environment import describe
+
+    trained = rep["trained_on"]
+    lines = [
+        "Trials trained on: " + "; and ".join(describe(e) for e in trained)
+        if trained
+        else "Trials trained on: not recorded (the record predates vaebench keeping its machine)."
+    ]
+    lines.append("Report rendered on: " + describe(rep["rendered_on"]) + ".")
+    return [rep["bit_for_bit"], rep["within_noise"], *lines, "The same facts as JSON: environment.json."]
 
 
 def _trials_csv(trials: pd.DataFrame) -> str:
@@ -443,6 +523,7 @@ def _markdown(
     figs: list[Figure],
     formats: Sequence[str],
     marginal: pd.DataFrame | None = None,
+    repro: dict[str, Any] | None = None,
 ) -> str:
     a = trials.attrs
     lines = [f"# Study `{a.get('study')}`", ""]
@@ -462,6 +543,8 @@ def _markdown(
     if conv:
         lines += ["## Convergence", "", conv, ""]
     lines += ["## Ablation table", "", _table_intro(table), "", T.to_markdown(table)]
+    if T.ceiling_text(table):
+        lines += [f"**{T.ceiling_text(table)}**", ""]
     lines += [f"- {c}" for c in CONVENTIONS] + [""]
     if marginal is not None:
         lines += ["## Marginal table", "", T.marginal_caption(marginal), "", T.marginal_markdown(marginal)]
@@ -483,12 +566,28 @@ def _markdown(
             + " (the tables in LaTeX with booktabs and at full precision, and every trial).",
             "",
         ]
+    if repro:
+        lines += ["## Reproducibility", ""] + [f"- {x}" for x in _reproducibility_lines(repro)] + [""]
     return "\n".join(lines)
 
 
 def _table_intro(table: pd.DataFrame) -> str:
     names = ", ".join(F.name_of(table, f) for f in table.attrs["group_by"])
     text = f"Rows: the levels of {names}. Cells: mean ± std ({T.n_meaning(table)})."
+    if table.attrs.get("ranked_by"):  # a search: a row per sampled point
+        seeds = table.attrs.get("seeds") or []
+        text = (
+            f"Rows: the {len(table)} points the {table.attrs.get('search')} search sampled, best first by "
+            f"{table.attrs['ranked_by']}; a row's trials are that point's seeds ({len(seeds)} per point: "
+            f"{', '.join(map(str, seeds))}). Cells: mean ± std ({T.n_meaning(table)})."
+            + (
+                " With one seed per point every cell is a single trial (n = 1): no std and no test of one point "
+                "against another beyond the noise; rerun with more seeds (e.g. --set seeds=[0,1,2]) for a spread."
+                if len(seeds) <= 1
+                else ""
+            )
+            + " Levels are rounded to 3 significant digits; ablation.csv and trials.csv hold them in full."
+        )
     base = table.attrs.get("baseline")
     if base:
         text += (
@@ -551,6 +650,7 @@ def _html(
     figs: list[Figure],
     formats: Sequence[str],
     marginal: pd.DataFrame | None = None,
+    repro: dict[str, Any] | None = None,
 ) -> str:
     a = trials.attrs
     e = html.escape
@@ -575,7 +675,10 @@ def _html(
         "<h2>Contents</h2><ul>"
         + "".join(f"<li><a href='#{f.key}'>{e(f.title)}</a></li>" for f in figs)
         + "<li><a href='#ablation'>Ablation table</a>"
-        "</li>" + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "") + "</ul>"
+        "</li>"
+        + ("<li><a href='#marginal'>Marginal table</a></li>" if marginal is not None else "")
+        + ("<li><a href='#reproducibility'>Reproducibility</a></li>" if repro else "")
+        + "</ul>"
     )
     for fig in figs:
         body.append(f"<h2 id='{fig.key}'>{e(fig.title)}</h2>")
@@ -592,12 +695,20 @@ def _html(
         body.append(f"<h2 id='convergence'>Convergence</h2><p>{e(conv)}</p>")
     body.append(f"<h2 id='ablation'>Ablation table</h2><p>{e(_table_intro(table))}</p>")
     body.append("<div class='scroll'>" + T.to_html(table) + "</div>")
+    if T.ceiling_text(table):
+        body.append(f"<p class='note'>{e(T.ceiling_text(table))}</p>")
     body.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in CONVENTIONS) + "</ul>")
     if marginal is not None:
         body.append(f"<h2 id='marginal'>Marginal table</h2><p>{e(T.marginal_caption(marginal))}</p>")
         body.append("<div class='scroll'>" + T.marginal_html(marginal) + "</div>")
     if "tex" in formats:
         body.append("<h3>LaTeX (booktabs)</h3><pre>" + e(T.to_latex(table)) + "</pre>")
+    if repro:
+        body.append(
+            "<h2 id='reproducibility'>Reproducibility</h2><ul>"
+            + "".join(f"<li>{e(x)}</li>" for x in _reproducibility_lines(repro))
+            + "</ul>"
+        )
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"

@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from vaebench.record.results import STATE_ORDER, ReportError, resolve_factor
-from vaebench.report.figures import fmt_level, levels, name_of, point_keys
+from vaebench.report.figures import fmt_level, levels, many_levels, name_of, point_keys, short_level
 from vaebench.report.figures import hashable as _hashable
 from vaebench.report.significance import difference
 
@@ -221,8 +221,22 @@ def ablation_table(
             )
             if c in table
         ]
+    ceilings = mi_ceiling(trials)
+    if ceilings is not None and "val/mi mean" in table:
+        # a cell at the estimator's ceiling: log B of the row's batch size (B may be a factor)
+        b = trials["metrics.mi_batch_size"] if "metrics.mi_batch_size" in trials else None
+        row_b = [float(b[code == i].max()) if b is not None else ceilings[0] for i in range(len(keys))]
+        table["val/mi ceiling"] = [
+            bool(not pd.isna(v) and v >= math.log(bb) - CEILING_MARGIN) for v, bb in zip(table["val/mi mean"], row_b)
+        ]
+        ordered.append("val/mi ceiling")
+        if "val/mi best" in table:  # a value at the ceiling beats nothing
+            table.loc[table["val/mi ceiling"], "val/mi best"] = False
     table = table[ordered]
     table.attrs.update(trials.attrs)
+    table.attrs["samples"] = sample_notes(trials)
+    if ceilings is not None:
+        table.attrs["mi_ceiling"] = {"batch": ceilings[0], "nats": math.log(ceilings[0])}
     factors = trials.attrs.get("factors", group_by)
     pooled = [f for f in factors if f not in group_by and f in trials and len(levels(trials[f])) > 1]
     table.attrs.update(
@@ -234,6 +248,63 @@ def ablation_table(
         convergence=MOVING in trials,
     )
     return table
+
+
+#: a metric within this many nats of its estimator's ceiling is flagged: it cannot rank rows
+CEILING_MARGIN = 0.05
+CEILING_MARK = "⚑"
+
+
+def mi_ceiling(trials: pd.DataFrame) -> tuple[float] | None:
+    """(B,): the MI estimator's batch size (He et al. 2019: MI <= log B), the largest in the record;
+    None when the record has no val/mi."""
+    if "val/mi" not in trials:
+        return None
+    b = trials["metrics.mi_batch_size"].dropna() if "metrics.mi_batch_size" in trials else pd.Series(dtype=float)
+    return (float(b.max()) if len(b) else 256.0,)  # 256: MetricsConfig's default
+
+
+def _one(trials: pd.DataFrame, column: str) -> float | None:
+    """A setting's value when the record's trials agree on it, else None."""
+    if column not in trials:
+        return None
+    v = trials[column].dropna().unique()
+    return float(v[0]) if len(v) == 1 else None
+
+
+def sample_notes(trials: pd.DataFrame) -> dict[str, str]:
+    """Each table metric's split and sample count, as its header shows it: 'val, 360' (all the
+    validation examples), 'val first 360, K=16' (iw_nll: the first metrics.iw_examples of them,
+    K importance samples), 'val 360, B=256' (MI's batch). The count comes from val/examples,
+    which the trials record; records older than that show the split alone."""
+    n = _one(trials, "val/examples")
+    all_ = "val" + (f", {n:.0f}" if n else "")
+    out = {m.key: all_ for m in METRICS}
+    iw, k = _one(trials, "metrics.iw_examples"), _one(trials, "metrics.iw_samples")
+    if "metrics.iw_examples" in trials and trials["metrics.iw_examples"].isna().all():
+        iw_text = all_  # iw_examples: None, every example
+    elif iw and n and iw >= n:
+        iw_text = all_  # the first iw_examples are all of them
+    else:
+        iw_text = "val first " + (f"{iw:.0f}" if iw else "N")
+    out["val/iw_nll"] = iw_text + (f", K={k:.0f}" if k else "")
+    b = _one(trials, "metrics.mi_batch_size")
+    out["val/mi"] = all_ + (f", B={b:.0f}" if b else "")
+    return out
+
+
+def ceiling_text(table: pd.DataFrame) -> str | None:
+    """The report's sentence on cells at their estimator's ceiling (None: none)."""
+    if "val/mi ceiling" not in table or not table["val/mi ceiling"].any():
+        return None
+    c = table.attrs["mi_ceiling"]
+    k, n = int(table["val/mi ceiling"].sum()), len(table)
+    return (
+        f"{CEILING_MARK} MI at its ceiling in {k} of {n} rows: the estimator (He et al. 2019) averages over batches "
+        f"of B = {c['batch']:.0f} examples and cannot exceed log B = {c['nats']:.2f} nats; a cell within "
+        f"{CEILING_MARGIN} nats of it says only that I(x; z) is at least that large, so those rows are not "
+        "told apart by MI (raise metrics.mi_batch_size to see beyond it)."
+    )
 
 
 def _cell_values(trials: pd.DataFrame, code: pd.Series, done: pd.Series, present: Sequence[str]) -> dict:
@@ -287,6 +358,8 @@ def cell(
         text = f"${text}$"
     if count:
         text += f" ({n})"
+    if row.get(f"{m.key} ceiling", False):
+        text += r"$^{\top}$" if tex else f" {CEILING_MARK}"
     if f"{m.key} delta" in row and not pd.isna(row[f"{m.key} delta"]) and not row.get("baseline", False):
         d = _num(row[f"{m.key} delta"], m.decimals, signed=True)
         lo, hi = row.get(f"{m.key} delta_lo", math.nan), row.get(f"{m.key} delta_hi", math.nan)
@@ -296,15 +369,34 @@ def cell(
     return text
 
 
-def _header(m: TableMetric, tex: bool = False) -> str:
+def _header(m: TableMetric, tex: bool = False, table: pd.DataFrame | None = None) -> str:
+    """'ELBO ↑ (val, 360)': the label, the better direction and, with ``table``, the split and
+    sample count of its numbers (``sample_notes``)."""
     arrow = {"max": " ↑", "min": " ↓"}.get(m.better or "", "")
     if tex:
         arrow = {"max": r" $\uparrow$", "min": r" $\downarrow$"}.get(m.better or "", "")
+    note = ((table.attrs.get("samples") or {}) if table is not None else {}).get(m.key)
+    if note and not tex:  # the note names the split: a "(val)" label would say it twice
+        return f"{m.label.removesuffix(' (val)')}{arrow} ({note})"
     return f"{m.label}{arrow}"
 
 
+def best_first(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The table's rows ordered by ``metric``'s mean, best first (its METRICS direction; higher
+    for a metric without one), rows without a value last: a search's points, ranked."""
+    if f"{metric} mean" not in table:
+        return table
+    better = next((m.better for m in METRICS if m.key == metric), None) or "max"
+    out = table.sort_values(f"{metric} mean", ascending=better == "min", na_position="last", kind="stable")
+    out = out.reset_index(drop=True)
+    out.attrs.update(table.attrs)
+    out.attrs["ranked_by"] = metric
+    return out
+
+
 def _level_cells(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
-    cells = [fmt_level(row[f]) for f in table.attrs["group_by"]]
+    # a many-level factor (a search range) to 3 significant digits; the csv keeps every digit
+    cells = [short_level(row[f]) if many_levels(table[f]) else fmt_level(row[f]) for f in table.attrs["group_by"]]
     if row.get("baseline", False):
         cells[0] += " (baseline)"
     return cells
@@ -333,7 +425,11 @@ def n_meaning(table: pd.DataFrame) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table; best cells in bold."""
     ms = _metrics_of(table)
-    head = [name_of(table, f) for f in table.attrs["group_by"]] + ["completed/trials"] + [_header(m) for m in ms]
+    head = (
+        [name_of(table, f) for f in table.attrs["group_by"]]
+        + ["completed/trials"]
+        + [_header(m, table=table) for m in ms]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * (len(head) - len(ms)) + ["--:"] * len(ms)) + "|"]
     for row in table.to_dict("records"):
         cells = _level_cells(table, row) + [_trials_cell(row)]
@@ -354,7 +450,7 @@ def to_html(table: pd.DataFrame) -> str:
         "<table class='ablation'>",
         "<thead><tr>"
         + "".join(f"<th>{escape(h)}</th>" for h in head)
-        + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms)
+        + "".join(f"<th class='num'>{escape(_header(m, table=table))}</th>" for m in ms)
         + "</tr></thead><tbody>",
     ]
     for row in table.to_dict("records"):
@@ -434,6 +530,24 @@ def to_latex(table: pd.DataFrame, caption: str | None = None, label: str | None 
         + (r" $^\ddagger$Some trials of the row did not complete and are excluded." if excluded else "")
         + (r" ($^\dagger k$): $k$ trials still moving at their last epoch." if table["still_moving"].any() else "")
         + (
+            " $^{\\top}$: MI at its estimator's ceiling ($\\log B$ = "
+            + f"{table.attrs['mi_ceiling']['nats']:.2f}"
+            + " nats), not ranked."
+            if "val/mi ceiling" in table and table["val/mi ceiling"].any()
+            else ""
+        )
+        + (
+            " Samples: "
+            + "; ".join(
+                f"{m.label} {tex_escape(table.attrs['samples'][m.key])}"
+                for m in ms
+                if m.key in (table.attrs.get("samples") or {})
+            )
+            + "."
+            if table.attrs.get("samples")
+            else ""
+        )
+        + (
             " $\\Delta$: difference to the baseline row with its 95\\% confidence interval over seeds (paired by "
             "seed where the seeds pair up, else Welch); $^{*}$: the interval excludes 0."
             if table.attrs.get("baseline")
@@ -473,21 +587,29 @@ def marginal_table(
     out = pd.concat(parts, ignore_index=True)
     out = out[[c for c in out.columns if not c.endswith(" best")]]
     out.attrs.update(trials.attrs)
-    out.attrs.update(metrics=[m.key for m in metrics], marginal=factors)
+    out.attrs.update(metrics=[m.key for m in metrics], marginal=factors, samples=sample_notes(trials))
     return out
 
 
 def marginal_caption(table: pd.DataFrame) -> str:
+    left_out = table.attrs.get("left_out") or []
     return (
         "Marginal means: each row is one level of one factor, mean ± std (N−1) (n) over every completed trial "
         "with that level, pooled over the seeds and all levels of the other factors (a spread of settings as much "
         "as of seeds: compare rows within a block, and see the ablation table for the cells)."
+        + (
+            " Left out: "
+            + ", ".join(name_of(table, f) for f in left_out)
+            + " (sampled over a range: a value per point, so no level to average; the figures plot them on an axis)."
+            if left_out
+            else ""
+        )
     )
 
 
 def marginal_markdown(table: pd.DataFrame) -> str:
     ms = _metrics_of(table)
-    head = ["factor", "level", "completed/trials"] + [_header(m) for m in ms]
+    head = ["factor", "level", "completed/trials"] + [_header(m, table=table) for m in ms]
     lines = ["| " + " | ".join(head) + " |", "|:--|:--|:--|" + "|".join(["--:"] * len(ms)) + "|"]
     last = None
     for row in table.to_dict("records"):
@@ -504,7 +626,7 @@ def marginal_html(table: pd.DataFrame) -> str:
     ms = _metrics_of(table)
     out = [
         "<table class='ablation marginal'><thead><tr><th>factor</th><th>level</th><th>completed/trials</th>"
-        + "".join(f"<th class='num'>{escape(_header(m))}</th>" for m in ms)
+        + "".join(f"<th class='num'>{escape(_header(m, table=table))}</th>" for m in ms)
         + "</tr></thead><tbody>"
     ]
     last = None

@@ -14,15 +14,18 @@ anything (DefinitionError, exit 2) until ``--fresh``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vaebench.record.definition import changes, definition, fixed_hash
+from vaebench.record.environment import ENVIRONMENTS_TAG, environment, merged
 from vaebench.record.naming import run_name
 from vaebench.record.runs import StudyRun
 from vaebench.record.store import default_storage
@@ -71,6 +74,18 @@ class Summary:
     skipped: int = 0  # final trials found in the record and not rerun
     store_error: str | None = None  # the store failed: the message naming it and the cause
     notes: list[str] = field(default_factory=list)  # e.g. a dead driver's lock taken over, a record extended
+    model_steps: int = 0  # optimiser steps the trials of this invocation took (train/steps), all models together
+    seconds: float = 0.0  # this invocation's wall time, from the record's opening to the end
+
+    @property
+    def throughput(self) -> str:
+        """'25,920 model-steps in 14 s: 1,851 model-steps/s' (empty when nothing trained)."""
+        if not self.model_steps or self.seconds <= 0:
+            return ""
+        return (
+            f"{self.model_steps:,} model-steps in {self.seconds:.0f} s: "
+            f"{self.model_steps / self.seconds:,.0f} model-steps/s (start, evaluation and logging included)"
+        )
 
     @property
     def exit_code(self) -> int:
@@ -221,6 +236,11 @@ class Driver:
                 )
                 self.summary.notes.append("the record's description and study.yaml now match the study file's")
         self.parent_id = parent.run_id
+        # the machine and library versions that train this record's trials (a resumed sweep on
+        # another machine adds its own): the report's reproducibility statement names them
+        env = merged(parent.tags.get(ENVIRONMENTS_TAG), environment())
+        if env is not None:
+            self.record.set_tags(self.parent_id, {ENVIRONMENTS_TAG: env})
         self._load_existing()
         if self.study.search.kind == "grid":
             return GridSearch(self.study, self.finals, self.done_points)
@@ -256,6 +276,7 @@ class Driver:
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         search: Search | None = None
+        started = time.monotonic()
         try:
             search = self._open(parent, defn)
             self.progress.start(self.study.name, search.total, self.summary.counts, max_trials=self.opts.max_trials)
@@ -287,6 +308,7 @@ class Driver:
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
+            self.summary.seconds = time.monotonic() - started
             self.progress.stop(self.summary.counts)
         return self.summary
 
@@ -333,6 +355,9 @@ class Driver:
             self.record.set_tags(t.run_id, ev.tags)
         elif ev.kind == "epoch":
             t.epoch = ev.msg["epoch"]
+            steps = ev.msg["metrics"].get("train/steps")
+            if steps is not None and math.isfinite(steps):
+                self.summary.model_steps += int(steps - t.metrics.get("train/steps", 0))
             t.metrics.update(ev.msg["metrics"])
             if ev.msg["state"] != "diverged":  # a diverged epoch's NaNs are not logged
                 self.record.log_epoch(t.run_id, t.epoch, ev.msg["metrics"])

@@ -22,6 +22,7 @@ import tempfile
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -137,6 +138,57 @@ class InlineExecutor:
 # --------------------------------------------------------------------------- Ray
 
 
+# words of Ray's refusal when a cluster with token authentication meets a client without its token.
+# Ray 2.60 raises only "Failed to connect to Ray cluster at ..." after its retries; the reason is in
+# its core's log lines on stderr ("Unauthenticated: RPC error: InvalidAuthToken: ..."), which
+# connect_ray captures while it connects.
+_AUTH_WORDS = ("unauthenticated", "invalidauthtoken", "authentication token")
+
+
+def connect_message(address: str | None, e: BaseException, log: str = "") -> str:
+    """The error of a failed ray.init, saying which failure it was: a cluster that refused this
+    client's credentials (in the exception or in Ray's ``log`` lines) is named as an
+    authentication failure, with what to set; anything else as a connection failure."""
+    where = f" at {address}" if address else ""
+    said = f"{e}" or type(e).__name__
+    hit = next(
+        (line.strip() for line in [said, *log.splitlines()] if any(w in line.lower() for w in _AUTH_WORDS)), None
+    )
+    if hit is not None:
+        reason = hit.split("Unauthenticated:", 1)[-1].strip() if "Unauthenticated:" in hit else hit
+        return (
+            f"Ray{where} refused this client's authentication ({reason[:200]}): the cluster uses token "
+            "authentication; set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
+            "RAY_AUTH_TOKEN_PATH) in this shell, as on the cluster's nodes"
+        )
+    return f"cannot start or reach Ray{where}: {said}"
+
+
+@contextmanager
+def _stderr_lines() -> Iterator[list[str]]:
+    """Ray's core writes to file descriptor 2, past Python's sys.stderr: capture it into the
+    yielded list (filled on exit) and pass it on unchanged afterwards."""
+    import tempfile
+
+    out: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to capture
+        yield out
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            out.extend(text.splitlines())
+
+
 def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Start a local Ray (all cores, no dashboard, token authentication) or join ``address``;
     check that one trial's resources fit on some node. Raises ExecutorError."""
@@ -144,9 +196,14 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
         local_ray_auth()  # before ray is imported: Ray reads its authentication settings once, on import
     import ray
 
+    log: list[str] = []
     try:
         if address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            with _stderr_lines() as log:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            auth = [x for x in log if any(w in x.lower() for w in _AUTH_WORDS)]
+            if log and not auth:  # a connection that worked: Ray's words go on to the user
+                print("\n".join(log), file=sys.stderr)
         else:
             # address="local": always a new instance, never one that `ray start` left on the machine.
             # Ray prestarts a worker per CPU as it starts; preloading the trial module there imports
@@ -168,7 +225,7 @@ def connect_ray(address: str | None, cpus_per_trial: float, gpus_per_trial: floa
                 else:
                     os.environ[PRELOAD_VAR] = saved
     except Exception as e:  # connection refused, bad address, ...
-        raise ExecutorError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
+        raise ExecutorError(connect_message(address, e, "\n".join(log))) from None
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if gpus_per_trial > 0 and not any(n.get("GPU", 0) >= gpus_per_trial for n in nodes):
         total = sum(n.get("GPU", 0) for n in nodes)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
 DONE_STATES = ("completed", "diverged", "pruned", "failed")
@@ -82,7 +82,8 @@ class Progress:
             self.live = RichProgress(
                 TextColumn(f"[bold]{name}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                # finished trials, whole: the bar also counts running trials' epochs, the counter never does
+                TextColumn("{task.fields[finished]}/{task.total:.0f}"),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
@@ -90,7 +91,9 @@ class Progress:
                 console=self.console,
             )
             self.live.start()
-            self.task = self.live.add_task(name, total=self.target, completed=self.first_done, info="")
+            self.task = self.live.add_task(
+                name, total=self.target, completed=self.first_done, info="", finished=self.first_done
+            )
         else:
             self._line(
                 f"sweep {name}: {total} trials, {self.first_done} already done"
@@ -112,7 +115,7 @@ class Progress:
         elif best is not None:  # a bare number (older callers): say what it is not
             info += f"  best {best:.4g}"
         if self.live is not None:
-            self.live.update(self.task, completed=done + partial, info=info)
+            self.live.update(self.task, completed=done + partial, info=info, finished=done)
         elif time.monotonic() - self.last_line >= self.every:
             self._line(f"{done}/{self.target} done{self._of()}  {info}  {self._eta(done + partial)}")
 
