@@ -20,52 +20,17 @@ from matplotlib.figure import Figure
 from vaebench.report.figures import (
     WIDTH,
     FigureSkipped,
-    _log_scale,
-    _style,
     completed,
+    figure_style,
     levels,
+    log_scale,
     name_of,
 )
-from vaebench.report.tables import TableMetric
+from vaebench.report.tables import DIS_LABELS as LABELS
+from vaebench.report.tables import dis_present as present
+from vaebench.report.tables import dis_table_metrics as table_metrics  # noqa: F401  (the report's columns)
 
 BETA, KIND = "objective.beta", "objective.kind"
-LABELS = {
-    "val/dis/beta_vae": "BetaVAE score",
-    "val/dis/factor_vae": "FactorVAE score",
-    "val/dis/mig": "MIG",
-    "val/dis/dci_disentanglement": "DCI disentanglement",
-    "val/dis/dci_completeness": "DCI completeness",
-    "val/dis/dci_informativeness": "DCI informativeness",
-    "val/dis/sap": "SAP",
-    "val/dis/modularity": "modularity",
-}
-#: ablation-table columns (higher is better for every one)
-TABLE_METRICS = [
-    TableMetric(
-        k,
-        {
-            "val/dis/dci_disentanglement": "DCI-D",
-            "val/dis/dci_completeness": "DCI-C",
-            "val/dis/dci_informativeness": "DCI-I",
-            "val/dis/beta_vae": "BetaVAE",
-            "val/dis/factor_vae": "FactorVAE",
-        }.get(k, v),
-        "max",
-        3,
-    )
-    for k, v in LABELS.items()
-]
-
-
-def present(trials: pd.DataFrame) -> list[str]:
-    """The val/dis metrics the record holds a value of, in LABELS order."""
-    return [k for k in LABELS if k in trials and trials[k].notna().any()]
-
-
-def table_metrics(trials: pd.DataFrame) -> list[TableMetric]:
-    """The disentanglement columns of the ablation table: those the record has."""
-    keys = present(trials)
-    return [m for m in TABLE_METRICS if m.key in keys]
 
 
 def _kinds(data: pd.DataFrame) -> pd.Series:
@@ -91,7 +56,7 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
     ticks = levels(data["beta"])
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, 2.2 * rows + 0.6), layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         palette = dict(zip(kinds, sns.color_palette("colorblind", len(kinds))))
@@ -113,7 +78,7 @@ def metrics_against_beta(trials: pd.DataFrame, beta: str = BETA) -> Figure:
             for kind in kinds:
                 k = d[d["objective"] == kind]
                 ax.scatter(k["beta"], k[key], s=8, color=palette[kind], alpha=0.5, linewidths=0)
-            if _log_scale(ticks):
+            if log_scale(ticks):
                 ax.set_xscale("log")
             if len(ticks) <= 12:
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])

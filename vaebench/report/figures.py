@@ -36,7 +36,7 @@ class FigureSkipped(Exception):
     """This figure cannot be drawn from this study; the message says why."""
 
 
-def _style():
+def figure_style():
     """seaborn's look for one figure, without touching global state."""
     return sns.axes_style("whitegrid")
 
@@ -159,7 +159,7 @@ def _count(n: int, noun: str) -> str:
 LOG_RATIO = 8
 
 
-def _log_scale(values: Sequence[float]) -> bool:
+def log_scale(values: Sequence[float]) -> bool:
     v = [x for x in values if x > 0]
     return len(v) == len(values) and len(v) > 2 and max(v) / min(v) >= LOG_RATIO
 
@@ -217,13 +217,13 @@ def rate_distortion(
             kw.update(hue=hue_name, hue_order=order, palette=sns.color_palette("viridis", len(order)))
         else:  # a sampled range: a colour bar, not legend entries
             data[hue_name] = data[hue].astype(float)
-            continuous = LogNorm(min(vals), max(vals)) if _log_scale(vals) else Normalize(min(vals), max(vals))
+            continuous = LogNorm(min(vals), max(vals)) if log_scale(vals) else Normalize(min(vals), max(vals))
             kw.update(hue=hue_name, palette="viridis", hue_norm=continuous)
     if style:
         style_name = name_of(trials, style)
         data[style_name], order = _categorical(data, style)
         kw.update(style=style_name, style_order=order)
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, 4.2), layout="constrained")
         ax = fig.add_subplot()
         sns.scatterplot(
@@ -388,7 +388,7 @@ def active_units(
             f"\n{pooled_phrase(trials, pooled, 'mean over seeds, pooled over')}" if pooled else ""
         )
     trended = False
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, 3.4), layout="constrained")
         axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
         for ax, c in zip(axes, cols):
@@ -415,7 +415,7 @@ def active_units(
                         band = line.dropna(subset=["lo"])
                         if not band.empty:
                             ax.fill_between(band[beta], band["lo"], band["hi"], color=kw["color"], alpha=0.12, lw=0)
-            if _log_scale(ticks):
+            if log_scale(ticks):
                 ax.set_xscale("log")
                 if sampled:
                     plain_log_ticks(ax.xaxis)
@@ -528,7 +528,7 @@ def kl_per_dim(
     cmap = sns.color_palette("rocket_r", as_cmap=True).with_extremes(bad="white")
     rows, cols = mat.shape
     title = f"KL per latent dim{note}"
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, min(1.8 + 0.24 * rows, 14)), layout="constrained")
         ax = fig.add_subplot()
         sns.heatmap(
@@ -583,7 +583,7 @@ def _binned(series: pd.Series, bins: int = 6) -> pd.Series:
     a bin no value falls in is dropped later (``_bin_order`` lists those present)."""
     vals = series.astype(float)
     lo, hi = vals.min(), vals.max()
-    if _log_scale(sorted(vals.dropna().unique())):
+    if log_scale(sorted(vals.dropna().unique())):
         edges = np.geomspace(lo, hi, bins + 1)
     else:
         edges = np.linspace(lo, hi, bins + 1)
@@ -671,7 +671,7 @@ def collapse_map(
     title = f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds" + (
         f"\n{pooled_phrase(trials, pooled)}" if pooled else ""
     )
-    with _style():
+    with figure_style():
         one = (max(2.2, min(WIDTH, 1.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
         width = min(WIDTH * 1.6, one[0] * len(panels) + 1.2) if fn else max(4.5, one[0] + 1.0)
         fig = Figure(figsize=(width, one[1] + (0.3 if fn else 0)), layout="constrained")
@@ -769,7 +769,7 @@ def training_curves(
             + (f", {pooled_phrase(histories, pooled)} (no band)" if pooled else ", band: seeds' min–max")
         )
     )
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, 1.2 + 1.75 * len(present)), layout="constrained")
         axes = fig.subplots(len(present), len(col_order), sharex=True, sharey="row", squeeze=False)
         for r, m in enumerate(present):
@@ -857,7 +857,7 @@ def optuna_importances(study: Any, names: Sequence[str] | None = None) -> Figure
     params = list(dict.fromkeys(data.groupby("param")["importance"].sum().sort_values(ascending=False).index))
     short = short_names(params)
     data["param"] = data["param"].map(short)
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, 1.4 + 0.32 * len(params) * max(1, len(names))), layout="constrained")
         ax = fig.add_subplot()
         sns.barplot(
@@ -901,7 +901,7 @@ def optuna_history(study: Any, names: Sequence[str] | None = None) -> Figure:
         }
         for t in pruned
     ]
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(WIDTH, 2.8), layout="constrained")
         axes = fig.subplots(1, len(names), squeeze=False)[0]
         for i, (ax, name) in enumerate(zip(axes, names)):

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from vaebench.record.results import ReportError, histories_frame, resolve_factor
+from vaebench.record.store import default_storage
 from vaebench.report import disentanglement_figures as D
 from vaebench.report import figures as F
 from vaebench.report import tables as T
@@ -80,7 +81,7 @@ def _optuna_study(trials: pd.DataFrame, storage: str | None):
     name = trials.attrs.get("optuna_study")
     if not name:
         raise F.FigureSkipped("the study record names no Optuna study (tag vaebench.optuna_study)")
-    storage = storage or f"sqlite:///sweeps/{trials.attrs['study']}/optuna.db"
+    storage = storage or default_storage(None, trials.attrs["study"])
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         raise F.FigureSkipped(f"no Optuna storage at {storage} (give --storage)")
     import optuna

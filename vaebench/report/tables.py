@@ -32,8 +32,7 @@ import pandas as pd
 import yaml
 
 from vaebench.record.results import STATE_ORDER, ReportError, resolve_factor
-from vaebench.report.figures import fmt_level, levels, many_levels, name_of, point_keys, short_level
-from vaebench.report.figures import hashable as _hashable
+from vaebench.report.figures import fmt_level, hashable, levels, many_levels, name_of, point_keys, short_level
 from vaebench.report.significance import difference
 
 
@@ -57,6 +56,46 @@ METRICS = [
     TableMetric("val/iw_nll", "IW-NLL", "min", 2, "nats"),
     TableMetric("val/collapsed_fraction", "collapsed", "min", 2, "fraction"),
 ]
+
+
+#: the disentanglement scores' names in figures (vaebench.report.disentanglement_figures)
+DIS_LABELS = {
+    "val/dis/beta_vae": "BetaVAE score",
+    "val/dis/factor_vae": "FactorVAE score",
+    "val/dis/mig": "MIG",
+    "val/dis/dci_disentanglement": "DCI disentanglement",
+    "val/dis/dci_completeness": "DCI completeness",
+    "val/dis/dci_informativeness": "DCI informativeness",
+    "val/dis/sap": "SAP",
+    "val/dis/modularity": "modularity",
+}
+#: ablation-table columns (higher is better for every one)
+DIS_TABLE_METRICS = [
+    TableMetric(
+        k,
+        {
+            "val/dis/dci_disentanglement": "DCI-D",
+            "val/dis/dci_completeness": "DCI-C",
+            "val/dis/dci_informativeness": "DCI-I",
+            "val/dis/beta_vae": "BetaVAE",
+            "val/dis/factor_vae": "FactorVAE",
+        }.get(k, v),
+        "max",
+        3,
+    )
+    for k, v in DIS_LABELS.items()
+]
+
+
+def dis_present(trials: pd.DataFrame) -> list[str]:
+    """The val/dis metrics the record holds a value of, in DIS_LABELS order."""
+    return [k for k in DIS_LABELS if k in trials and trials[k].notna().any()]
+
+
+def dis_table_metrics(trials: pd.DataFrame) -> list[TableMetric]:
+    """The disentanglement columns of the ablation table: those the record has."""
+    keys = dis_present(trials)
+    return [m for m in DIS_TABLE_METRICS if m.key in keys]
 
 
 def split_metrics(trials: pd.DataFrame) -> list[TableMetric]:
@@ -181,7 +220,7 @@ def ablation_table(
         others = [f for f in group_by if f not in baseline]
         is_base = pd.Series(True, index=table.index)
         for f, v in baseline.items():
-            is_base &= table[f].map(lambda x, v=v: _same(x, _hashable(v)))
+            is_base &= table[f].map(lambda x, v=v: _same(x, hashable(v)))
         if not is_base.any():
             raise ReportError(
                 "--baseline: no row of the table has "
@@ -331,10 +370,9 @@ def state_counts(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metrics_of(table: pd.DataFrame) -> list[TableMetric]:
-    from vaebench.report.disentanglement_figures import TABLE_METRICS as DIS  # val/dis columns, when recorded
 
     keys = table.attrs.get("metrics") or [m.key for m in METRICS]
-    known = {m.key: m for m in METRICS + DIS}
+    known = {m.key: m for m in METRICS + DIS_TABLE_METRICS}
     known.update({m.key: m for m in table.attrs.get("table_metrics", [])})  # split-labelled columns
     return [known[k] for k in keys if k in known]
 
