@@ -70,7 +70,7 @@ def test_ui_stops_its_server_on_a_signal(tmp_path, signame):
 
     from conftest import free_port, http_ok, wait_for
 
-    from vaebench.record.vocab import Record
+    from vaebench.record.writer import Record
 
     uri = f"sqlite:///{tmp_path}/m.db"
     Record(uri, "served").start_study("d", "name: served\n", {})
