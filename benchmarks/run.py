@@ -724,7 +724,7 @@ def child_record(a: dict) -> dict:
         }
         t = perf()
         run_id = rec.start_trial(
-            parent.info.run_id, run_name(spec, study.space), {**spec.config.params(), "seed": spec.seed}, tags
+            parent.run_id, run_name(spec, study.space), {**spec.config.params(), "seed": spec.seed}, tags
         )
         start_s.append(perf() - t)
         beta, fb = spec.config.objective.beta, spec.config.objective.free_bits
@@ -739,7 +739,7 @@ def child_record(a: dict) -> dict:
         end_s.append(perf() - t)
         if a.get("progress") and (i + 1) % 50 == 0:
             print(f"    record: {i + 1}/{len(specs)} trials, {perf() - t0:.0f} s", file=sys.stderr, flush=True)
-    rec.end_study(parent.info.run_id)
+    rec.end_study(parent.run_id)
     wall = perf() - t0
     return {
         "trials": len(specs),
