@@ -376,7 +376,10 @@ def test_readme_links_exist_and_it_is_short():
     assert not missing and len(targets) > 20, missing
     # the two commands a new user copies: the install and run, and the install and test (both tiers)
     assert "pip install -e . && vaebench sweep studies/collapse.yaml && vaebench report collapse" in text
-    assert 'pip install -e ".[test]" && python -m pytest -q && python -m pytest -q -m integration' in text
+    assert (
+        'pip install -e ".[test,mnist]" && pip install -e examples/plugin_package && python -m pytest -q && python -m pytest -q -m integration'
+        in text
+    )
 
 
 # ----------------------------------------------------------------------------- the site
