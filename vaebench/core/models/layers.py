@@ -60,7 +60,7 @@ def _grouped(h: torch.Tensor) -> torch.Tensor:
 def members_first(h: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """The output of a conv ``layer``: as it is solo; [B, M*C, H, W] -> [M, B, C, H, W] stacked."""
     M = getattr(layer, "members", None)
-    if M is None or h.dim() == 5:
+    if M is None or h.dim() != 4:  # solo, already [M, B, C, H, W], or vectors [M, B, n] (an MLP on vector data)
         return h
     B, MC, H, W = h.shape
     return h.view(B, M, MC // M, H, W).transpose(0, 1)
