@@ -344,41 +344,20 @@ def planned_trials(defn: dict) -> int:
 def _definition_of_record(record, parent) -> dict | None:
     """The definition the record keeps (definition.json of its parent run), None for a record
     older than definitions or unreadable."""
-    import os
-
-    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         return record.definition(parent)
     except Exception:
         return None
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 def _study_of_record(record, parent_id: str) -> Study | None:
     """The study definition the driver logged with the record (study.yaml), or None."""
-    import os
-    import tempfile
-
     import yaml
 
-    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bar in status's output
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            p = record.client.download_artifacts(parent_id, "study.yaml", tmp)
-            return Study.model_validate(yaml.safe_load(Path(p).read_text()))
+        return Study.model_validate(yaml.safe_load(record.study_yaml(parent_id)))
     except Exception:  # an old or foreign record: status without the planned total
         return None
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 @app.command()

@@ -191,7 +191,7 @@ class Record:
         (the sweep checks everything it can before it writes anything)."""
         self.uri, self.study = uri, study
         self.failed = False  # a write failed: the lease is left to go stale rather than wait on a dead server
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading definition.json, study.yaml
         # MLflow logs a failing SQL statement with all its parameters before raising; the driver
         # reports the failure itself, in one line (StoreError)
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -287,12 +287,20 @@ class Record:
 
     def definition(self, parent: StudyRun) -> dict[str, Any] | None:
         """The study definition a parent run keeps (None for records made before definitions)."""
-        with self._store("read the study definition"), tempfile.TemporaryDirectory() as tmp:
-            names = {a.path for a in self.client.list_artifacts(parent.run_id)}
-            if DEFINITION_FILE not in names:
+        text = self.parent_artifact(parent.run_id, DEFINITION_FILE, "read the study definition")
+        return None if text is None else json.loads(text)
+
+    def study_yaml(self, parent_id: str) -> str | None:
+        """The study file as the driver logged it with the record (None for a record without one)."""
+        return self.parent_artifact(parent_id, "study.yaml", "read the study file")
+
+    def parent_artifact(self, run_id: str, name: str, what: str) -> str | None:
+        """The text of artifact ``name`` of run ``run_id``, None when the run has none (read without
+        MLflow's download progress bar: the constructor turns it off)."""
+        with self._store(what), tempfile.TemporaryDirectory() as tmp:
+            if name not in {a.path for a in self.client.list_artifacts(run_id)}:
                 return None
-            path = self.client.download_artifacts(parent.run_id, DEFINITION_FILE, tmp)
-            return json.loads(Path(path).read_text())
+            return Path(self.client.download_artifacts(run_id, name, tmp)).read_text()
 
     # ------------------------------------------------------------------ the lock
 

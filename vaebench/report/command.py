@@ -4,7 +4,6 @@ logged to MLflow, 2 bad input (unknown study, empty record, unknown factor or fo
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -184,24 +183,13 @@ def report(
 
 def _objectives_from_record(record: Any) -> list[str] | None:
     """The search objectives from the study.yaml the driver logged to the parent run."""
-    import tempfile
-
     import yaml
 
-    old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            p = record.record.client.download_artifacts(record.parent_run_id, "study.yaml", tmp)
-            raw = yaml.safe_load(Path(p).read_text())
+        raw = yaml.safe_load(record.record.study_yaml(record.parent_run_id))
         return list((raw.get("search") or {}).get("objectives") or {"val/elbo": "max"})
     except Exception:
         return None
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 if __name__ == "__main__":  # python -m vaebench.report.command STUDY ...
