@@ -289,6 +289,23 @@ def test_definition_changes_are_listed():
     ]
 
 
+def test_a_setting_added_later_leaves_older_records_matching_at_its_default():
+    """train.lr_schedule came after records existed: a record written without it still matches a
+    study at its default (constant), and a study that sets it to cosine is a change."""
+    from vaebench.record.definition import LATER_SETTINGS, fixed_hash
+    from vaebench.study.spec import Study
+
+    base = {"name": "x", "space": {"objective.beta": [1, 2]}, "seeds": [0]}
+    now = definition(Study.model_validate(base))
+    older = json.loads(json.dumps(now))  # what a vaebench before the setting wrote: no such key
+    for key in LATER_SETTINGS:
+        older["base"].pop(key, None)
+    assert changes(older, now) == [] and fixed_hash(older) == fixed_hash(now)
+    cosine = definition(Study.model_validate({**base, "train": {"lr_schedule": "cosine"}}))
+    assert changes(older, cosine) == [("train.lr_schedule", None, "cosine")]
+    assert fixed_hash(cosine) != fixed_hash(now)
+
+
 def test_equal_configs_run_once(tmp_path):
     """Levels 1.0 and 1 give one config: refused by the study schema, or run once."""
     from vaebench.study.spec import Study, StudyError

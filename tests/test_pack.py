@@ -16,7 +16,7 @@ import torch
 from vaebench.core.members import One, check_packable, run_members
 from vaebench.core.models import build_model
 from vaebench.core.objectives import MemberSettings, kl_weight, regulariser
-from vaebench.core.optim import PackedOptimizer, make_optimizer
+from vaebench.core.optim import PackedOptimizer, lr_factor, make_optimizer
 from vaebench.core.pack import PackTrainer, pack_key, unsupported
 from vaebench.core.train import Trainer, train
 from vaebench.data import load_data
@@ -34,7 +34,8 @@ MODEL = {
     "linear": {"kind": "linear", "latent_dim": 3, "likelihood": "gaussian", "sigma": 0.7},
     "mlp_vectors": {"kind": "mlp", "latent_dim": 2, "hidden": [16, 16], "likelihood": "gaussian"},
 }
-# members differing in seed, beta, annealing schedule, free bits (lambda and mode), capacity, lr, grad clip
+# members differing in seed, beta, annealing schedule, free bits (lambda and mode), capacity, lr (and its
+# schedule), grad clip
 MEMBERS = [
     {"seed": 0},
     {"seed": 1, "objective": {"beta": 4.0, "anneal": {"kind": "linear", "start": 0.3}, "free_bits": 0.1}},
@@ -43,7 +44,11 @@ MEMBERS = [
         "objective": {"beta": 2.0, "anneal": "sigmoid", "free_bits": 0.5, "free_bits_mode": "total"},
         "train": {"lr": 1e-2, "grad_clip": 0.5},
     },
-    {"seed": 3, "objective": {"anneal": {"kind": "capacity", "c_max": 5.0, "gamma": 10.0}}, "train": {"lr": 3e-3}},
+    {
+        "seed": 3,
+        "objective": {"anneal": {"kind": "capacity", "c_max": 5.0, "gamma": 10.0}},
+        "train": {"lr": 3e-3, "lr_schedule": "cosine"},
+    },
     {"seed": 4, "objective": {"beta": 0.5, "anneal": {"kind": "cyclical", "cycles": 2, "ratio": 0.5}}},
 ]
 # A member of a pack runs other kernels than its solo trial (batched matmuls, grouped convolutions, the
@@ -306,6 +311,43 @@ def test_optimizer_step_matches_torch_optim_per_member(kind):
     for k, (mod, _, _) in enumerate(solos):
         for p, q in zip(stacked, mod):
             assert rel(p[k].detach(), q.detach()) <= 1e-5
+
+
+def test_cosine_lr_schedule_per_member_equals_torch_optim_with_that_lr():
+    """lr_factor is 0.5 (1 + cos(pi t / T)): 1 at the first step, 1/2 halfway, 0 at T. A packed member on
+    the cosine schedule moves as torch.optim does with its lr set to lr * factor before each step; a
+    constant member beside it moves as with its fixed lr."""
+    T = 6
+    assert lr_factor("cosine", 0, T) == 1.0 and lr_factor("cosine", 3, T) == pytest.approx(0.5)
+    assert lr_factor("cosine", T, T) == pytest.approx(0.0, abs=1e-12) and lr_factor("constant", 5, T) == 1.0
+    lrs, schedules = [1e-2, 1e-2], ["constant", "cosine"]
+    torch.manual_seed(0)
+    stacked = [torch.nn.Parameter(torch.randn(2, 5, 4)), torch.nn.Parameter(torch.randn(2, 4))]
+    solos = []
+    for k in range(2):
+        mod = torch.nn.ParameterList(torch.nn.Parameter(p[k].detach().clone()) for p in stacked)
+        solos.append((mod, make_optimizer("adam", list(mod.parameters()), lrs[k], 0.0)))
+    flat = torch.nn.ParameterList(torch.nn.Parameter(p[1].detach().clone()) for p in stacked)  # member 1, constant
+    flat_opt = make_optimizer("adam", list(flat.parameters()), lrs[1], 0.0)
+    packed = PackedOptimizer(stacked, "adam", lrs, [0.0, 0.0], [None, None], schedules)
+    for t in range(T):
+        grads = [torch.randn_like(p) for p in stacked]
+        for p, g in zip(stacked, grads):
+            p.grad = g.clone()
+        packed.step(t, T)
+        for k, (mod, opt) in enumerate(solos):
+            opt.param_groups[0]["lr"] = lrs[k] * lr_factor(schedules[k], t, T)
+            for p, g in zip(mod, grads):
+                p.grad = g[k].clone()
+            opt.step()
+        for p, g in zip(flat, grads):
+            p.grad = g[1].clone()
+        flat_opt.step()
+    for k, (mod, _) in enumerate(solos):
+        for p, q in zip(stacked, mod):
+            assert rel(p[k].detach(), q.detach()) <= 1e-5
+    # the schedule matters: the cosine member is not where a constant lr would have taken it
+    assert rel(stacked[0][1].detach(), flat[0].detach()) > 1e-3
 
 
 def run_pack(configs: list[dict], stop_after: dict[int, list[int]] | None = None) -> list[dict]:

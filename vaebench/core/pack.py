@@ -74,6 +74,7 @@ SUPPORTED: dict[str, Any] = {
     "train.batch_size": "*",
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.lr": "*",
+    "train.lr_schedule": ("constant", "cosine"),
     "train.weight_decay": "*",
     "train.grad_clip": "*",
     "train.device": "*",
@@ -96,7 +97,15 @@ SUPPORTED: dict[str, Any] = {
 }
 # settings that may differ between the members of one pack (per-member tensors or generators);
 # objective.kind and tc_estimator choose the objective's code path: shared
-PER_MEMBER = ("seed", "objective.", "train.lr", "train.weight_decay", "train.grad_clip", "train.threads")
+PER_MEMBER = (
+    "seed",
+    "objective.",
+    "train.lr",
+    "train.lr_schedule",
+    "train.weight_decay",
+    "train.grad_clip",
+    "train.threads",
+)
 SHARED_OBJECTIVE = ("objective.kind", "objective.tc_estimator")
 
 

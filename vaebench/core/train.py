@@ -151,7 +151,7 @@ class Trainer:
             self.optimizer.zero_grad()
             terms["loss"].sum().backward()  # members share no parameter: each gets its own loss's gradient
             self.optimizer.clip_grads()
-            self.optimizer.step()
+            self.optimizer.step(self.t, self.T)
             steps.append(torch.stack([v.detach() for v in terms.values()]))  # [terms, M]
             sizes.append(idx.shape[1])
             self.t += 1

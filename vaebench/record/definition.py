@@ -21,6 +21,11 @@ from typing import Any
 from vaebench.study.config import flatten
 from vaebench.study.spec import Range, Study
 
+#: settings added after records existed, with the default that reproduces the old behaviour: left
+#: out of a definition at that default, so a record begun before the setting existed still matches
+#: (resumes and extends) while a study that sets it to anything else is a change
+LATER_SETTINGS: dict[str, Any] = {"train.lr_schedule": "constant"}
+
 
 def definition(study: Study) -> dict[str, Any]:
     """The study's definition as JSON-able data. A study with plugins adds ``plugins``: each one's
@@ -31,7 +36,7 @@ def definition(study: Study) -> dict[str, Any]:
 
     search = study.search.model_dump(mode="json")
     out = {
-        "base": flatten(study.base()),
+        "base": {k: v for k, v in flatten(study.base()).items() if LATER_SETTINGS.get(k, object()) != v},
         "space": {
             k: (v.model_dump(mode="json") if isinstance(v, Range) else {"levels": list(v)})
             for k, v in study.space.items()

@@ -409,6 +409,11 @@ class TrainConfig(Section):
     batch_size: int = Field(128, ge=1, description="examples per minibatch")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="torch.optim optimiser (fused kernel)")
     lr: float = Field(1e-3, gt=0, description="learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="the learning rate over the run: constant, or cosine (lr at the first step, decaying to 0 at the "
+        "last; the optimiser's noise then fades, so a final KL of 0 reads as 0)",
+    )
     weight_decay: float = Field(0.0, ge=0, description="the optimiser's weight decay")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient's total norm to this; null: no clipping")
     device: Literal["auto", "cpu", "cuda"] = Field(
