@@ -349,6 +349,43 @@ def test_parse_and_labels():
     assert level_label({"kind": "cyclical", "cycles": 4}, kind_unique=True) == "cyclical"
 
 
+def test_mapping_levels_are_labelled_by_what_tells_them_apart():
+    """A factor whose levels are mappings (model.args, objective) is labelled without the settings
+    every level shares (said once, in the report's Factors section), so that labels fit a figure."""
+    from vaebench.record.results import common_settings, mapping_labels
+
+    base = {"cell": "gru", "embed": 32, "hidden": 64}
+    args = [
+        {**base, "decoder": "factorised"},
+        {**base, "decoder": "rnn"},
+        {**base, "decoder": "rnn", "word_dropout": 0.5},
+    ]
+    assert common_settings(args) == base
+    assert list(mapping_labels(args).values()) == [
+        "(decoder=factorised)",
+        "(decoder=rnn)",
+        "(decoder=rnn, word_dropout=0.5)",
+    ]
+    # a level that only lacks a setting the others add keeps the shared ones: never an empty label
+    objective = [{"beta": 1.0}, {"beta": 1.0, "free_bits": 0.25}]
+    assert list(mapping_labels(objective).values()) == ["(beta=1.0)", "(free_bits=0.25)"]
+    # kinds stay; one level or levels that are not all mappings: nothing is left out
+    anneal = [{"kind": "linear", "start": 0.3}, {"kind": "cyclical", "start": 0.3}]
+    assert list(mapping_labels(anneal).values()) == ["linear", "cyclical"]
+    assert common_settings([args[0]]) == {} and common_settings([args[0], "none"]) == {}
+    assert list(mapping_labels([args[0]]).values()) == ["(cell=gru, decoder=factorised, embed=32, hidden=64)"]
+
+
+def test_long_labels_wrap_after_commas_and_equals_signs():
+    from vaebench.report.figures import wrap_label
+
+    for text in ["(decoder=rnn, word_dropout=0.5)", "objective = (anneal=linear(warmup_steps=3500))", "0.25"]:
+        wrapped = wrap_label(text, 22)
+        assert wrapped.replace("\n", " ").replace("( ", "(") == text  # only line breaks added
+        assert all(len(line) <= 22 for line in wrapped.split("\n"))
+    assert wrap_label("(decoder=rnn, word_dropout=0.5)", 22) == "(decoder=rnn,\nword_dropout=0.5)"
+
+
 # --------------------------------------------------------------------------- bad input: exit 2
 
 

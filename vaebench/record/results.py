@@ -283,16 +283,38 @@ def level_label(value: Any, kind_unique: bool = False) -> Any:
     return value
 
 
-def _mapping_labels(levels: list[Any]) -> dict[str, Any]:
-    """JSON of each level -> its label; kinds used by one level only are shown bare."""
+def common_settings(levels: list[Any]) -> dict[str, Any]:
+    """The settings every level of a factor of mappings shares (same key, same value; ``kind``
+    excepted), e.g. cell=gru in every level of model.args: {} unless there are two or more
+    distinct levels, all mappings."""
+    distinct = list({json.dumps(v, sort_keys=True): v for v in levels}.values())
+    if len(distinct) < 2 or not all(isinstance(v, dict) for v in distinct):
+        return {}
+    first = distinct[0]
+    return {
+        k: v
+        for k, v in first.items()
+        if k != "kind"
+        and all(k in d and json.dumps(d[k], sort_keys=True) == json.dumps(v, sort_keys=True) for d in distinct)
+    }
+
+
+def mapping_labels(levels: list[Any]) -> dict[str, Any]:
+    """JSON of each level -> its label: kinds used by one level only are shown bare, and the
+    settings every level shares (``common_settings``) are left out, so that a label says what
+    tells its level apart; a level that differs from the others only by lacking a setting keeps
+    the shared ones (its label would be empty)."""
     kinds: dict[Any, set[str]] = {}
     for v in levels:
         k = v.get("kind") if isinstance(v, dict) else v
         kinds.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
-    out = {}
+    common = common_settings(levels)
+    out: dict[str, Any] = {}
     for v in levels:
         k = v.get("kind") if isinstance(v, dict) else v
-        out[json.dumps(v, sort_keys=True)] = level_label(v, kind_unique=len(kinds.get(k, ())) == 1)
+        rest = {key: x for key, x in v.items() if key not in common} if common else v
+        shown = rest or v
+        out[json.dumps(v, sort_keys=True)] = level_label(shown, kind_unique=len(kinds.get(k, ())) == 1)
     return out
 
 
@@ -397,7 +419,7 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
             if col.dtype == object and any(isinstance(v, list) for v in col):
                 params[f] = pd.Series([tuple(v) if isinstance(v, list) else v for v in col], dtype="object")
             continue
-        labels = _mapping_labels([p[f] for p in points if f in p])
+        labels = mapping_labels([p[f] for p in points if f in p])
         factor_cols[f] = pd.Series(
             [labels.get(json.dumps(p[f], sort_keys=True)) if f in p else None for p in points], dtype="object"
         )
@@ -419,6 +441,12 @@ def trials_frame(study: str, tracking_uri: str | None = None, *, record: StudyRe
         parent_run_id=rec.parent_run_id,
         description=rec.description,
         factors=list(rec.factors),
+        # per factor of mappings, the settings every level shares (left out of the level labels)
+        factor_common={
+            f: common_settings([p[f] for p in points if f in p])
+            for f in rec.factors
+            if common_settings([p[f] for p in points if f in p])
+        },
         search=rec.search,
         seeds=list(rec.seeds),
         optuna_study=rec.optuna_study,

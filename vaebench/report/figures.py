@@ -13,6 +13,7 @@ are not comparable with a finished one's.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,32 @@ from matplotlib.patches import Patch, Rectangle
 from vaebench.record.results import level_label, short_names
 
 WIDTH = 6.5  # inches: a paper's text width
+CHAR_WIDTH = 0.1  # inches per character of a tick label (DejaVu Sans at the figures' font size, a little over)
+
+
+def wrap_label(text: Any, width: int = 22) -> str:
+    """A long level label ('(decoder=rnn, word_dropout=0.5)', 'objective = (free_bits=0.25)') on
+    several lines of at most ``width`` characters where it can, broken after a comma or an ' = ' (a
+    longer piece after an inner '('),
+    so that cells and panels, not their labels, set a figure's size."""
+    lines: list[str] = []
+    parts = []
+    for part in re.split(r"(?<=,) |(?<= =) ", str(text)):  # a long part breaks after an inner "("
+        parts += [part] if len(part) <= width else [p for p in re.split(r"(?<=\w\()", part) if p]
+    for part in parts:
+        if lines and len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += " " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
+def _label_extent(labels: Sequence[Any]) -> tuple[int, int]:
+    """(longest line in characters, most lines) of wrapped tick labels."""
+    lines = [str(label).split("\n") for label in labels] or [[""]]
+    return max(len(x) for ls in lines for x in ls), max(len(ls) for ls in lines)
+
+
 MAX_HEATMAP_ROWS = 40
 CURVE_METRICS = {"val/elbo": "ELBO (nats)", "val/kl": "KL (nats)", "val/active_units": "active units"}
 
@@ -426,7 +453,7 @@ def active_units(
             ax.yaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel(f"{name_of(trials, beta)} (KL weight)")
             if col:
-                ax.set_title(f"{name_of(trials, col)} = {_shown(c)}", fontsize=9)
+                ax.set_title(wrap_label(f"{name_of(trials, col)} = {_shown(c)}", 28), fontsize=9)
         thr = data["metrics.active_threshold"].iloc[0] if "metrics.active_threshold" in data else 0.01
         axes[0].set_ylabel(f"active units (Var$_x$ E[z|x] > {thr:g})")
         handles, labels = [], []
@@ -671,8 +698,20 @@ def collapse_map(
     title = f"Collapsed dims, (ε, δ) = ({epsilon:g}, {delta:g})\nmean over seeds" + (
         f"\n{pooled_phrase(trials, pooled)}" if pooled else ""
     )
+    for mat in mats:  # long labels (a factor of mappings) on several lines, and the figure sized for them
+        mat.index = [wrap_label(v) for v in mat.index]
+        mat.columns = [wrap_label(v) for v in mat.columns]
+    ychars, _ = _label_extent(mats[0].index)
+    xchars, xlines = _label_extent(mats[0].columns)
+    # column labels side by side while they fit a text width, else slanted under narrow cells
+    rotate = cols > 6 or 1.2 + max(0.75, CHAR_WIDTH * xchars + 0.15) * cols + CHAR_WIDTH * ychars > WIDTH
+    cell_w = 0.75 if rotate else max(0.75, CHAR_WIDTH * xchars + 0.15)
+    label_h = CHAR_WIDTH * xchars * 0.7 if rotate else 0.2 * xlines
     with figure_style():
-        one = (max(2.2, min(WIDTH, 1.2 + 0.75 * cols)), max(2.8, 1.6 + 0.45 * rows))
+        one = (
+            max(2.2, min(WIDTH, 1.2 + cell_w * cols + CHAR_WIDTH * ychars)),
+            max(2.8, 1.6 + 0.45 * rows + label_h),
+        )
         width = min(WIDTH * 1.6, one[0] * len(panels) + 1.2) if fn else max(4.5, one[0] + 1.0)
         fig = Figure(figsize=(width, one[1] + (0.3 if fn else 0)), layout="constrained")
         grid = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
@@ -697,9 +736,11 @@ def collapse_map(
             ax.set_xlabel(xn)
             ax.set_ylabel((yn or "") if i == 0 else "")
             if p is not None:
-                ax.set_title(f"{fn} = {p}", fontsize=9)
-            long = max((len(str(c)) for c in mat.columns), default=0) > 7
-            ax.tick_params(axis="x", rotation=45 if cols > 6 or long else 0)
+                ax.set_title(wrap_label(f"{fn} = {p}", 28), fontsize=9)
+            if rotate:
+                ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+            else:
+                ax.tick_params(axis="x", rotation=0)
             ax.tick_params(axis="y", rotation=0)
         # several lines: the figure is only as wide as its cells, and a one-line title overflowed it
         if fn:
@@ -792,7 +833,7 @@ def training_curves(
                 if c == 0:
                     ax.set_ylabel(metrics[m], fontsize=8)
                 if r == 0 and col:
-                    ax.set_title(f"{name_of(histories, col)} = {cv}", fontsize=9)
+                    ax.set_title(wrap_label(f"{name_of(histories, col)} = {cv}", 28), fontsize=9)
                 if r == len(present) - 1:
                     ax.set_xlabel("epoch")
                 ax.xaxis.get_major_locator().set_params(integer=True)

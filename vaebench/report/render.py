@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from vaebench.record.results import ReportError, histories_frame, resolve_factor
+from vaebench.record.results import ReportError, histories_frame, level_label, resolve_factor
 from vaebench.record.store import default_storage
 from vaebench.report import disentanglement_figures as D
 from vaebench.report import figures as F
@@ -130,6 +130,8 @@ def make_figures(
 
     style = anneal or (fb if fb else None)
     hue = beta or next((f for f in factors if f != style), None)
+    if style is None:  # a second factor with few levels gets the markers rather than being pooled unseen
+        style = next((f for f in factors if f != hue and f in trials and not F.many_levels(trials[f])), None)
     nsga2 = trials.attrs.get("search") == "nsga2"
     out.append(
         _draw(
@@ -350,6 +352,9 @@ def _levels_text(trials: pd.DataFrame) -> list[str]:
                 shown = f"{len(lv)} values from {F.short_level(float(lv[0]))} to {F.short_level(float(lv[-1]))}"
             else:
                 shown = ", ".join(F.fmt_level(v) for v in lv[:12]) + (f", … ({len(lv)} values)" if len(lv) > 12 else "")
+            common = trials.attrs.get("factor_common", {}).get(f)
+            if common:  # left out of the labels: said once here
+                shown += "; in every level: " + ", ".join(f"{k}={level_label(v)}" for k, v in sorted(common.items()))
             lines.append(f"{f}: {shown}")
     return lines
 
