@@ -161,6 +161,7 @@ def test_config_hash_unchanged_for_configs_without_the_new_settings():
         {"objective": {"tc_estimator": "mss"}},
         {"metrics": {"disentanglement": ["mig"]}},
         {"metrics": {"disentanglement_preset": "publish"}},
+        {"train": {"lr_schedule": "cosine"}},
     ):
         other = TrialConfig.model_validate({"data": {"kind": "dsprites"}, **change})
         assert other.config_hash() != base.config_hash(), change

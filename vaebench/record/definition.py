@@ -21,9 +21,11 @@ from typing import Any
 from vaebench.study.config import flatten
 from vaebench.study.spec import Range, Study
 
-#: settings added after records existed, with the default that reproduces the old behaviour: left
-#: out of a definition at that default, so a record begun before the setting existed still matches
-#: (resumes and extends) while a study that sets it to anything else is a change
+#: settings added after definitions were first recorded, with the default that reproduces the old
+#: behaviour: left out of a definition at that default, so a record begun before the setting existed
+#: still matches (resumes and extends) while a study that sets it otherwise is a change. (A trial's
+#: config hash leaves out a longer list, study.config.LATER_DEFAULTS: some of those settings predate
+#: definitions, which record them.)
 LATER_SETTINGS: dict[str, Any] = {"train.lr_schedule": "constant"}
 
 

@@ -565,6 +565,7 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("metrics", "disentanglement_every"): None,
     ("metrics", "disentanglement_preset"): "default",
     ("metrics", "disentanglement_seed"): 0,
+    ("train", "lr_schedule"): "constant",
 }
 
 
