@@ -93,14 +93,16 @@ class SequenceVAE(nn.Module):
     # ----------------------------------------------------------------- encoder
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T] -> (mu, logvar) [B, J] from the encoder's state after the last non-pad token."""
-        lengths = (x != PAD).sum(-1).clamp(min=1)
-        packed = nn.utils.rnn.pack_padded_sequence(
-            self.embedding(x), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, state = self.encoder(packed)
-        h = state[0] if self.cell == "lstm" else state
-        mu, logvar = self.to_posterior(h[-1]).chunk(2, dim=-1)
+        """x [B, T] -> (mu, logvar) [B, J] from the encoder's state after the last non-pad token.
+
+        The RNN runs over the whole padded row and each row's output is read at its last non-pad
+        position: the RNN is causal and pads come only after <eos>, so that output is the state the
+        RNN reaches without reading a pad (what ``pack_padded_sequence`` gives, without its
+        lengths on the host: no device sync, and it runs under ``torch.func.vmap``)."""
+        last = (x != PAD).sum(-1).clamp(min=1) - 1  # [B]
+        out, _ = self.encoder(self.embedding(x))  # [B, T, H]
+        h = torch.gather(out, 1, last[:, None, None].expand(-1, 1, out.shape[-1])).squeeze(1)
+        mu, logvar = self.to_posterior(h).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     # ----------------------------------------------------------------- decoder
