@@ -109,10 +109,13 @@ def _gru_steps(gi: torch.Tensor, h: torch.Tensor, hidden) -> tuple[torch.Tensor,
     """The GRU's recurrence (gates r, z, n in torch's order) from input projections gi [..., T, 3H]
     and state h [..., H]; ``hidden(h)`` is W_hh h + b_hh. Returns (outputs [..., T, H], h [1, ..., H])."""
     H, outs = h.shape[-1], []
-    for t in range(gi.shape[-2]):
-        gh, g = hidden(h), gi[..., t, :]
-        r, z = torch.sigmoid(g[..., : 2 * H] + gh[..., : 2 * H]).chunk(2, -1)
-        n = torch.tanh(g[..., 2 * H :] + r * gh[..., 2 * H :])
+    # unbind and split, not indexing: an index's backward fills a zero tensor of the whole input per
+    # step (40% of the stacked step's time), theirs is one stack / cat
+    for g in gi.unbind(-2):
+        g_rz, g_n = g.split([2 * H, H], -1)
+        h_rz, h_n = hidden(h).split([2 * H, H], -1)
+        r, z = torch.sigmoid(g_rz + h_rz).chunk(2, -1)
+        n = torch.tanh(g_n + r * h_n)
         h = n + z * (h - n)
         outs.append(h)
     return torch.stack(outs, -2), h[None]
