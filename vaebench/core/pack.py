@@ -158,7 +158,7 @@ def plugin_packs(cfg: TrialConfig) -> str | None:
             for seed in (0, 1):
                 torch.manual_seed(seed)
                 models.append(build_model(cfg.model, data.meta.shape, len(data.meta.vocab) or None))
-            _PLUGIN_PACKS[key] = check_packable(models, data.train[:8])
+            _PLUGIN_PACKS[key] = check_packable(models, data.train[:8], path="auto")  # the path the pack runs
         except Exception as e:  # noqa: BLE001  (any failure is a reason to run solo)
             _PLUGIN_PACKS[key] = f"the dry step failed: {type(e).__name__}: {e}"
     return _PLUGIN_PACKS[key]
