@@ -2,7 +2,7 @@
 
     python benchmarks/strong_decoders.py                      # 4 rounds, about 2 minutes on an idle core
     python benchmarks/strong_decoders.py --rounds 2 --out benchmarks/STRONG_DECODERS.md
-    python benchmarks/strong_decoders.py --sections solo,pack  # without the seq_vae packing prototype
+    python benchmarks/strong_decoders.py --sections solo,pack  # without section 3 (the sequence VAE packed)
 
 Every figure is an epoch of ``vaebench.core.train.Trainer``, the loop a sweep runs (minibatch
 order, encode, reparameterise, log p(x|z), objective, backward, optimiser step, the epoch's
@@ -16,13 +16,14 @@ machine disturb far less than wall time.
 2. Packed: the PixelCNN at M = 4 and 8 through the path ``run_members`` picks ("auto"; the
    PixelCNN's masked convolutions are not member-aware layers, so torch.func's ``Vmapped``),
    against the same M trials solo one after the other (same total model-steps).
-3. seq_vae GRU packing prototype (studies/strong_decoder.yaml's model: embed 32, hidden 64,
-   z_feed init, latent 4), M = 9 against 9 solo trials. ``nn.GRU`` has no vmap batching rule
-   (aten::gru), so two member-aware GRUs are measured: ``LoopGRU``, the GRU's equations written out
-   over the time steps (one matmul for the inputs, one per step for the state) as an ``nn.GRU``
-   subclass, run solo and through ``Vmapped``; and ``StackedSeqGRU``, the whole model with a
-   leading member axis (``torch.baddbmm`` per layer and per time step, as the fused path's
-   layers). Neither is used by vaebench (see docs/strong_decoders.md, "Speed").
+3. The sequence VAE packed at M = 9 against 9 solo trials, GRU decoder (studies/strong_decoder.yaml's
+   model: embed 32, hidden 64, z_feed init, latent 4) and factorised decoder: through the path
+   run_members picks (fused: its Embedding, GRU and Linear layers are member-aware, the GRU's
+   equations written out over the time steps with one ``torch.baddbmm`` per step, since
+   ``torch.func.vmap`` has no batching rule for aten::gru). Beside it the alternative not taken:
+   ``LoopGRU`` (below), the GRU's equations as an ``nn.GRU`` subclass, packed through
+   ``torch.func`` (Vmapped). And the GRU's solo speed: nn.GRU (what a solo trial runs), the
+   member-aware code at M = 1 (path "fused"), LoopGRU alone.
 
 Every Trainer lives through the whole run: each takes one warm-up epoch, then one epoch per
 round; the cases advance in turn, the order rotated each round. A packed/solo ratio is taken
@@ -49,12 +50,10 @@ import torch  # noqa: E402  (after the sys.path line)
 import torch.nn.functional as F  # noqa: E402  (after the sys.path line)
 from torch import nn  # noqa: E402  (after the sys.path line)
 
-from vaebench.core import train as train_module  # noqa: E402  (after the sys.path line)
-from vaebench.core.members import SharedInput  # noqa: E402  (after the sys.path line)
 from vaebench.core.models import sequence  # noqa: E402  (after the sys.path line)
 from vaebench.core.train import Trainer, configure_torch  # noqa: E402  (after the sys.path line)
 from vaebench.data import load_data  # noqa: E402  (after the sys.path line)
-from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN, TrialConfig  # noqa: E402  (after the sys.path line)
+from vaebench.study.config import TrialConfig  # noqa: E402  (after the sys.path line)
 
 DIGITS = {"kind": "digits", "binarize": True}
 GRAMMAR = {"kind": "grammar", "n_samples": 2000}
@@ -68,7 +67,7 @@ FAMILIES = {
 LABELS = {
     "mlp": "mlp 256-128, digits (factorised)",
     "pixelcnn": "pixelcnn 3 x 32, digits",
-    "seq_gru": "seq_vae GRU (nn.GRU), grammar",
+    "seq_gru": "seq_vae GRU, grammar",
     "seq_fact": "seq_vae factorised decoder, grammar",
 }
 PIXELCNN_PACKS = (4, 8)
@@ -89,12 +88,13 @@ def config(family: str, seed: int) -> TrialConfig:
     )
 
 
-# ------------------------------------------------------------------- the seq_vae packing prototype
+# ------------------------------------------------------------------- the alternative not taken
 
 
 class LoopGRU(nn.GRU):
     """nn.GRU (one layer, batch_first) with its equations written out over the time steps, so that it
-    runs under torch.func.vmap (aten::gru has no batching rule). Same parameters, same init."""
+    runs under torch.func.vmap (aten::gru has no batching rule). Same parameters, same init. The
+    alternative to the fused path that vaebench does not use: it packs slower (the table printed)."""
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = x.new_zeros(x.shape[0], self.hidden_size) if h0 is None else h0[0]
@@ -109,8 +109,8 @@ def _gru_steps(gi: torch.Tensor, h: torch.Tensor, hidden) -> tuple[torch.Tensor,
     """The GRU's recurrence (gates r, z, n in torch's order) from input projections gi [..., T, 3H]
     and state h [..., H]; ``hidden(h)`` is W_hh h + b_hh. Returns (outputs [..., T, H], h [1, ..., H])."""
     H, outs = h.shape[-1], []
-    # unbind and split, not indexing: an index's backward fills a zero tensor of the whole input per
-    # step (40% of the stacked step's time), theirs is one stack / cat
+    # unbind and split, not indexing (as vaebench.core.models.layers.GRU): an index's backward fills a
+    # zero tensor of the whole input per step
     for g in gi.unbind(-2):
         g_rz, g_n = g.split([2 * H, H], -1)
         h_rz, h_n = hidden(h).split([2 * H, H], -1)
@@ -121,90 +121,17 @@ def _gru_steps(gi: torch.Tensor, h: torch.Tensor, hidden) -> tuple[torch.Tensor,
     return torch.stack(outs, -2), h[None]
 
 
-def _lin(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Each member's linear layer: h [M, ..., in], w [M, out, in], b [M, out] -> [M, ..., out]."""
-    out = torch.baddbmm(b[:, None], h.reshape(h.shape[0], -1, h.shape[-1]), w.transpose(1, 2))
-    return out.view(*h.shape[:-1], w.shape[1])
-
-
-class StackedSeqGRU:
-    """M seq_vae GRU models (z_feed init, RNN decoder, no word dropout) as one, every parameter
-    stacked [M, *solo shape]: the model's forward written with a leading member axis (a Members of
-    vaebench.core.members; training only, no evaluation)."""
-
-    def __init__(self, models: list[nn.Module]):
-        m0 = models[0].inner  # the SequenceVAE inside the plugin wrapper (vaebench.core.models.plugin)
-        assert m0.cell == "gru" and m0.z_feed == "init" and m0.decoder_kind == "rnn" and m0.word_dropout == 0
-        self.solo, self.hidden, self.members = models[0], m0.hidden, len(models)
-        self.p = {  # the solo model's names ("inner.encoder.weight_ih_l0", ...)
-            n: torch.stack([m.get_parameter(n).detach() for m in models]).contiguous().requires_grad_()
-            for n, _ in models[0].named_parameters()
-        }
-
-    def _w(self, name: str) -> torch.Tensor:
-        return self.p[f"inner.{name}"]
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        W = self._w("embedding.weight")  # [M, V, E]; row PAD is 0 and gets no gradient (padding_idx)
-        M, V = W.shape[:2]
-        offsets = torch.arange(M, device=x.device).view(M, *[1] * (x.dim() - 1)) * V
-        return F.embedding(x + offsets, W.flatten(0, 1)) * (x != sequence.PAD)[..., None]
-
-    def _gru(self, name: str, e: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        w = self._w
-        gi = _lin(e, w(f"{name}.weight_ih_l0"), w(f"{name}.bias_ih_l0"))
-        wh, bh = w(f"{name}.weight_hh_l0").transpose(1, 2), w(f"{name}.bias_hh_l0")[:, None]
-        return _gru_steps(gi, h, lambda h: torch.baddbmm(bh, h, wh))[0]
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self._embed(x)
-        out = self._gru("encoder", e, e.new_zeros(*x.shape[:2], self.hidden))
-        last = (x != sequence.PAD).sum(-1).clamp(min=1) - 1
-        h = torch.gather(out, 2, last[..., None, None].expand(*last.shape, 1, out.shape[-1])).squeeze(2)
-        mu, logvar = _lin(h, self._w("to_posterior.weight"), self._w("to_posterior.bias")).chunk(2, -1)
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([torch.full_like(x[..., :1], sequence.BOS), x[..., :-1]], -1)
-        h0 = torch.tanh(_lin(z, self._w("z_to_state.weight"), self._w("z_to_state.bias")))
-        logits = _lin(self._gru("decoder", self._embed(inp), h0), self._w("out.weight"), self._w("out.bias"))
-        lp = torch.gather(F.log_softmax(logits, -1), -1, x[..., None]).squeeze(-1)
-        return lp.masked_fill(x == sequence.PAD, 0.0).sum(-1)
-
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.p.values())
-
-    def keep(self, positions: list[int]) -> None:
-        index = torch.tensor(positions, dtype=torch.long)
-        self.p = {n: v.detach().index_select(0, index).requires_grad_() for n, v in self.p.items()}
-        self.members = len(positions)
-
-    def member_state(self, i: int) -> dict[str, torch.Tensor]:
-        return {n: v[i].detach().clone() for n, v in self.p.items()}
-
-    def solo_model(self, i: int) -> nn.Module:
-        self.solo.load_state_dict(self.member_state(i))
-        return self.solo
-
-    def for_metrics(self) -> SharedInput:
-        return SharedInput(self)
-
-
-def build_trainer(family: str, seeds: list[int], variant: str, data) -> Trainer:
-    """A Trainer of ``seeds``: variant "auto" (run_members's choice), "loop" (LoopGRU in place of
-    nn.GRU, members through run_members) or "stacked" (StackedSeqGRU)."""
+def build_trainer(family: str, seeds: list[int], data, path: str = "auto", loop: bool = False) -> Trainer:
+    """A Trainer of ``seeds`` on ``path`` (run_members's); ``loop``: LoopGRU in place of nn.GRU."""
     cfgs = [config(family, s) for s in seeds]
-    saved_cells, saved_run = dict(sequence.CELLS), train_module.run_members
+    saved = dict(sequence.CELLS)
     try:
-        if variant == "loop":
+        if loop:
             sequence.CELLS["gru"] = LoopGRU
-        if variant == "stacked":
-            train_module.run_members = lambda models, path="auto": StackedSeqGRU(models)
-        return Trainer(cfgs, data)
+        return Trainer(cfgs, data, path)
     finally:
         sequence.CELLS.clear()
-        sequence.CELLS.update(saved_cells)
-        train_module.run_members = saved_run
+        sequence.CELLS.update(saved)
 
 
 # ------------------------------------------------------------------- the run
@@ -263,23 +190,29 @@ def main() -> None:
     packs: dict[str, list[str]] = {}
     if "solo" in sections:
         for fam in FAMILIES:
-            cases[fam] = Case(fam, build_trainer(fam, [0], "auto", dig if fam in ("mlp", "pixelcnn") else gram))
+            cases[fam] = Case(fam, build_trainer(fam, [0], dig if fam in ("mlp", "pixelcnn") else gram))
     if "pack" in sections:
         for s in range(max(PIXELCNN_PACKS)):  # the seed-0 solo trial is section 1's when it runs
             reuse = cases.get("pixelcnn") if s == 0 else None
-            cases[f"pixelcnn/solo{s}"] = reuse or Case("pixelcnn", build_trainer("pixelcnn", [s], "auto", dig))
+            cases[f"pixelcnn/solo{s}"] = reuse or Case("pixelcnn", build_trainer("pixelcnn", [s], dig))
         for M in PIXELCNN_PACKS:
-            cases[f"pixelcnn/M{M}"] = Case("pixelcnn", build_trainer("pixelcnn", list(range(M)), "auto", dig))
+            cases[f"pixelcnn/M{M}"] = Case("pixelcnn", build_trainer("pixelcnn", list(range(M)), dig))
             packs[f"pixelcnn/M{M}"] = [f"pixelcnn/solo{s}" for s in range(M)]
     if "seq" in sections:
         for s in range(SEQ_PACK):
             reuse = cases.get("seq_gru") if s == 0 else None
-            cases[f"seq_gru/solo{s}"] = reuse or Case("seq_gru", build_trainer("seq_gru", [s], "auto", gram))
-        cases["seq_gru/loop1"] = Case("seq_gru", build_trainer("seq_gru", [0], "loop", gram))
-        cases["seq_gru/stacked1"] = Case("seq_gru", build_trainer("seq_gru", [0], "stacked", gram))
-        for v in ("loop", "stacked"):
-            cases[f"seq_gru/{v}{SEQ_PACK}"] = Case("seq_gru", build_trainer("seq_gru", list(range(SEQ_PACK)), v, gram))
-            packs[f"seq_gru/{v}{SEQ_PACK}"] = [f"seq_gru/solo{s}" for s in range(SEQ_PACK)]
+            cases[f"seq_gru/solo{s}"] = reuse or Case("seq_gru", build_trainer("seq_gru", [s], gram))
+        cases["seq_gru/loop1"] = Case("seq_gru", build_trainer("seq_gru", [0], gram, loop=True))
+        cases["seq_gru/fused1"] = Case("seq_gru", build_trainer("seq_gru", [0], gram, "fused"))
+        seeds = list(range(SEQ_PACK))
+        for s in seeds:
+            reuse = cases.get("seq_fact") if s == 0 else None
+            cases[f"seq_fact/solo{s}"] = reuse or Case("seq_fact", build_trainer("seq_fact", [s], gram))
+        for fam in ("seq_gru", "seq_fact"):
+            cases[f"{fam}/M{SEQ_PACK}"] = Case(fam, build_trainer(fam, seeds, gram))
+            packs[f"{fam}/M{SEQ_PACK}"] = [f"{fam}/solo{s}" for s in seeds]
+        cases[f"seq_gru/loop{SEQ_PACK}"] = Case("seq_gru", build_trainer("seq_gru", seeds, gram, "generic", True))
+        packs[f"seq_gru/loop{SEQ_PACK}"] = [f"seq_gru/solo{s}" for s in seeds]
     unique = list(dict.fromkeys(cases.values()))  # each trainer once
     print(f"{len(unique)} trainers; warm-up epoch", flush=True)
     for c in unique:
@@ -329,22 +262,18 @@ def main() -> None:
             "max rel. param. difference to the solo trial |",
             "|---|---|---|---|---|---|---|",
         ]
-        solo_trainers = {
-            cases[k].trainer.live[0].cfg.seed: cases[k].trainer for k in cases if k.startswith("seq_gru/solo")
-        }
-        pix_trainers = {
-            cases[k].trainer.live[0].cfg.seed: cases[k].trainer for k in cases if k.startswith("pixelcnn/solo")
-        }
         for key, solo_keys in packs.items():
             c = cases[key]
             solo, packed = solo_rates(solo_keys), rates(c)
             ratio = [p / s for p, s in zip(packed, solo, strict=True)]
             name = {
-                "pixelcnn": "pixelcnn 3 x 32 (the path run_members picks)",
-                "seq_gru/loop": "seq_vae GRU, LoopGRU (prototype)",
-                "seq_gru/stacked": "seq_vae GRU, StackedSeqGRU (prototype)",
-            }[key.split("/")[0] if key.startswith("pixelcnn") else key.rstrip("0123456789")]
-            diff = rel_diff(c.trainer, pix_trainers if key.startswith("pixelcnn") else solo_trainers)
+                "pixelcnn/M": "pixelcnn 3 x 32, digits",
+                "seq_gru/M": "seq_vae GRU, grammar",
+                "seq_fact/M": "seq_vae factorised decoder, grammar",
+                "seq_gru/loop": "seq_vae GRU, grammar: LoopGRU through torch.func (not used)",
+            }[key.rstrip("0123456789")]
+            solo_of = {cases[k].trainer.live[0].cfg.seed: cases[k].trainer for k in solo_keys}
+            diff = rel_diff(c.trainer, solo_of)
             lines.append(
                 f"| {name} | {c.M} | {c.path} | {stats(solo, '.1f')} | {stats(packed, '.1f')} | "
                 f"**{stats(ratio)}** | {diff:.1e} |"
@@ -352,22 +281,22 @@ def main() -> None:
         lines += [
             "",
             f"Parameter differences after {args.rounds + 1} epochs (the warm-up and the rounds), packed member "
-            "against the solo trial of its seed"
-            + (" (the nn.GRU solo trial for the seq_vae prototypes)." if "seq" in sections else "."),
+            "against the solo trial of its seed (for LoopGRU: the nn.GRU solo trial). Path: what "
+            "`run_members` picks for these models (Vmapped: torch.func; Fused: member-aware layers).",
             "",
         ]
     if "seq" in sections:
         ngru = rates(cases["seq_gru/solo0"])
         lines += [
-            "## seq_vae GRU solo: the prototypes' cell code against nn.GRU",
+            "## seq_vae GRU solo: the packed cell code run alone, against nn.GRU",
             "",
             "| solo trial (seed 0) | path | model-steps/s | x nn.GRU solo, same round |",
             "|---|---|---|---|",
         ]
         for key, name in (
-            ("seq_gru/solo0", "nn.GRU (vaebench's seq_vae)"),
-            ("seq_gru/loop1", "LoopGRU"),
-            ("seq_gru/stacked1", "StackedSeqGRU at M = 1"),
+            ("seq_gru/solo0", "nn.GRU (what a solo trial runs)"),
+            ("seq_gru/fused1", "the member-aware GRU's stacked code at M = 1 (path fused)"),
+            ("seq_gru/loop1", "LoopGRU (not used)"),
         ):
             c = cases[key]
             ratio = [a / b for a, b in zip(rates(c), ngru, strict=True)]

@@ -137,7 +137,7 @@ class Embedding(MemberAware, nn.Embedding):
 class _RNN(MemberAware):
     """A one-layer, batch-first, unidirectional GRU/LSTM: solo the torch.nn op itself; stacked, its
     equations over the time steps with a leading member axis (x [M, B, T, in], states [1, M, B, H]):
-    the inputs' projection as one batched matmul, then one ``baddbmm`` per step for the state.
+    the inputs' projection as one batched matmul, then ``baddbmm`` per step for the state.
     Weights are kept transposed ([M, in, G*H]), as Linear's."""
 
     def stack_from(self, layers: list[nn.Module]) -> None:
@@ -150,12 +150,13 @@ class _RNN(MemberAware):
 
     solo_layout = stacked_layout
 
-    def _projections(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Each step's input projection [M, B, G*H], and W_hh [M, H, G*H], b_hh [M, 1, G*H]. Unbind and
-        split, never indexing, along time and gates: an index's backward fills a zero tensor the
-        size of the whole input at every step (40% of a packed step, measured)."""
-        gi = torch.baddbmm(self.bias_ih_l0.unsqueeze(1), x.reshape(x.shape[0], -1, x.shape[-1]), self.weight_ih_l0)
-        return gi.view(*x.shape[:-1], -1).unbind(-2), self.weight_hh_l0, self.bias_hh_l0.unsqueeze(1)
+
+def _input_steps(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs' projection x W + b of every time step at once (x [M, B, T, in], w [M, in, G],
+    b [M, G]), then one [M, B, G] per step. Unbind, never indexing, along time: an index's backward
+    fills a zero tensor the size of the whole input at every step (40% of a packed step, measured)."""
+    gi = torch.baddbmm(b.unsqueeze(1), x.reshape(x.shape[0], -1, x.shape[-1]), w)
+    return gi.view(*x.shape[:-1], -1).unbind(-2)
 
 
 class GRU(_RNN, nn.GRU):
@@ -164,13 +165,18 @@ class GRU(_RNN, nn.GRU):
             return super().forward(x, hx)
         H = self.hidden_size
         h = x.new_zeros(*x.shape[:-2], H) if hx is None else hx[0]
-        steps, w, b = self._projections(x)
+        # torch's gates: r, z = sigmoid(W_i x + b_i + W_h h + b_h), n = tanh(W_in x + b_in + r (W_hn h + b_hn)).
+        # Each step's r, z input term (both biases in it) is the additive term of its baddbmm: no add,
+        # no split of the gates (measured: a packed step 28% faster than one baddbmm split in three)
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0
+        rz_in = _input_steps(x, w_ih[:, :, : 2 * H], b_ih[:, : 2 * H] + b_hh[:, : 2 * H])
+        n_in = _input_steps(x, w_ih[:, :, 2 * H :], b_ih[:, 2 * H :])
+        w_rz, w_n = w_hh[:, :, : 2 * H].contiguous(), w_hh[:, :, 2 * H :].contiguous()
+        b_n = b_hh[:, 2 * H :].unsqueeze(1)
         outs = []
-        for g in steps:  # torch's gates r, z, n; n = tanh(W_in x + b_in + r (W_hn h + b_hn))
-            g_rz, g_n = g.split([2 * H, H], -1)
-            h_rz, h_n = torch.baddbmm(b, h, w).split([2 * H, H], -1)
-            r, z = torch.sigmoid(g_rz + h_rz).chunk(2, -1)
-            n = torch.tanh(g_n + r * h_n)
+        for g_rz, g_n in zip(rz_in, n_in):
+            r, z = torch.sigmoid(torch.baddbmm(g_rz, h, w_rz)).chunk(2, -1)
+            n = torch.tanh(g_n + r * torch.baddbmm(b_n, h, w_n))
             h = n + z * (h - n)  # (1 - z) n + z h
             outs.append(h)
         return torch.stack(outs, -2), h[None]
@@ -184,10 +190,10 @@ class LSTM(_RNN, nn.LSTM):
             h = c = x.new_zeros(*x.shape[:-2], self.hidden_size)
         else:
             h, c = hx[0][0], hx[1][0]
-        steps, w, b = self._projections(x)
+        w = self.weight_hh_l0
         outs = []
-        for g in steps:  # torch's gates i, f, g, o
-            i, f, gg, o = (g + torch.baddbmm(b, h, w)).chunk(4, -1)
+        for g in _input_steps(x, self.weight_ih_l0, self.bias_ih_l0 + self.bias_hh_l0):  # torch's gates i, f, g, o
+            i, f, gg, o = torch.baddbmm(g, h, w).chunk(4, -1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)
