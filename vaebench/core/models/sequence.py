@@ -112,8 +112,8 @@ class SequenceVAE(MemberAware, nn.Module):
 
         The RNN runs over the whole padded row and each row's output is read at its last non-pad
         position: the RNN is causal and pads come only after <eos>, so that output is the state the
-        RNN reaches without reading a pad (what ``pack_padded_sequence`` gives, without its
-        lengths on the host: no device sync, and it runs under ``torch.func.vmap``)."""
+        RNN reaches without reading a pad (what ``pack_padded_sequence`` gives, without sending the
+        lengths to the host: no device sync; and it stacks with a leading member axis)."""
         last = (x != PAD).sum(-1).clamp(min=1) - 1  # [B]
         out, _ = self.encoder(self.embedding(x))  # [B, T, H]
         h = torch.gather(out, -2, last[..., None, None].expand(*last.shape, 1, out.shape[-1])).squeeze(-2)
