@@ -535,3 +535,109 @@ def test_a_member_records_its_own_training_time():
         total += m["metrics"]["train/epoch_seconds"] / live[m["epoch"]]
         assert m["metrics"]["train/member_seconds"] == pytest.approx(total, rel=1e-12)
     assert epochs[-1]["metrics"]["train/member_seconds"] < sum(m["metrics"]["train/epoch_seconds"] for m in epochs)
+
+
+# ----------------------------------------------------------------------- the sequence VAE (fused)
+
+SEQ_ARGS = {
+    "seq_gru": {"cell": "gru", "embed": 8, "hidden": 16, "z_feed": "init"},
+    "seq_lstm": {"cell": "lstm", "embed": 8, "hidden": 16, "z_feed": "both"},
+    "seq_factorised": {"cell": "gru", "embed": 8, "hidden": 16, "decoder": "factorised"},
+}
+for _name, _args in SEQ_ARGS.items():
+    DATA[_name] = {"kind": "grammar", "n_samples": 300}
+    MODEL[_name] = {"kind": "seq_vae", "latent_dim": 3, "args": _args}
+
+
+@pytest.mark.parametrize("kind", list(SEQ_ARGS))
+def test_sequence_vae_members_equal_their_solo_trials(kind):
+    """seq_vae packs on the fused path (member-aware Embedding, GRU/LSTM, Linear): its members start
+    as their solo models bit for bit and, after two epochs, equal their solo trials within the MLP's
+    tolerances, every val/ metric included (iw_nll, per-token numbers: the batched evaluation)."""
+    configs = member_configs(kind, epochs=2)
+    cfgs = [TrialConfig.model_validate(c) for c in configs]
+    data = load_data(cfgs[0].data, cfgs[0].data_seed)
+    trainer = Trainer(cfgs, data)
+    assert type(trainer.model).__name__ == "Fused"
+    vocab = len(data.meta.vocab)
+    for k, cfg in enumerate(cfgs):
+        torch.manual_seed(cfg.seed)
+        init = build_model(cfg.model, data.meta.shape, vocab).state_dict()
+        state = trainer.model.member_state(k)
+        assert state.keys() == init.keys() and all(torch.equal(state[n], init[n]) for n in init)
+    assert pack_key(configs[0]) is not None and unsupported(configs[0]) == []
+    packed, params = pack_run(configs)
+    for k, c in enumerate(configs):
+        solo, solo_params = solo_run(c)
+        assert "val/perplexity" in solo[-1]
+        for epoch in (0, 1):
+            assert_close_metrics(
+                packed[k][epoch], solo[epoch], METRIC_TOL["mlp"], f"{kind} member {k} epoch {epoch + 1}"
+            )
+        for name, v in solo_params.items():
+            assert rel(params[k][name], v) <= PARAM_RTOL["mlp"], f"{kind} member {k}: {name}"
+
+
+def test_sequence_vae_with_word_dropout_runs_solo_and_says_why():
+    """Word dropout draws its masks from the global generator inside the forward: a packed member could
+    not draw its solo trial's, so such a trial is not packed, and the reason names word dropout."""
+    c = config("seq_gru", **{"model": {"args": {**SEQ_ARGS["seq_gru"], "word_dropout": 0.5}}})
+    reasons = unsupported(c)
+    assert pack_key(c) is None and len(reasons) == 1 and "word_dropout > 0" in reasons[0]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_stacked_rnn_equals_each_member_alone(cell):
+    """The member-aware GRU/LSTM stacked (its equations over the time steps, one baddbmm per step)
+    against each member's torch.nn op: outputs, final states and gradients, with and without an
+    initial state."""
+    from vaebench.core.models.layers import GRU, LSTM, stack_members
+
+    cls = {"gru": GRU, "lstm": LSTM}[cell]
+    solos = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        solos.append(torch.nn.Sequential(cls(5, 7, batch_first=True)))
+    stacked = stack_members(solos)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 6, 5, generator=g)
+    h0 = torch.randn(1, 3, 4, 7, generator=g)
+    states = [None, h0 if cell == "gru" else (h0, torch.randn(1, 3, 4, 7, generator=g))]
+    for hx in states:
+        out, state = stacked[0](x, hx)
+        out.square().sum().backward()
+        for k, solo in enumerate(solos):
+            hk = None if hx is None else (hx[:, k] if cell == "gru" else (hx[0][:, k], hx[1][:, k]))
+            o, s = solo[0](x[k], hk)
+            o.square().sum().backward()
+            torch.testing.assert_close(out[k], o, atol=1e-6, rtol=1e-5)
+            for a, b in zip((state,) if cell == "gru" else state, (s,) if cell == "gru" else s):
+                torch.testing.assert_close(a[:, k], b, atol=1e-6, rtol=1e-5)
+            for name, p in solo[0].named_parameters():
+                sp = stacked[0].get_parameter(name)
+                got = stacked[0].solo_layout(name, sp.grad[k])
+                assert rel(got, p.grad) <= 1e-5, f"{cell}: the gradient of {name}"
+                p.grad = None
+        for p in stacked.parameters():
+            p.grad = None
+
+
+def test_stacked_embedding_leaves_the_padding_row_alone():
+    """The member-aware Embedding stacked: each member's rows, the padding row read as it is and given
+    no gradient (nn.Embedding's padding_idx)."""
+    from vaebench.core.models.layers import Embedding, stack_members
+
+    solos = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        solos.append(torch.nn.Sequential(Embedding(6, 3, padding_idx=0)))
+    stacked = stack_members(solos)
+    ids = torch.tensor([[[0, 1, 5], [2, 0, 0]], [[3, 4, 0], [0, 0, 1]]])  # [M, B, T]
+    out = stacked(ids)
+    out.sum().backward()
+    for k, solo in enumerate(solos):
+        o = solo(ids[k])
+        o.sum().backward()
+        assert torch.equal(out[k], o)
+        assert torch.equal(stacked[0].weight.grad[k], solo[0].weight.grad)
+        assert torch.all(stacked[0].weight.grad[k, 0] == 0)

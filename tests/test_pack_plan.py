@@ -128,3 +128,20 @@ def test_auto_keeps_conv_solo_on_cpu_but_n_packs_it():
     ]
     assert plan_packs(conv, "auto", slots=1) == [[0], [1], [2], [3]]  # grouped convolutions are slower on a CPU
     assert plan_packs(conv, 2, slots=1) == [[0, 1], [2, 3]]
+
+
+def test_auto_keeps_pixelcnn_trials_solo_on_a_cpu_and_n_packs_them():
+    """The PixelCNN packs correctly (torch.func) but no faster on a CPU (benchmarks/STRONG_DECODERS.md):
+    "auto" runs its trials alone there, as conv trials; an explicit pack size still packs them."""
+    configs = [
+        TrialConfig.model_validate(
+            {
+                "data": {"kind": "digits", "binarize": True},
+                "model": {"kind": "pixelcnn", "latent_dim": 4, "args": {"layers": 1, "channels": 4}},
+                "seed": s,
+            }
+        ).model_dump(mode="json")
+        for s in range(4)
+    ]
+    assert plan_packs(configs, "auto", device="cpu", slots=2) == [[0], [1], [2], [3]]
+    assert sorted(map(len, plan_packs(configs, 2, device="cpu", slots=2))) == [2, 2]

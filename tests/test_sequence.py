@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vaebench.core.models.sequence import BOS, EOS, PAD, UNK, SequenceVAE, detokenize, text_artifact
+from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN
 
 V, T, J = 12, 7, 3
 
@@ -154,3 +155,24 @@ def test_factorised_decoder_ignores_the_prefix():
     torch.testing.assert_close(m.token_log_probs(y, z)[:, 1:], m.token_log_probs(x, z)[:, 1:])
     g = m.greedy(z)
     assert g.shape == (3, T) and (g == EOS).any(-1).all()
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_encoder_equals_the_packed_sequence_state(cell):
+    """The encoder reads each row's RNN output at its last non-pad position; for rows of lengths 1 to 7
+    (an empty row counts as length 1) that equals the final state of the RNN run over the packed
+    sequence (``pack_padded_sequence``: the pads never read), computed here independently."""
+    model = _model(cell).eval()
+    rows = [[EOS], [5, EOS], [5, 6, EOS], [4, 7, 8, 9, EOS], [4, 5, 6, 7, 8, 9, EOS], []]
+    x = torch.tensor([r + [PAD] * (T - len(r)) for r in rows])
+    lengths = (x != PAD).sum(-1).clamp(min=1)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        model.embedding(x), lengths, batch_first=True, enforce_sorted=False
+    )
+    _, state = model.encoder(packed)
+    h = (state[0] if cell == "lstm" else state)[-1]
+    mu, logvar = model.to_posterior(h).chunk(2, dim=-1)
+    got_mu, got_logvar = model.encode(x)
+    torch.testing.assert_close(got_mu, mu, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_logvar, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX), atol=1e-6, rtol=1e-5)
+    assert not torch.equal(got_mu[1], got_mu[4])  # rows of different lengths: different states

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from vaebench.core.models.layers import NotPackable, keep_members, member_state, stack_members
+from vaebench.core.models.layers import MemberAware, NotPackable, keep_members, member_state, stack_members
 from vaebench.core.objectives import kl_per_dim
 from vaebench.core.protocol import REQUIRED_METHODS
 
@@ -242,28 +242,53 @@ def _dry_step(run: Members, x: torch.Tensor, eps: torch.Tensor) -> tuple[list[to
     return [mu.detach(), logvar.detach(), ll.detach()], grads
 
 
-def check_packable(models: list[nn.Module], x: torch.Tensor, rtol: float = 1e-4) -> str | None:
+def _solo_layouts(run: Members) -> list[Any]:
+    """Per tensor of ``run.parameters()``: a function taking a member's slice to the solo layout
+    (the fused path keeps some transposed, ``MemberAware.solo_layout``)."""
+    if not isinstance(run, Fused):
+        return [lambda t: t for _ in run.parameters()]
+    owner = {
+        id(p): (module, name)
+        for _, module in run.model.named_modules()
+        if isinstance(module, MemberAware)
+        for name, p in module.named_parameters(recurse=False)
+    }
+    return [(lambda t, m=owner[id(p)][0], n=owner[id(p)][1]: m.solo_layout(n, t)) for p in run.parameters()]
+
+
+def check_packable(models: list[nn.Module], x: torch.Tensor, rtol: float = 1e-4, path: Path = "generic") -> str | None:
     """Whether ``models`` (solo models of one architecture, two or more, e.g. built with two seeds)
-    train correctly as a pack through the generic path: a dry step on one batch ``x`` [B, *event]
-    through ``Vmapped`` and through each model alone, with the same noise, comparing posteriors,
-    log-likelihoods and gradients (each tensor's difference within ``rtol`` of its norm, or of its
-    group's for a tensor near zero).
+    train correctly as a pack through ``path`` ("generic": ``Vmapped``; "auto": the path
+    ``run_members`` picks, ``Fused`` when every layer is member-aware): a dry step on one batch
+    ``x`` [B, *event] packed and through each model alone, with the same noise, comparing
+    posteriors, log-likelihoods and gradients (each tensor's difference within ``rtol`` of its
+    norm, or of its group's for a tensor near zero).
     None: it packs; else the reason, in words. The models are not changed."""
     M = len(models)
+    copies = [copy.deepcopy(m) for m in models]
+    fused_why = ""
     try:
         with torch.no_grad():
             mu, _ = models[0].encode(x)
         eps = torch.randn(mu.shape, generator=torch.Generator(mu.device).manual_seed(0), device=mu.device)
-        packed_out, packed_grads = _dry_step(Vmapped([copy.deepcopy(m) for m in models]), x.expand(M, *x.shape), eps)
+        run: Members | None = None
+        if path == "auto":
+            try:
+                run = Fused(copies)
+            except NotPackable as e:
+                fused_why = f"the fused path refuses it ({e}), and "
+        run = run or Vmapped(copies)
+        packed_out, packed_grads = _dry_step(run, x.expand(M, *x.shape), eps)
+        layouts = _solo_layouts(run)
     except Exception as e:  # noqa: BLE001  (any failure is the reason it does not pack)
-        return f"the model does not run under torch.func.vmap: {type(e).__name__}: {e}"
+        return f"{fused_why}the model does not run under torch.func.vmap: {type(e).__name__}: {e}"
     for i, model in enumerate(models):
         try:
             solo_out, solo_grads = _dry_step(One(copy.deepcopy(model)), x[None], eps)
         except Exception as e:  # noqa: BLE001
             return f"the model's dry step fails alone: {type(e).__name__}: {e}"
         names = ["mu", "logvar", "log_likelihood"] + [f"the gradient of {n}" for n, _ in model.named_parameters()]
-        packed = [t[i] for t in packed_out + packed_grads]
+        packed = [t[i] for t in packed_out] + [layout(g[i]) for layout, g in zip(layouts, packed_grads)]
         alone = [t[0] for t in solo_out] + solo_grads
         # a tensor is compared relative to its norm, or to its group's (outputs, gradients) when it is
         # near zero (a bias before a normalisation has a gradient of rounding errors only)

@@ -128,7 +128,7 @@ class PackedOptimizer:
         """torch.nn.utils.clip_grad_norm_ per member: the norm over all of a member's gradients."""
         if not torch.isfinite(self.clip).any():
             return
-        grads = [p.grad for p in self.params]
+        grads = [p.grad for p in self.params if p.grad is not None]  # a parameter the loss does not use has none
         norms = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0
         )
@@ -149,6 +149,8 @@ class PackedOptimizer:
         lr = self.lr_now(t, T)
         if bool((self.wd != 0).any()):
             for p in self.params:
+                if p.grad is None:  # as torch.optim: a parameter without a gradient is not stepped, nor decayed
+                    continue
                 wd = self._per(self.wd, p)
                 if self.kind == "adamw":
                     p.mul_(1 - self._per(lr, p) * wd)

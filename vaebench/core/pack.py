@@ -158,7 +158,7 @@ def plugin_packs(cfg: TrialConfig) -> str | None:
             for seed in (0, 1):
                 torch.manual_seed(seed)
                 models.append(build_model(cfg.model, data.meta.shape, len(data.meta.vocab) or None))
-            _PLUGIN_PACKS[key] = check_packable(models, data.train[:8])
+            _PLUGIN_PACKS[key] = check_packable(models, data.train[:8], path="auto")  # the path the pack runs
         except Exception as e:  # noqa: BLE001  (any failure is a reason to run solo)
             _PLUGIN_PACKS[key] = f"the dry step failed: {type(e).__name__}: {e}"
     return _PLUGIN_PACKS[key]
@@ -184,9 +184,11 @@ def pack_key(config: dict[str, Any] | TrialConfig) -> str | None:
 # give the slots several packs to share, so that they end together (collapse.yaml at 40 epochs:
 # 74 s in four packs of 27 against 82 s in two of 54).
 MAX_PACK = {"cpu": 32, "cuda": 512}
-# Grouped convolutions on a CPU ran at 0.35-0.6x the members' solo speed (benchmarks/PACK.md):
-# "auto" keeps conv trials solo there (an explicit N still packs them); on a GPU they pack.
-CPU_SOLO_KINDS = ("conv",)
+# Grouped convolutions on a CPU ran at 0.35-0.6x the members' solo speed (benchmarks/PACK.md), and
+# the PixelCNN through torch.func at 1.0-1.1x (M 4-8, benchmarks/STRONG_DECODERS.md: its masked
+# convolutions do the same work packed): "auto" keeps those trials solo there (an explicit N still
+# packs them); on a GPU they pack.
+CPU_SOLO_KINDS = ("conv", "pixelcnn")
 MEMORY_FRACTION = 0.25
 PackSetting = Literal["auto", "off"] | int
 

@@ -6,7 +6,9 @@ adds what the core asks beyond that: ``log_likelihood`` folds leading sample axe
 importance-weighted bound's) into the batch, since a plugin need not broadcast; ``encode`` clamps
 the log-variance as the built-ins do; ``decode_mean`` is the plugin's, else one seeded ancestral
 ``sample(z, generator)``, for the image artifacts (``has_images`` False when it has neither). Under
-``torch.func`` (a pack, vaebench.core.members.Vmapped) it is the module that is vmapped.
+``torch.func`` (a pack, vaebench.core.members.Vmapped) it is the module that is vmapped. A model
+whose layers are all member-aware (the built-in ``seq_vae``) is stacked instead (Fused); once
+stacked (its ``members`` set) its methods take x [M, B, ...] and z [M, B, J] as they are.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class ProtocolModel(nn.Module):
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x [B, *event], z [..., B, J] -> [..., B]: leading sample axes folded into the batch."""
         lead, B = z.shape[:-2], z.shape[-2]
-        if not lead:
+        if not lead or getattr(self.inner, "members", None) is not None:  # stacked: x [M, B, ...], z [M, B, J]
             return self.inner.log_likelihood(x, z)
         xs = x.expand(*lead, *x.shape).reshape(-1, *x.shape[1:])
         return self.inner.log_likelihood(xs, z.reshape(-1, z.shape[-1])).view(*lead, B)

@@ -24,16 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaebench.core.models.layers import GRU, LSTM, Embedding, Linear, MemberAware, NotPackable
 from vaebench.study.config import LOGVAR_MAX, LOGVAR_MIN
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
-CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+CELLS = {"gru": GRU, "lstm": LSTM}  # member-aware (vaebench.core.models.layers); solo the torch.nn ops
 Z_FEEDS = ("init", "input", "both")
 DECODERS = ("rnn", "factorised")
 
 
-class SequenceVAE(nn.Module):
+class SequenceVAE(MemberAware, nn.Module):
     """Embedding + GRU/LSTM encoder, GRU/LSTM decoder fed by z (or a factorised decoder).
 
     Settings (``model.args``): ``vocab_size`` (from the data's vocabulary), ``cell`` gru or lstm,
@@ -43,7 +44,12 @@ class SequenceVAE(nn.Module):
     with probability p (p = 0: never, p = 1: always; the targets are never changed, and in eval
     mode nothing is replaced). ``decoder: factorised`` is the baseline without autoregression:
     every position's token drawn independently given z, logits = W_t MLP(z) (the RNN decoder,
-    z_feed and word dropout then do not apply)."""
+    z_feed and word dropout then do not apply).
+
+    Its layers are member-aware (``vaebench.core.models.layers``): solo they are the torch.nn
+    layers; stacked (``stack_members``, the training core's fused path) every method takes a leading
+    member axis, x [M, B, T] and z [M, B, J]. A model with word dropout does not stack: its masks
+    come from the global generator, so a packed member could not draw its solo trial's."""
 
     def __init__(
         self,
@@ -74,33 +80,44 @@ class SequenceVAE(nn.Module):
         self.event_shape, self.latent_dim, self.vocab_size = event_shape, latent_dim, vocab_size
         self.cell, self.z_feed, self.word_dropout, self.hidden = cell, z_feed, float(word_dropout), hidden
         self.decoder_kind = decoder
-        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=PAD)
+        self.embedding = Embedding(vocab_size, embed, padding_idx=PAD)
         self.encoder = CELLS[cell](embed, hidden, batch_first=True)
-        self.to_posterior = nn.Linear(hidden, 2 * latent_dim)
+        self.to_posterior = Linear(hidden, 2 * latent_dim)
         dec_in = embed + (latent_dim if z_feed in ("input", "both") else 0)
         self.decoder = CELLS[cell](dec_in, hidden, batch_first=True)
-        self.z_to_state = nn.Linear(latent_dim, hidden) if z_feed in ("init", "both") else None
-        self.out = nn.Linear(hidden, vocab_size)
+        self.z_to_state = Linear(latent_dim, hidden) if z_feed in ("init", "both") else None
+        self.out = Linear(hidden, vocab_size)
         if decoder == "factorised":  # position-wise logits from z alone
             T = event_shape[0]
             self.factorised = nn.Sequential(
-                nn.Linear(latent_dim, hidden),
+                Linear(latent_dim, hidden),
                 nn.Tanh(),
-                nn.Linear(hidden, T * vocab_size),
+                Linear(hidden, T * vocab_size),
                 nn.Unflatten(-1, (T, vocab_size)),
             )
+
+    def stack_from(self, layers: list[nn.Module]) -> None:
+        if self.word_dropout > 0:
+            raise NotPackable(
+                "seq_vae with word_dropout > 0: its masks come from the global generator, so a packed "
+                "member would not draw its solo trial's"
+            )
+        super().stack_from(layers)
 
     # ----------------------------------------------------------------- encoder
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T] -> (mu, logvar) [B, J] from the encoder's state after the last non-pad token."""
-        lengths = (x != PAD).sum(-1).clamp(min=1)
-        packed = nn.utils.rnn.pack_padded_sequence(
-            self.embedding(x), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, state = self.encoder(packed)
-        h = state[0] if self.cell == "lstm" else state
-        mu, logvar = self.to_posterior(h[-1]).chunk(2, dim=-1)
+        """x [B, T] -> (mu, logvar) [B, J] from the encoder's state after the last non-pad token
+        (stacked: x [M, B, T] -> [M, B, J]).
+
+        The RNN runs over the whole padded row and each row's output is read at its last non-pad
+        position: the RNN is causal and pads come only after <eos>, so that output is the state the
+        RNN reaches without reading a pad (what ``pack_padded_sequence`` gives, without sending the
+        lengths to the host: no device sync; and it stacks with a leading member axis)."""
+        last = (x != PAD).sum(-1).clamp(min=1) - 1  # [B]
+        out, _ = self.encoder(self.embedding(x))  # [B, T, H]
+        h = torch.gather(out, -2, last[..., None, None].expand(*last.shape, 1, out.shape[-1])).squeeze(-2)
+        mu, logvar = self.to_posterior(h).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     # ----------------------------------------------------------------- decoder
@@ -110,18 +127,18 @@ class SequenceVAE(nn.Module):
         if self.z_to_state is not None:
             h = torch.tanh(self.z_to_state(z))[None].contiguous()
         else:
-            h = z.new_zeros(1, z.shape[0], self.hidden)
+            h = z.new_zeros(1, *z.shape[:-1], self.hidden)
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
     def decoder_inputs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The teacher-forced inputs [B, T]: <bos>, x_1, ..., x_{T-1}, with word dropout applied in
         training mode (each input after <bos> replaced by <unk> with probability word_dropout; pads
         stay pads)."""
-        inp = torch.cat([torch.full_like(x[:, :1], BOS), x[:, :-1]], dim=1)
+        inp = torch.cat([torch.full_like(x[..., :1], BOS), x[..., :-1]], dim=-1)
         p = self.word_dropout if self.training else 0.0
         if p > 0:
             drop = torch.rand(inp.shape, generator=generator, device=inp.device) < p
-            drop[:, 0] = False  # <bos> is never dropped
+            drop[..., 0] = False  # <bos> is never dropped
             inp = torch.where(drop & (inp != PAD), torch.full_like(inp, UNK), inp)
         return inp
 
@@ -129,7 +146,7 @@ class SequenceVAE(nn.Module):
         """Decoder logits [B, L, V] for inputs [B, L] from ``state``; returns (logits, new state)."""
         e = self.embedding(inp)
         if self.z_feed in ("input", "both"):
-            e = torch.cat([e, z[:, None, :].expand(-1, e.shape[1], -1)], dim=-1)
+            e = torch.cat([e, z.unsqueeze(-2).expand(*z.shape[:-1], e.shape[-2], z.shape[-1])], dim=-1)
         h, state = self.decoder(e, state)
         return self.out(h), state
 
@@ -143,7 +160,10 @@ class SequenceVAE(nn.Module):
         return lp.masked_fill(x == PAD, 0.0)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) [..., B] in nats (summed over non-pad tokens) for x [B, T], z [..., B, J]."""
+        """log p(x|z) [..., B] in nats (summed over non-pad tokens) for x [B, T], z [..., B, J];
+        stacked: x [M, B, T], z [M, B, J] -> [M, B]."""
+        if self.members is not None:
+            return self.token_log_probs(x, z).sum(-1)
         lead = z.shape[:-2]
         B = x.shape[0]
         xs = x.expand(*lead, *x.shape).reshape(-1, x.shape[-1]) if lead else x
