@@ -556,7 +556,10 @@ def kl_per_dim(
     rows, cols = mat.shape
     title = f"KL per latent dim{note}"
     with figure_style():
-        fig = Figure(figsize=(WIDTH, min(1.8 + 0.24 * rows, 14)), layout="constrained")
+        # wide enough for the row labels (7 pt: ~0.055 in a character) beside the cells and the colour bar
+        ychars = max((len(str(c)) for c in mat.index), default=0) if rows <= MAX_HEATMAP_ROWS else 0
+        width = min(max(WIDTH, 0.055 * ychars + 0.35 * cols + 2.6), 2 * WIDTH)
+        fig = Figure(figsize=(width, min(1.8 + 0.24 * rows, 14)), layout="constrained")
         ax = fig.add_subplot()
         sns.heatmap(
             mat.where(frac < 1),
@@ -580,7 +583,7 @@ def kl_per_dim(
                     ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="////", edgecolor="0.45", lw=0))
         ax.grid(False)
         ax.set_xlabel(
-            f"latent dim, sorted by KL · grey: collapsed in every seed, hatched: in some "
+            f"latent dim, sorted by KL\ngrey: collapsed in every seed, hatched: in some "
             f"((ε, δ) = ({epsilon:g}, {delta:g}))",
             fontsize=8,
         )
