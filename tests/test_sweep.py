@@ -292,7 +292,7 @@ def test_sigkill_driver_then_resume(ray_cluster, tmp_path):
 
 
 def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
-    study = write(tmp_path, TINY.format(name="term", epochs=30))
+    study = write(tmp_path, TINY.format(name="term", epochs=500))
     uri = f"sqlite:///{tmp_path}/m.db"
     proc = spawn(
         "sweep", str(study), "--address", ray_cluster.address, "--tracking-uri", uri, env=ray_cluster.env, cwd=tmp_path
@@ -306,6 +306,8 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
         except Exception:
             return False
 
+    # 500 epochs: a pack of these tiny MLPs trains 30 in a few seconds on an idle machine, and the
+    # signal must arrive while trials are still in flight (at 30 epochs CI once saw every trial done)
     wait_for(training, what="a trial with a logged epoch")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
@@ -313,7 +315,8 @@ def test_sigterm_kills_in_flight_trials_cleanly(ray_cluster, tmp_path):
     runs = children(uri, "term")
     assert runs and not any(r.info.status == "RUNNING" for r in runs)
     killed = [r for r in runs if r.data.tags["vaebench.trial_state"] == "killed"]
-    assert killed and all(r.info.status == "KILLED" for r in killed)
+    states = [(r.data.tags["vaebench.trial_state"], r.info.status) for r in runs]
+    assert killed and all(r.info.status == "KILLED" for r in killed), states
     parent = mlflow.search_runs(
         experiment_names=["term"], output_format="list", filter_string="tags.`vaebench.role` = 'study'"
     )[0]
