@@ -556,9 +556,10 @@ def kl_per_dim(
     rows, cols = mat.shape
     title = f"KL per latent dim{note}"
     with figure_style():
-        # wide enough for the row labels (7 pt: ~0.055 in a character) beside the cells and the colour bar
+        # a text width leaves ~2 in for the row labels; longer labels (7 pt: ~0.055 in a character,
+        # 5 pt past 30 rows: ~0.04) widen the figure by what they need beyond that
         ychars = max((len(str(c)) for c in mat.index), default=0) if rows <= MAX_HEATMAP_ROWS else 0
-        width = min(max(WIDTH, 0.055 * ychars + 0.35 * cols + 2.6), 2 * WIDTH)
+        width = min(max(WIDTH, WIDTH - 2.0 + (0.055 if rows <= 30 else 0.04) * ychars), 2 * WIDTH)
         fig = Figure(figsize=(width, min(1.8 + 0.24 * rows, 14)), layout="constrained")
         ax = fig.add_subplot()
         sns.heatmap(
